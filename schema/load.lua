@@ -1,0 +1,54 @@
+-- load.lua: read one batch of entries for a full load, each value together
+-- with its version, in one atomic step, so that a value and its version
+-- always belong to the same write.
+--
+-- KEYS[1]  <prefix>:connection-meta
+-- KEYS[2]  <prefix>:meshsync:versions:conn
+-- KEYS[3]  <prefix>:meshsync:versions:room
+-- KEYS[4]  <prefix>:meshsync:seq
+-- ARGV[1]  "conn" or "room": what to scan
+-- ARGV[2]  the cursor ("0" to start)
+-- ARGV[3]  the COUNT hint for the scan
+-- ARGV[4]  for rooms, the room key prefix, <prefix>:roommeta:
+-- ARGV[5]  for rooms, the same prefix as a SCAN pattern (glob characters
+--          escaped) followed by *
+--
+-- Returns {next cursor, sequence, {id, JSON text, version, ...}} where
+-- version is 0 for a value no meshsync write has versioned (one written
+-- by a Mesh server or by hand). The sequence is read in the same step.
+-- Room keys are found by SCAN; this script reads keys not named in KEYS,
+-- which standalone Redis permits (Redis Cluster would not).
+
+local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+local out = {}
+
+if ARGV[1] == 'conn' then
+    local r = redis.call('HSCAN', KEYS[1], ARGV[2], 'COUNT', ARGV[3])
+    local flat = r[2]
+    if #flat > 0 then
+        local ids = {}
+        for i = 1, #flat, 2 do ids[#ids + 1] = flat[i] end
+        local vers = redis.call('HMGET', KEYS[2], unpack(ids))
+        for i = 1, #ids do
+            out[#out + 1] = ids[i]
+            out[#out + 1] = flat[2 * i]
+            out[#out + 1] = tonumber(vers[i] or '0')
+        end
+    end
+    return {r[1], seq, out}
+end
+
+local r = redis.call('SCAN', ARGV[2], 'MATCH', ARGV[5], 'COUNT', ARGV[3],
+                     'TYPE', 'hash')
+local plen = #ARGV[4]
+for _, key in ipairs(r[2]) do
+    local data = redis.call('HGET', key, 'data')
+    if data then
+        local room = string.sub(key, plen + 1)
+        local v = redis.call('HGET', KEYS[3], room)
+        out[#out + 1] = room
+        out[#out + 1] = data
+        out[#out + 1] = tonumber(v or '0')
+    end
+end
+return {r[1], seq, out}

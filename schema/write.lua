@@ -1,0 +1,43 @@
+-- write.lua: store or delete one metadata entry, atomically taking its new
+-- version from the global sequence and publishing the change.
+--
+-- KEYS[1]  the value's hash: <prefix>:connection-meta or
+--          <prefix>:roommeta:<room>
+-- KEYS[2]  the versions hash: <prefix>:meshsync:versions:conn or :room
+-- KEYS[3]  the global sequence: <prefix>:meshsync:seq
+-- ARGV[1]  the field in KEYS[1]: the connection id, or "data" for a room
+-- ARGV[2]  the entry id (connection id or room name): field in KEYS[2]
+-- ARGV[3]  the change channel: <prefix>:meshsync:changes
+-- ARGV[4]  the kind published with the change: "conn" or "room"
+-- ARGV[5]  the check: "any" (write unconditionally), "absent" (only if
+--          the entry does not exist) or "equal" (only if the stored JSON
+--          text is exactly ARGV[6]); merges use the last two
+-- ARGV[6]  the expected JSON text for "equal", else ignored
+-- ARGV[7]  "set" or "del"
+-- ARGV[8]  the new JSON text for "set", else ignored
+--
+-- Returns {1, version} when written, or {0, current JSON text or nil,
+-- current version} when the check failed (nothing was written).
+-- Publishes msgpack [version, kind, id, JSON text or false] on ARGV[3].
+
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local check = ARGV[5]
+if (check == 'absent' and current) or
+   (check == 'equal' and current ~= ARGV[6]) then
+    local v = redis.call('HGET', KEYS[2], ARGV[2])
+    return {0, current, tonumber(v or '0')}
+end
+
+local version = redis.call('INCR', KEYS[3])
+local payload
+if ARGV[7] == 'set' then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[8])
+    redis.call('HSET', KEYS[2], ARGV[2], version)
+    payload = cmsgpack.pack({version, ARGV[4], ARGV[2], ARGV[8]})
+else
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false})
+end
+redis.call('PUBLISH', ARGV[3], payload)
+return {1, version}

@@ -1,0 +1,94 @@
+/*
+ * cache.h - the SQLite cache of record: every connection and room entry
+ * this sidecar knows, with its version, as JSON text (exactly as Redis
+ * holds it) and as msgpack (ready to copy into a reply).
+ *
+ * Every change carries a version taken from one global sequence in Redis;
+ * the cache applies a change only if it is newer than what it holds.
+ * Deleting leaves a tombstone (value NULL) with the delete's version, so a
+ * late, older change cannot bring a deleted entry back.
+ *
+ * A resync (a full load from Redis) runs between ms_cache_resync_begin()
+ * and ms_cache_resync_end(): entries it does not touch and that are no
+ * newer than the sequence read when it began are gone from Redis, and end
+ * turns them into tombstones.
+ *
+ * The file uses WAL and prepared statements. Runs on the daemon's loop
+ * thread only; not thread-safe.
+ */
+#ifndef MS_CACHE_H
+#define MS_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+typedef enum { MS_KIND_CONN = 0, MS_KIND_ROOM = 1 } ms_kind_t;
+
+typedef struct ms_cache_s ms_cache_t;
+
+/* How a change is checked against the cached version. */
+typedef enum {
+    MS_APPLY_NEWER = 0,   /* apply if version > cached (change events) */
+    MS_APPLY_NOT_OLDER    /* apply if version >= cached (resync loads,
+                             which read Redis's current text) */
+} ms_apply_mode_t;
+
+typedef struct ms_cache_entry_s {
+    uint64_t version;  /* 0 when the cache has never seen the entry */
+    bool present;      /* false when absent or a tombstone */
+    const char *json;  /* the value as JSON text, NULL unless present */
+    size_t json_len;
+    const char *mp;    /* the value as msgpack, NULL unless present */
+    size_t mp_len;
+} ms_cache_entry_t;
+
+/*
+ * Opens (creating if needed) the cache file at path; ":memory:" works for
+ * tests. Returns 0 and a new cache in *out, or MS_EINTERNAL with a
+ * message in err. Release with ms_cache_close().
+ */
+int ms_cache_open(const char *path, ms_cache_t **out,
+                  ms_error_t *err) MS_MUST_CHECK;
+void ms_cache_close(ms_cache_t *c);
+
+/*
+ * Looks an entry up. Returns 0 and fills *e (whose pointers stay valid
+ * until the next call on c), or MS_EINTERNAL.
+ */
+int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id,
+                 size_t id_len, ms_cache_entry_t *e) MS_MUST_CHECK;
+
+/*
+ * Applies a change: json/mp NULL means a delete (a tombstone). Returns 1
+ * when applied, 0 when ignored because the cache holds a newer version
+ * (or, with MS_APPLY_NEWER, the same one), MS_EINTERNAL on failure.
+ */
+int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id,
+                   size_t id_len, uint64_t version, const char *json,
+                   size_t json_len, const char *mp, size_t mp_len,
+                   ms_apply_mode_t mode) MS_MUST_CHECK;
+
+/* Groups many applies into one transaction. Not nestable. */
+int ms_cache_begin(ms_cache_t *c) MS_MUST_CHECK;
+int ms_cache_commit(ms_cache_t *c) MS_MUST_CHECK;
+
+/* See the file comment. end returns the number of entries tombstoned. */
+int ms_cache_resync_begin(ms_cache_t *c) MS_MUST_CHECK;
+int ms_cache_resync_end(ms_cache_t *c, uint64_t seq) MS_MUST_CHECK;
+
+/* Live (non-tombstone) entries of a kind, or a negative error. */
+int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind);
+
+/*
+ * A small key/value table for the mirror's own state (last sequence
+ * applied, ...). get returns 0 with *value set, or MS_EINVAL if unset.
+ */
+int ms_cache_meta_get(ms_cache_t *c, const char *key,
+                      uint64_t *value) MS_MUST_CHECK;
+int ms_cache_meta_set(ms_cache_t *c, const char *key,
+                      uint64_t value) MS_MUST_CHECK;
+
+#endif
