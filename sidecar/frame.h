@@ -49,7 +49,7 @@ int ms_frame_reader_space(ms_frame_reader_t *r, size_t suggested,
 void ms_frame_reader_commit(ms_frame_reader_t *r, size_t n);
 
 /*
- * Takes the next complete frame: returns 1 and points *body/*len at its
+ * Takes the next complete frame: returns 1 and points *body and *len at its
  * body (valid until the next reader call), 0 when more bytes are needed,
  * or MS_ETOOLARGE when the declared length exceeds max_frame (the stream
  * cannot be resynchronised; the caller should answer and close).
