@@ -1,1 +1,604 @@
-/* placeholder: being written */
+/*
+ * cache.c - the SQLite cache of record (see cache.h): the schema, the
+ * prepared statements, and the version guard every change goes through.
+ *
+ * Entry points: ms_cache_open/close, get, apply, begin/commit,
+ * resync_begin/end, count, meta_get/set. Loop thread only: the connection
+ * is opened without SQLite's mutexes.
+ *
+ * ms_cache_get copies the row into a buffer the cache owns and resets its
+ * statement at once, because a SELECT left unreset would hold a WAL read
+ * snapshot open between calls. Its pointers stay valid until the next
+ * call on the cache; json is also NUL-terminated.
+ *
+ * Failures of SQLite after open are logged here, once, with the operation
+ * and SQLite's message, and returned as MS_EINTERNAL. Invalid arguments
+ * (unknown kind or mode, a version or value above 2^63-1, only one of
+ * json/mp) return MS_EINVAL without logging.
+ */
+#include "cache.h"
+
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "log.h"
+
+#define CACHE_SCHEMA_VERSION 1
+
+/* Short: the file is ours alone, and the loop must not stall on it. */
+#define CACHE_BUSY_MS 10
+
+/* The meta key holding the resync generation; meta_set refuses it. */
+#define CACHE_GEN_KEY "resync_generation"
+
+/*
+ * Identical to schema/cache.sql, which explains each table and column;
+ * change both together (test_cache compares the schemas they build).
+ */
+static const char CACHE_SCHEMA[] =
+    "-- cache.sql - the layout of meshsyncd's SQLite cache file.\n"
+    "--\n"
+    "-- sidecar/cache.c carries a copy of this file as the string\n"
+    "-- CACHE_SCHEMA; keep the two identical (tests/unit/test_cache.c checks\n"
+    "-- that both build the same schema). meshsyncd runs it in one\n"
+    "-- transaction each time it opens the file, after checking PRAGMA\n"
+    "-- user_version: 0 (a new file) or 1 is accepted, anything else is\n"
+    "-- refused. The cache is rebuilt from Redis by a resync, so deleting the\n"
+    "-- file (with its -wal and -shm) is safe while the daemon is stopped.\n"
+    "--\n"
+    "-- On open the daemon also sets PRAGMA journal_mode=WAL (stored in the\n"
+    "-- file) and PRAGMA synchronous=NORMAL (per connection). To look inside:\n"
+    "--   sqlite3 cache.db 'SELECT kind, id, version, json FROM entries'\n"
+    "-- The comments inside each CREATE TABLE are kept by SQLite and shown\n"
+    "-- by the sqlite3 tool's .schema command.\n"
+    "\n"
+    "CREATE TABLE IF NOT EXISTS entries (\n"
+    "    -- What the entry describes: 0 = a connection, 1 = a room\n"
+    "    -- (ms_kind_t in sidecar/cache.h).\n"
+    "    kind    INTEGER NOT NULL CHECK (kind IN (0, 1)),\n"
+    "    -- The entry's id within its kind, as the bytes Redis uses.\n"
+    "    id      TEXT NOT NULL,\n"
+    "    -- The version of the last change applied: a value of Redis's\n"
+    "    -- global sequence (INCR), up to 2^63-1, or 0 for a value written\n"
+    "    -- without one (by a Mesh server or by hand). A change event is\n"
+    "    -- applied only if its version is newer; a resync load replaces\n"
+    "    -- anything no newer than the sequence it read.\n"
+    "    version INTEGER NOT NULL CHECK (version >= 0),\n"
+    "    -- The value as JSON text, exactly as Redis holds it. NULL marks a\n"
+    "    -- tombstone: the entry was deleted by the change at `version`, and\n"
+    "    -- the row stays so that a late, older change cannot revive it.\n"
+    "    json    TEXT,\n"
+    "    -- The same value encoded as msgpack, ready to copy into a reply;\n"
+    "    -- NULL exactly when json is NULL.\n"
+    "    mp      BLOB,\n"
+    "    -- The resync generation (meta key 'resync_generation') current\n"
+    "    -- when this row was last written. When a resync ends, live rows it\n"
+    "    -- did not write and that are no newer than the sequence read when\n"
+    "    -- it began are gone from Redis: they become tombstones.\n"
+    "    gen     INTEGER NOT NULL,\n"
+    "    PRIMARY KEY (kind, id),\n"
+    "    CHECK ((json IS NULL) = (mp IS NULL))\n"
+    ") WITHOUT ROWID;\n"
+    "\n"
+    "CREATE TABLE IF NOT EXISTS meta (\n"
+    "    -- A name. 'resync_generation' belongs to the cache: the generation\n"
+    "    -- of the latest resync, bumped when one begins (absent before the\n"
+    "    -- first). Other keys are the mirror's own state, such as the last\n"
+    "    -- sequence it applied.\n"
+    "    key     TEXT PRIMARY KEY,\n"
+    "    -- An unsigned 64-bit value no larger than 2^63-1: never negative.\n"
+    "    value   INTEGER NOT NULL\n"
+    ") WITHOUT ROWID;\n"
+    "\n"
+    "PRAGMA user_version = 1;\n";
+
+enum {
+    ST_GET,
+    ST_APPLY_NEWER,
+    ST_APPLY_NOT_OLDER,
+    ST_APPLY_ALWAYS,
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_RESYNC_END,
+    ST_COUNT_LIVE,
+    ST_META_GET,
+    ST_META_SET,
+    ST_MAX
+};
+
+/* The guard is the upsert's WHERE: an ignored change updates no row. */
+#define APPLY_SQL(guard)                                                       \
+    "INSERT INTO entries (kind, id, version, json, mp, gen) "                  \
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6) "                                         \
+    "ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, "        \
+    "json = excluded.json, mp = excluded.mp, gen = excluded.gen" guard
+
+static const char *const stmt_sql[ST_MAX] = {
+    [ST_GET] = "SELECT version, json, mp FROM entries "
+               "WHERE kind = ?1 AND id = ?2",
+    [ST_APPLY_NEWER] = APPLY_SQL(" WHERE excluded.version > entries.version"),
+    [ST_APPLY_NOT_OLDER] =
+        APPLY_SQL(" WHERE excluded.version >= entries.version"),
+    [ST_APPLY_ALWAYS] = APPLY_SQL(""),
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_RESYNC_END] = "UPDATE entries "
+                      "SET version = ?1, json = NULL, mp = NULL, gen = ?2 "
+                      "WHERE gen <> ?2 AND version <= ?1 "
+                      "AND json IS NOT NULL",
+    [ST_COUNT_LIVE] = "SELECT count(*) FROM entries "
+                      "WHERE kind = ?1 AND json IS NOT NULL",
+    [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+    [ST_META_SET] = "INSERT INTO meta (key, value) VALUES (?1, ?2) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+};
+
+struct ms_cache_s {
+    sqlite3 *db;
+    sqlite3_stmt *stmt[ST_MAX];
+    uint64_t gen; /* the current resync generation, as stored in meta */
+    char *buf;    /* ms_cache_get's copy of the last row it found */
+    size_t buf_cap;
+};
+
+
+static bool kind_valid(ms_kind_t kind)
+{
+    return kind == MS_KIND_CONN || kind == MS_KIND_ROOM;
+}
+
+
+/* SQLite integers are signed; Redis sequences never pass INT64_MAX. */
+static bool u64_fits(uint64_t v)
+{
+    return v <= (uint64_t)INT64_MAX;
+}
+
+
+static int cache_fail(ms_cache_t *c, const char *op)
+{
+    ms_log_error("cache operation failed", "op=%s err=\"%s\"", op,
+                 sqlite3_errmsg(c->db));
+    return MS_EINTERNAL;
+}
+
+
+/*
+ * Steps s once and resets it; returns the step's result code. The error
+ * message stays readable through sqlite3_errmsg after the reset.
+ */
+static int stmt_run(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+
+    sqlite3_reset(s);
+    return rc;
+}
+
+
+static int stmt_exec(ms_cache_t *c, int st, const char *op)
+{
+    if (stmt_run(c->stmt[st]) != SQLITE_DONE)
+        return cache_fail(c, op);
+    return 0;
+}
+
+
+static int bind_key(sqlite3_stmt *s, ms_kind_t kind, const char *id,
+                    size_t id_len)
+{
+    int rc = sqlite3_bind_int(s, 1, (int)kind);
+
+    /* A NULL pointer would bind SQL NULL, not an empty id. */
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text64(s, 2, id_len > 0 ? id : "", id_len,
+                                 SQLITE_STATIC, SQLITE_UTF8);
+    return rc;
+}
+
+
+/* Reads a meta value: SQLITE_ROW, SQLITE_DONE when unset, or an error. */
+static int meta_read(ms_cache_t *c, const char *key, uint64_t *value)
+{
+    sqlite3_stmt *s = c->stmt[ST_META_GET];
+    int rc = sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        *value = (uint64_t)sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    return rc;
+}
+
+
+static int meta_write(ms_cache_t *c, const char *key, uint64_t value,
+                      const char *op)
+{
+    sqlite3_stmt *s = c->stmt[ST_META_SET];
+
+    if (sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)value) != SQLITE_OK)
+        return cache_fail(c, op);
+    return stmt_exec(c, ST_META_SET, op);
+}
+
+
+static int open_fail(ms_cache_t *c, const char *path, const char *step,
+                     ms_error_t *err)
+{
+    return ms_error_set(err, MS_EINTERNAL, "cache file %s: %s: %s", path, step,
+                        sqlite3_errmsg(c->db));
+}
+
+
+/*
+ * WAL lets a reader (the sqlite3 tool, say) look while the daemon
+ * writes; NORMAL syncs only at checkpoints, which in WAL mode can lose
+ * the last commits on power loss but never corrupts, and a resync
+ * rebuilds anything lost. The first read of the file happens here, so
+ * a file that is not a database is caught here.
+ */
+static int open_pragmas(ms_cache_t *c, const char *path, ms_error_t *err)
+{
+    sqlite3_stmt *s;
+    int rc;
+
+    if (sqlite3_prepare_v2(c->db, "PRAGMA journal_mode=WAL", -1, &s, NULL) !=
+        SQLITE_OK)
+        return open_fail(c, path, "journal_mode", err);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        const char *mode = (const char *)sqlite3_column_text(s, 0);
+
+        if (mode != NULL && strcmp(mode, "wal") != 0 &&
+            strcmp(mode, "memory") != 0)
+            ms_log_warn("cache not in WAL mode", "mode=%s", mode);
+    }
+    sqlite3_finalize(s);
+    if (rc != SQLITE_ROW)
+        return open_fail(c, path, "journal_mode", err);
+
+    if (sqlite3_exec(c->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) !=
+        SQLITE_OK)
+        return open_fail(c, path, "synchronous", err);
+    return 0;
+}
+
+
+static int read_user_version(ms_cache_t *c, int *version)
+{
+    sqlite3_stmt *s;
+    int rc;
+
+    rc = sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &s, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *version = sqlite3_column_int(s, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(s);
+    return rc;
+}
+
+
+/* One transaction, so two daemons on one file cannot interleave here. */
+static int open_schema(ms_cache_t *c, const char *path, ms_error_t *err)
+{
+    int version = 0;
+
+    if (sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return open_fail(c, path, "begin", err);
+
+    if (read_user_version(c, &version) != SQLITE_OK) {
+        open_fail(c, path, "user_version", err);
+        goto rollback;
+    }
+    if (version != 0 && version != CACHE_SCHEMA_VERSION) {
+        ms_error_set(err, MS_EINTERNAL,
+                     "cache file %s: schema version %d, expected %d "
+                     "(remove the file to rebuild it)",
+                     path, version, CACHE_SCHEMA_VERSION);
+        goto rollback;
+    }
+
+    if (sqlite3_exec(c->db, CACHE_SCHEMA, NULL, NULL, NULL) != SQLITE_OK) {
+        open_fail(c, path, "schema", err);
+        goto rollback;
+    }
+    if (sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        open_fail(c, path, "commit", err);
+        goto rollback;
+    }
+    return 0;
+
+rollback:
+    if (!sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    return MS_EINTERNAL;
+}
+
+
+static int open_statements(ms_cache_t *c, const char *path, ms_error_t *err)
+{
+    for (int i = 0; i < ST_MAX; i++) {
+        if (sqlite3_prepare_v3(c->db, stmt_sql[i], -1,
+                               SQLITE_PREPARE_PERSISTENT, &c->stmt[i],
+                               NULL) != SQLITE_OK)
+            return open_fail(c, path, "prepare", err);
+    }
+    return 0;
+}
+
+
+/* The generation is absent until the first resync begins: 0. */
+static int load_gen(ms_cache_t *c)
+{
+    int rc = meta_read(c, CACHE_GEN_KEY, &c->gen);
+
+    if (rc == SQLITE_DONE)
+        c->gen = 0;
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+
+int ms_cache_open(const char *path, ms_cache_t **out, ms_error_t *err)
+{
+    ms_cache_t *c = ms_calloc(1, sizeof(*c));
+    int flags =
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+
+    *out = NULL;
+    if (sqlite3_open_v2(path, &c->db, flags, NULL) != SQLITE_OK) {
+        open_fail(c, path, "open", err);
+        goto failed;
+    }
+    sqlite3_busy_timeout(c->db, CACHE_BUSY_MS);
+
+    if (open_pragmas(c, path, err) < 0 || open_schema(c, path, err) < 0 ||
+        open_statements(c, path, err) < 0)
+        goto failed;
+    if (load_gen(c) != SQLITE_OK) {
+        open_fail(c, path, "load generation", err);
+        goto failed;
+    }
+
+    *out = c;
+    return 0;
+
+failed:
+    ms_cache_close(c);
+    return MS_EINTERNAL;
+}
+
+
+void ms_cache_close(ms_cache_t *c)
+{
+    if (c == NULL)
+        return;
+    for (int i = 0; i < ST_MAX; i++)
+        sqlite3_finalize(c->stmt[i]);
+
+    /* Every statement is finalized, so this cannot report SQLITE_BUSY. */
+    sqlite3_close(c->db);
+    free(c->buf);
+    free(c);
+}
+
+
+/* Copies the current row of the get statement into c->buf. */
+static void entry_copy(ms_cache_t *c, sqlite3_stmt *s, ms_cache_entry_t *e)
+{
+    const unsigned char *json;
+    const void *mp;
+    size_t need;
+
+    e->version = (uint64_t)sqlite3_column_int64(s, 0);
+    if (sqlite3_column_type(s, 1) == SQLITE_NULL)
+        return;
+
+    json = sqlite3_column_text(s, 1);
+    if (json == NULL)
+        ms_oom();
+    e->json_len = (size_t)sqlite3_column_bytes(s, 1);
+
+    /* A zero-length blob comes back as NULL. */
+    mp = sqlite3_column_blob(s, 2);
+    e->mp_len = mp != NULL ? (size_t)sqlite3_column_bytes(s, 2) : 0;
+
+    need = e->json_len + 1 + e->mp_len;
+    if (need > c->buf_cap) {
+        c->buf_cap = need > 2 * c->buf_cap ? need : 2 * c->buf_cap;
+        c->buf = ms_realloc(c->buf, c->buf_cap);
+    }
+    memcpy(c->buf, json, e->json_len);
+    c->buf[e->json_len] = '\0';
+    if (e->mp_len > 0)
+        memcpy(c->buf + e->json_len + 1, mp, e->mp_len);
+
+    e->present = true;
+    e->json = c->buf;
+    e->mp = c->buf + e->json_len + 1;
+}
+
+
+int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
+                 ms_cache_entry_t *e)
+{
+    sqlite3_stmt *s = c->stmt[ST_GET];
+    int rc;
+
+    memset(e, 0, sizeof(*e));
+    if (!kind_valid(kind))
+        return MS_EINVAL;
+    if (bind_key(s, kind, id, id_len) != SQLITE_OK)
+        return cache_fail(c, "get");
+
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        entry_copy(c, s, e);
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return cache_fail(c, "get");
+    return 0;
+}
+
+
+static int bind_value(sqlite3_stmt *s, const char *json, size_t json_len,
+                      const char *mp, size_t mp_len)
+{
+    int rc;
+
+    if (json == NULL) {
+        rc = sqlite3_bind_null(s, 4);
+        return rc == SQLITE_OK ? sqlite3_bind_null(s, 5) : rc;
+    }
+
+    rc = sqlite3_bind_text64(s, 4, json, json_len, SQLITE_STATIC, SQLITE_UTF8);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_blob64(s, 5, mp, mp_len, SQLITE_STATIC);
+    return rc;
+}
+
+
+int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
+                   uint64_t version, const char *json, size_t json_len,
+                   const char *mp, size_t mp_len, ms_apply_mode_t mode)
+{
+    sqlite3_stmt *s;
+    int rc;
+
+    if (!kind_valid(kind) || !u64_fits(version) ||
+        (json == NULL) != (mp == NULL))
+        return MS_EINVAL;
+    switch (mode) {
+    case MS_APPLY_NEWER:
+        s = c->stmt[ST_APPLY_NEWER];
+        break;
+    case MS_APPLY_NOT_OLDER:
+        s = c->stmt[ST_APPLY_NOT_OLDER];
+        break;
+    case MS_APPLY_ALWAYS:
+        s = c->stmt[ST_APPLY_ALWAYS];
+        break;
+    default:
+        return MS_EINVAL;
+    }
+
+    rc = bind_key(s, kind, id, id_len);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)version);
+    if (rc == SQLITE_OK)
+        rc = bind_value(s, json, json_len, mp, mp_len);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)c->gen);
+    if (rc != SQLITE_OK)
+        return cache_fail(c, "apply");
+
+    if (stmt_run(s) != SQLITE_DONE)
+        return cache_fail(c, "apply");
+
+    return sqlite3_changes(c->db) > 0 ? 1 : 0;
+}
+
+
+int ms_cache_begin(ms_cache_t *c)
+{
+    return stmt_exec(c, ST_BEGIN, "begin");
+}
+
+
+/*
+ * A failed COMMIT may leave the transaction open; it is rolled back so
+ * that later calls do not run inside it, and the generation is reread in
+ * case a resync_begin was part of the lost batch.
+ */
+int ms_cache_commit(ms_cache_t *c)
+{
+    if (stmt_exec(c, ST_COMMIT, "commit") == 0)
+        return 0;
+
+    if (!sqlite3_get_autocommit(c->db) &&
+        stmt_exec(c, ST_ROLLBACK, "rollback") < 0)
+        return MS_EINTERNAL;
+    if (load_gen(c) != SQLITE_OK)
+        cache_fail(c, "load generation");
+    return MS_EINTERNAL;
+}
+
+
+int ms_cache_resync_begin(ms_cache_t *c)
+{
+    uint64_t next = c->gen + 1;
+
+    if (meta_write(c, CACHE_GEN_KEY, next, "resync_begin") < 0)
+        return MS_EINTERNAL;
+    c->gen = next;
+    return 0;
+}
+
+
+int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
+{
+    sqlite3_stmt *s = c->stmt[ST_RESYNC_END];
+
+    if (!u64_fits(seq))
+        return MS_EINVAL;
+    if (sqlite3_bind_int64(s, 1, (sqlite3_int64)seq) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK)
+        return cache_fail(c, "resync_end");
+
+    /* The tombstone takes version seq: the entry was gone by then. */
+    if (stmt_run(s) != SQLITE_DONE)
+        return cache_fail(c, "resync_end");
+    return sqlite3_changes(c->db);
+}
+
+
+int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind)
+{
+    sqlite3_stmt *s = c->stmt[ST_COUNT_LIVE];
+    int64_t n = 0;
+    int rc;
+
+    if (!kind_valid(kind))
+        return MS_EINVAL;
+    if (sqlite3_bind_int(s, 1, (int)kind) != SQLITE_OK)
+        return cache_fail(c, "count");
+
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        n = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW)
+        return cache_fail(c, "count");
+    return n;
+}
+
+
+int ms_cache_meta_get(ms_cache_t *c, const char *key, uint64_t *value)
+{
+    int rc = meta_read(c, key, value);
+
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc == SQLITE_DONE)
+        return MS_EINVAL;
+    return cache_fail(c, "meta_get");
+}
+
+
+int ms_cache_meta_set(ms_cache_t *c, const char *key, uint64_t value)
+{
+    /* The generation changes only with resync_begin, or resyncs break. */
+    if (!u64_fits(value) || strcmp(key, CACHE_GEN_KEY) == 0)
+        return MS_EINVAL;
+    return meta_write(c, key, value, "meta_set");
+}

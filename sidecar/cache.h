@@ -32,8 +32,9 @@ typedef struct ms_cache_s ms_cache_t;
 /* How a change is checked against the cached version. */
 typedef enum {
     MS_APPLY_NEWER = 0,   /* apply if version > cached (change events) */
-    MS_APPLY_NOT_OLDER    /* apply if version >= cached (resync loads,
-                             which read Redis's current text) */
+    MS_APPLY_NOT_OLDER,   /* apply if version >= cached */
+    MS_APPLY_ALWAYS       /* apply whatever is cached (a resync load, once
+                             it has checked the cached version itself) */
 } ms_apply_mode_t;
 
 typedef struct ms_cache_entry_s {

@@ -1,1 +1,779 @@
-int main(void) { return 0; }
+/*
+ * test_cache.c - unit tests for the SQLite cache (sidecar/cache.c): the
+ * version guard in both modes, tombstones, exact bytes, resyncs, counts,
+ * meta, transactions, warm restarts, corrupt and foreign files, and that
+ * schema/cache.sql builds the schema the code builds.
+ *
+ * Tests run on ":memory:" or on files in a mkdtemp directory that the
+ * teardown removes.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cache.h"
+
+typedef struct {
+    char dir[64]; /* the temp directory, "" for :memory: tests */
+    ms_cache_t *c;
+} fixture_t;
+
+
+static int setup_mem(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+    ms_error_t err = {0};
+
+    assert_non_null(f);
+    assert_int_equal(ms_cache_open(":memory:", &f->c, &err), 0);
+    *state = f;
+    return 0;
+}
+
+
+static int setup_dir(void **state)
+{
+    fixture_t *f = calloc(1, sizeof(*f));
+
+    assert_non_null(f);
+    strcpy(f->dir, "/tmp/test_cache.XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    *state = f;
+    return 0;
+}
+
+
+/* The directory holds only plain files this test created. */
+static void remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char path[512];
+
+    assert_non_null(d);
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        assert_int_equal(unlink(path), 0);
+    }
+    closedir(d);
+    assert_int_equal(rmdir(dir), 0);
+}
+
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+
+    ms_cache_close(f->c);
+    if (f->dir[0] != '\0')
+        remove_dir(f->dir);
+    free(f);
+    return 0;
+}
+
+
+static void dir_path(const fixture_t *f, const char *name, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s/%s", f->dir, name);
+}
+
+
+/* A set of a connection; its mp is the JSON text, which is enough here. */
+static int put(ms_cache_t *c, const char *id, uint64_t version,
+               const char *json, ms_apply_mode_t mode)
+{
+    return ms_cache_apply(c, MS_KIND_CONN, id, strlen(id), version, json,
+                          strlen(json), json, strlen(json), mode);
+}
+
+
+static int del(ms_cache_t *c, const char *id, uint64_t version,
+               ms_apply_mode_t mode)
+{
+    return ms_cache_apply(c, MS_KIND_CONN, id, strlen(id), version, NULL, 0,
+                          NULL, 0, mode);
+}
+
+
+/* Checks a connection's version and JSON (NULL: absent or tombstone). */
+static void expect_conn(ms_cache_t *c, const char *id, uint64_t version,
+                        const char *json)
+{
+    ms_cache_entry_t e;
+
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, id, strlen(id), &e), 0);
+    assert_int_equal(e.version, version);
+    if (json == NULL) {
+        assert_false(e.present);
+        assert_null(e.json);
+        assert_null(e.mp);
+        return;
+    }
+    assert_true(e.present);
+    assert_int_equal(e.json_len, strlen(json));
+    assert_memory_equal(e.json, json, e.json_len);
+    assert_int_equal(e.json[e.json_len], '\0');
+    assert_int_equal(e.mp_len, strlen(json));
+    assert_memory_equal(e.mp, json, e.mp_len);
+}
+
+
+static void test_apply_newer(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(put(c, "a", 5, "\"five\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "a", 4, "\"four\"", MS_APPLY_NEWER), 0);
+    assert_int_equal(put(c, "a", 5, "\"again\"", MS_APPLY_NEWER), 0);
+    expect_conn(c, "a", 5, "\"five\"");
+
+    assert_int_equal(put(c, "a", 6, "\"six\"", MS_APPLY_NEWER), 1);
+    expect_conn(c, "a", 6, "\"six\"");
+}
+
+
+static void test_apply_not_older(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(put(c, "a", 5, "\"five\"", MS_APPLY_NOT_OLDER), 1);
+    assert_int_equal(put(c, "a", 4, "\"four\"", MS_APPLY_NOT_OLDER), 0);
+    expect_conn(c, "a", 5, "\"five\"");
+
+    assert_int_equal(put(c, "a", 5, "\"again\"", MS_APPLY_NOT_OLDER), 1);
+    expect_conn(c, "a", 5, "\"again\"");
+    assert_int_equal(put(c, "a", 6, "\"six\"", MS_APPLY_NOT_OLDER), 1);
+    expect_conn(c, "a", 6, "\"six\"");
+}
+
+
+static void test_apply_always(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(put(c, "a", 5, "\"five\"", MS_APPLY_ALWAYS), 1);
+    assert_int_equal(put(c, "a", 3, "\"three\"", MS_APPLY_ALWAYS), 1);
+    expect_conn(c, "a", 3, "\"three\"");
+    assert_int_equal(put(c, "a", 3, "\"again\"", MS_APPLY_ALWAYS), 1);
+    expect_conn(c, "a", 3, "\"again\"");
+
+    /* It replaces a tombstone too, and writes one. */
+    assert_int_equal(del(c, "b", 9, MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "b", 0, "\"b\"", MS_APPLY_ALWAYS), 1);
+    expect_conn(c, "b", 0, "\"b\"");
+    assert_int_equal(del(c, "a", 2, MS_APPLY_ALWAYS), 1);
+    expect_conn(c, "a", 2, NULL);
+}
+
+
+static void test_tombstone(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(put(c, "a", 5, "1", MS_APPLY_NEWER), 1);
+    assert_int_equal(del(c, "a", 7, MS_APPLY_NEWER), 1);
+    expect_conn(c, "a", 7, NULL);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 0);
+
+    /* A late, older set must not bring the entry back. */
+    assert_int_equal(put(c, "a", 6, "2", MS_APPLY_NEWER), 0);
+    assert_int_equal(put(c, "a", 6, "2", MS_APPLY_NOT_OLDER), 0);
+    assert_int_equal(del(c, "a", 6, MS_APPLY_NEWER), 0);
+    expect_conn(c, "a", 7, NULL);
+
+    assert_int_equal(put(c, "a", 8, "3", MS_APPLY_NEWER), 1);
+    expect_conn(c, "a", 8, "3");
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 1);
+}
+
+
+static void test_tombstone_unseen(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(del(c, "ghost", 3, MS_APPLY_NEWER), 1);
+    expect_conn(c, "ghost", 3, NULL);
+    assert_int_equal(put(c, "ghost", 2, "1", MS_APPLY_NEWER), 0);
+    expect_conn(c, "ghost", 3, NULL);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 0);
+}
+
+
+static void test_get_absent(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    ms_cache_entry_t e;
+
+    memset(&e, 0xff, sizeof(e));
+    assert_int_equal(ms_cache_get(c, MS_KIND_ROOM, "r", 1, &e), 0);
+    assert_int_equal(e.version, 0);
+    assert_false(e.present);
+    assert_null(e.json);
+    assert_int_equal(e.json_len, 0);
+    assert_null(e.mp);
+    assert_int_equal(e.mp_len, 0);
+}
+
+
+static void test_get_exact_bytes(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    static const char json[] = "{\"name\":\"x\",\"n\":0}";
+    static const char mp[] = "\x82\xa4name\xa1x\xa1n\x00\x00\xc0\x00";
+    ms_cache_entry_t e;
+
+    assert_int_equal(ms_cache_apply(c, MS_KIND_ROOM, "r1", 2, 9, json,
+                                    sizeof(json) - 1, mp, sizeof(mp) - 1,
+                                    MS_APPLY_NEWER),
+                     1);
+    assert_int_equal(ms_cache_get(c, MS_KIND_ROOM, "r1", 2, &e), 0);
+    assert_true(e.present);
+    assert_int_equal(e.version, 9);
+    assert_int_equal(e.json_len, sizeof(json) - 1);
+    assert_memory_equal(e.json, json, sizeof(json) - 1);
+    assert_int_equal(e.json[e.json_len], '\0');
+    assert_int_equal(e.mp_len, sizeof(mp) - 1);
+    assert_memory_equal(e.mp, mp, sizeof(mp) - 1);
+}
+
+
+static void test_get_keys(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    ms_cache_entry_t e;
+
+    /* Ids are bytes with a length: "a" and "a\0b" are different. */
+    assert_int_equal(ms_cache_apply(c, MS_KIND_CONN, "a\0b", 3, 1, "1", 1,
+                                    "\x01", 1, MS_APPLY_NEWER),
+                     1);
+    assert_int_equal(ms_cache_apply(c, MS_KIND_CONN, "a", 1, 2, "2", 1, "\x02",
+                                    1, MS_APPLY_NEWER),
+                     1);
+    assert_int_equal(ms_cache_apply(c, MS_KIND_ROOM, "a", 1, 3, "3", 1, "\x03",
+                                    1, MS_APPLY_NEWER),
+                     1);
+
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "a\0b", 3, &e), 0);
+    assert_int_equal(e.version, 1);
+    assert_memory_equal(e.mp, "\x01", 1);
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "a", 1, &e), 0);
+    assert_int_equal(e.version, 2);
+    assert_int_equal(ms_cache_get(c, MS_KIND_ROOM, "a", 1, &e), 0);
+    assert_int_equal(e.version, 3);
+    assert_memory_equal(e.json, "3", 1);
+}
+
+
+static void test_get_sizes(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    size_t big_len = 200000;
+    char *big = malloc(big_len);
+    ms_cache_entry_t e;
+
+    /* Present but empty: pointers non-NULL, lengths 0. */
+    assert_int_equal(ms_cache_apply(c, MS_KIND_CONN, "empty", 5, 1, "", 0, "",
+                                    0, MS_APPLY_NEWER),
+                     1);
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "empty", 5, &e), 0);
+    assert_true(e.present);
+    assert_non_null(e.json);
+    assert_int_equal(e.json_len, 0);
+    assert_non_null(e.mp);
+    assert_int_equal(e.mp_len, 0);
+
+    /* A large value, then a small one, through the same buffer. */
+    assert_non_null(big);
+    for (size_t i = 0; i < big_len; i++)
+        big[i] = (char)('a' + i % 26);
+    assert_int_equal(ms_cache_apply(c, MS_KIND_CONN, "big", 3, 2, big, big_len,
+                                    big, big_len, MS_APPLY_NEWER),
+                     1);
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "big", 3, &e), 0);
+    assert_int_equal(e.json_len, big_len);
+    assert_memory_equal(e.json, big, big_len);
+    assert_memory_equal(e.mp, big, big_len);
+    free(big);
+    assert_int_equal(put(c, "small", 3, "[1]", MS_APPLY_NEWER), 1);
+    expect_conn(c, "small", 3, "[1]");
+}
+
+
+/*
+ * Before the resync: a1 b2 c3 g0, d deleted at 4, f12 (newer than the
+ * resync's sequence 9). During it: the load writes a at the same
+ * version and c, events change c to 11 and create e at 10. Only b and g
+ * are untouched and no newer than 9.
+ */
+static void test_resync(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(put(c, "a", 1, "\"a\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "b", 2, "\"b\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "c", 3, "\"c\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "d", 1, "\"d\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(del(c, "d", 4, MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "f", 12, "\"f\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "g", 0, "\"g\"", MS_APPLY_ALWAYS), 1);
+
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    assert_int_equal(put(c, "a", 1, "\"a\"", MS_APPLY_ALWAYS), 1);
+    assert_int_equal(put(c, "c", 3, "\"c\"", MS_APPLY_NOT_OLDER), 1);
+    assert_int_equal(put(c, "c", 11, "\"c2\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "e", 10, "\"e\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_resync_end(c, 9), 2);
+
+    expect_conn(c, "a", 1, "\"a\"");
+    expect_conn(c, "b", 9, NULL);
+    expect_conn(c, "c", 11, "\"c2\"");
+    expect_conn(c, "d", 4, NULL);
+    expect_conn(c, "e", 10, "\"e\"");
+    expect_conn(c, "f", 12, "\"f\"");
+    expect_conn(c, "g", 9, NULL);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 4);
+
+    /* The tombstone's version is the resync's sequence. */
+    assert_int_equal(put(c, "b", 8, "\"old\"", MS_APPLY_NEWER), 0);
+    assert_int_equal(put(c, "b", 10, "\"b2\"", MS_APPLY_NEWER), 1);
+    expect_conn(c, "b", 10, "\"b2\"");
+
+    /* A resync that loads nothing empties the cache. */
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    assert_int_equal(ms_cache_resync_end(c, 20), 5);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 0);
+    expect_conn(c, "f", 20, NULL);
+}
+
+
+static void test_resync_kinds(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(ms_cache_apply(c, MS_KIND_ROOM, "r", 1, 1, "1", 1, "1", 1,
+                                    MS_APPLY_NEWER),
+                     1);
+    assert_int_equal(put(c, "a", 2, "2", MS_APPLY_NEWER), 1);
+
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    assert_int_equal(put(c, "a", 2, "2", MS_APPLY_NOT_OLDER), 1);
+    assert_int_equal(ms_cache_resync_end(c, 5), 1);
+    assert_int_equal(ms_cache_count(c, MS_KIND_ROOM), 0);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 1);
+}
+
+
+/* A generation that restarted from 0 would see "a" as touched. */
+static void test_resync_generation_persists(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    uint64_t gen = 0;
+    char path[128];
+
+    dir_path(f, "cache.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    assert_int_equal(ms_cache_resync_begin(f->c), 0);
+    assert_int_equal(put(f->c, "a", 1, "1", MS_APPLY_NOT_OLDER), 1);
+    assert_int_equal(ms_cache_resync_end(f->c, 1), 0);
+    ms_cache_close(f->c);
+
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    assert_int_equal(ms_cache_meta_get(f->c, "resync_generation", &gen), 0);
+    assert_int_equal(gen, 1);
+    assert_int_equal(ms_cache_resync_begin(f->c), 0);
+    assert_int_equal(ms_cache_resync_end(f->c, 5), 1);
+    expect_conn(f->c, "a", 5, NULL);
+}
+
+
+static void test_count(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 0);
+    assert_int_equal(ms_cache_count(c, MS_KIND_ROOM), 0);
+    assert_int_equal(put(c, "a", 1, "1", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "b", 2, "1", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "c", 3, "1", MS_APPLY_NEWER), 1);
+    assert_int_equal(del(c, "b", 4, MS_APPLY_NEWER), 1);
+    for (int i = 0; i < 2; i++) {
+        char id[8];
+
+        snprintf(id, sizeof(id), "r%d", i);
+        assert_int_equal(ms_cache_apply(c, MS_KIND_ROOM, id, strlen(id), 10,
+                                        "1", 1, "1", 1, MS_APPLY_NEWER),
+                         1);
+    }
+
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 2);
+    assert_int_equal(ms_cache_count(c, MS_KIND_ROOM), 2);
+    assert_int_equal(ms_cache_count(c, (ms_kind_t)7), MS_EINVAL);
+}
+
+
+static void test_meta(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    uint64_t v = 99;
+
+    assert_int_equal(ms_cache_meta_get(c, "last_seq", &v), MS_EINVAL);
+    assert_int_equal(ms_cache_meta_set(c, "last_seq", 42), 0);
+    assert_int_equal(ms_cache_meta_get(c, "last_seq", &v), 0);
+    assert_int_equal(v, 42);
+    assert_int_equal(ms_cache_meta_set(c, "last_seq", 7), 0);
+    assert_int_equal(ms_cache_meta_get(c, "last_seq", &v), 0);
+    assert_int_equal(v, 7);
+
+    assert_int_equal(ms_cache_meta_set(c, "big", INT64_MAX), 0);
+    assert_int_equal(ms_cache_meta_get(c, "big", &v), 0);
+    assert_int_equal(v, INT64_MAX);
+    assert_int_equal(ms_cache_meta_set(c, "big", (uint64_t)INT64_MAX + 1),
+                     MS_EINVAL);
+    assert_int_equal(ms_cache_meta_get(c, "big", &v), 0);
+    assert_int_equal(v, INT64_MAX);
+
+    /* The generation belongs to resync_begin. */
+    assert_int_equal(ms_cache_meta_set(c, "resync_generation", 5), MS_EINVAL);
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    assert_int_equal(ms_cache_meta_get(c, "resync_generation", &v), 0);
+    assert_int_equal(v, 1);
+}
+
+
+static void test_version_limits(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    ms_cache_entry_t e;
+
+    assert_int_equal(put(c, "a", (uint64_t)INT64_MAX + 1, "1", MS_APPLY_NEWER),
+                     MS_EINVAL);
+    assert_int_equal(put(c, "a", UINT64_MAX, "1", MS_APPLY_NOT_OLDER),
+                     MS_EINVAL);
+    assert_int_equal(del(c, "a", UINT64_MAX, MS_APPLY_ALWAYS), MS_EINVAL);
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "a", 1, &e), 0);
+    assert_int_equal(e.version, 0);
+    assert_false(e.present);
+
+    /* Version 0: a value written without one; present tells it apart. */
+    assert_int_equal(put(c, "z", 0, "0", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "z", 0, "1", MS_APPLY_NEWER), 0);
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "z", 1, &e), 0);
+    assert_true(e.present);
+    assert_int_equal(e.version, 0);
+
+    assert_int_equal(put(c, "a", INT64_MAX, "1", MS_APPLY_NEWER), 1);
+    expect_conn(c, "a", INT64_MAX, "1");
+    assert_int_equal(ms_cache_resync_end(c, (uint64_t)INT64_MAX + 1),
+                     MS_EINVAL);
+}
+
+
+static void test_invalid_arguments(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    ms_cache_entry_t e;
+
+    assert_int_equal(ms_cache_apply(c, MS_KIND_CONN, "a", 1, 1, "1", 1, NULL, 0,
+                                    MS_APPLY_NEWER),
+                     MS_EINVAL);
+    assert_int_equal(ms_cache_apply(c, MS_KIND_CONN, "a", 1, 1, NULL, 0, "1", 1,
+                                    MS_APPLY_NEWER),
+                     MS_EINVAL);
+    assert_int_equal(ms_cache_apply(c, (ms_kind_t)2, "a", 1, 1, "1", 1, "1", 1,
+                                    MS_APPLY_NEWER),
+                     MS_EINVAL);
+    assert_int_equal(ms_cache_apply(c, MS_KIND_CONN, "a", 1, 1, "1", 1, "1", 1,
+                                    (ms_apply_mode_t)9),
+                     MS_EINVAL);
+    assert_int_equal(ms_cache_get(c, (ms_kind_t)2, "a", 1, &e), MS_EINVAL);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 0);
+}
+
+
+static void test_transaction(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+
+    assert_int_equal(ms_cache_begin(c), 0);
+    assert_int_equal(put(c, "a", 1, "1", MS_APPLY_NEWER), 1);
+    expect_conn(c, "a", 1, "1");
+
+    /* Not nestable: the second begin fails and leaves the first open. */
+    assert_int_equal(ms_cache_begin(c), MS_EINTERNAL);
+    assert_int_equal(put(c, "b", 2, "2", MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_commit(c), 0);
+    assert_int_equal(ms_cache_commit(c), MS_EINTERNAL);
+
+    assert_int_equal(put(c, "c", 3, "3", MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 3);
+}
+
+
+static void test_bulk(void **state)
+{
+    fixture_t *f = *state;
+    enum { N = 100000 };
+    char id[16], json[32], path[128];
+    ms_error_t err = {0};
+    ms_cache_t *c;
+
+    dir_path(f, "bulk.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    c = f->c;
+    assert_int_equal(ms_cache_begin(c), 0);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "c%d", i);
+        snprintf(json, sizeof(json), "{\"i\":%d}", i);
+        assert_int_equal(put(c, id, (uint64_t)i + 1, json, MS_APPLY_NEWER), 1);
+    }
+    assert_int_equal(ms_cache_commit(c), 0);
+
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), N);
+    expect_conn(c, "c77777", 77778, "{\"i\":77777}");
+}
+
+
+static void expect_journal_mode(const char *path, const char *mode)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
+                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(s, 0), mode);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+}
+
+
+static void test_warm_restart(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    uint64_t v = 0;
+    char path[128];
+
+    dir_path(f, "cache.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    assert_int_equal(ms_cache_begin(f->c), 0);
+    assert_int_equal(put(f->c, "a", 3, "{\"a\":1}", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(f->c, "b", 4, "{\"b\":2}", MS_APPLY_NEWER), 1);
+    assert_int_equal(del(f->c, "b", 5, MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_commit(f->c), 0);
+    assert_int_equal(put(f->c, "c", 6, "[]", MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_meta_set(f->c, "last_seq", 6), 0);
+    ms_cache_close(f->c);
+    f->c = NULL;
+
+    expect_journal_mode(path, "wal");
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    expect_conn(f->c, "a", 3, "{\"a\":1}");
+    expect_conn(f->c, "b", 5, NULL);
+    expect_conn(f->c, "c", 6, "[]");
+    assert_int_equal(ms_cache_count(f->c, MS_KIND_CONN), 2);
+    assert_int_equal(ms_cache_meta_get(f->c, "last_seq", &v), 0);
+    assert_int_equal(v, 6);
+}
+
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *fp = fopen(path, "wb");
+
+    assert_non_null(fp);
+    assert_int_equal(fwrite(data, 1, len, fp), len);
+    assert_int_equal(fclose(fp), 0);
+}
+
+
+static void test_garbage_file(void **state)
+{
+    fixture_t *f = *state;
+    unsigned char junk[4096], back[sizeof(junk) + 1];
+    uint32_t x = 2463534242u;
+    ms_error_t err = {0};
+    ms_cache_t *c = (ms_cache_t *)&err;
+    char path[128];
+    FILE *fp;
+
+    for (size_t i = 0; i < sizeof(junk); i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        junk[i] = (unsigned char)x;
+    }
+    dir_path(f, "garbage.db", path, sizeof(path));
+    write_file(path, junk, sizeof(junk));
+
+    /* *out is cleared on failure, not left as it was. */
+    assert_int_equal(ms_cache_open(path, &c, &err), MS_EINTERNAL);
+    assert_null(c);
+    assert_int_equal(err.code, MS_EINTERNAL);
+    assert_non_null(strstr(err.msg, "not a database"));
+
+    /* The file is left as it was. */
+    fp = fopen(path, "rb");
+    assert_non_null(fp);
+    assert_int_equal(fread(back, 1, sizeof(back), fp), sizeof(junk));
+    fclose(fp);
+    assert_memory_equal(back, junk, sizeof(junk));
+}
+
+
+static void test_foreign_schema_version(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    char path[128];
+    sqlite3 *db;
+
+    dir_path(f, "future.db", path, sizeof(path));
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    assert_int_equal(ms_cache_open(path, &f->c, &err), MS_EINTERNAL);
+    assert_null(f->c);
+    assert_non_null(strstr(err.msg, "schema version 99"));
+}
+
+
+/* Everything that defines a database's schema, as one string. */
+static char *schema_dump(const char *path)
+{
+    const char *q = "SELECT type || ' ' || name || ' ' || tbl_name || ' ' "
+                    "|| coalesce(sql, '') FROM sqlite_master ORDER BY name";
+    size_t len = 0, cap = 1 << 16;
+    char *out = malloc(cap);
+    sqlite3_stmt *s;
+    sqlite3 *db;
+
+    assert_non_null(out);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &s, NULL), SQLITE_OK);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        int n = snprintf(out + len, cap - len, "%s\n",
+                         (const char *)sqlite3_column_text(s, 0));
+
+        assert_true(n > 0 && (size_t)n < cap - len);
+        len += (size_t)n;
+    }
+    sqlite3_finalize(s);
+
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    snprintf(out + len, cap - len, "user_version %d", sqlite3_column_int(s, 0));
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return out;
+}
+
+
+/* schema/cache.sql, found from this file's own path. */
+static char *read_schema_file(void)
+{
+    const char *tail = "tests/unit/test_cache.c";
+    size_t len = strlen(__FILE__), tail_len = strlen(tail), n;
+    char path[512], *text = malloc(1 << 16);
+    FILE *fp;
+
+    assert_non_null(text);
+    assert_true(len >= tail_len);
+    assert_string_equal(__FILE__ + len - tail_len, tail);
+    snprintf(path, sizeof(path), "%.*sschema/cache.sql", (int)(len - tail_len),
+             __FILE__);
+
+    fp = fopen(path, "rb");
+    assert_non_null(fp);
+    n = fread(text, 1, (1 << 16) - 1, fp);
+    assert_true(feof(fp));
+    fclose(fp);
+    text[n] = '\0';
+    return text;
+}
+
+
+static void test_schema_file_matches(void **state)
+{
+    fixture_t *f = *state;
+    char a[128], b[128], *sql = read_schema_file(), *dump_a, *dump_b;
+    ms_error_t err = {0};
+    sqlite3 *db;
+
+    dir_path(f, "code.db", a, sizeof(a));
+    assert_int_equal(ms_cache_open(a, &f->c, &err), 0);
+    ms_cache_close(f->c);
+    f->c = NULL;
+
+    dir_path(f, "file.db", b, sizeof(b));
+    assert_int_equal(sqlite3_open(b, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    dump_a = schema_dump(a);
+    dump_b = schema_dump(b);
+    assert_non_null(strstr(dump_a, "table entries"));
+    assert_non_null(strstr(dump_a, "user_version 1"));
+    assert_string_equal(dump_a, dump_b);
+    free(dump_a);
+    free(dump_b);
+    free(sql);
+}
+
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_apply_newer, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_apply_not_older, setup_mem,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_apply_always, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_tombstone, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_tombstone_unseen, setup_mem,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_get_absent, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_get_exact_bytes, setup_mem,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_get_keys, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_get_sizes, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_resync, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_resync_kinds, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_resync_generation_persists,
+                                        setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_count, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_meta, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_version_limits, setup_mem,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_arguments, setup_mem,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_transaction, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_bulk, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_warm_restart, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_file, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_schema_version, setup_dir,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_schema_file_matches, setup_dir,
+                                        teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,55 @@
+-- cache.sql - the layout of meshsyncd's SQLite cache file.
+--
+-- sidecar/cache.c carries a copy of this file as the string
+-- CACHE_SCHEMA; keep the two identical (tests/unit/test_cache.c checks
+-- that both build the same schema). meshsyncd runs it in one
+-- transaction each time it opens the file, after checking PRAGMA
+-- user_version: 0 (a new file) or 1 is accepted, anything else is
+-- refused. The cache is rebuilt from Redis by a resync, so deleting the
+-- file (with its -wal and -shm) is safe while the daemon is stopped.
+--
+-- On open the daemon also sets PRAGMA journal_mode=WAL (stored in the
+-- file) and PRAGMA synchronous=NORMAL (per connection). To look inside:
+--   sqlite3 cache.db 'SELECT kind, id, version, json FROM entries'
+-- The comments inside each CREATE TABLE are kept by SQLite and shown
+-- by the sqlite3 tool's .schema command.
+
+CREATE TABLE IF NOT EXISTS entries (
+    -- What the entry describes: 0 = a connection, 1 = a room
+    -- (ms_kind_t in sidecar/cache.h).
+    kind    INTEGER NOT NULL CHECK (kind IN (0, 1)),
+    -- The entry's id within its kind, as the bytes Redis uses.
+    id      TEXT NOT NULL,
+    -- The version of the last change applied: a value of Redis's
+    -- global sequence (INCR), up to 2^63-1, or 0 for a value written
+    -- without one (by a Mesh server or by hand). A change event is
+    -- applied only if its version is newer; a resync load replaces
+    -- anything no newer than the sequence it read.
+    version INTEGER NOT NULL CHECK (version >= 0),
+    -- The value as JSON text, exactly as Redis holds it. NULL marks a
+    -- tombstone: the entry was deleted by the change at `version`, and
+    -- the row stays so that a late, older change cannot revive it.
+    json    TEXT,
+    -- The same value encoded as msgpack, ready to copy into a reply;
+    -- NULL exactly when json is NULL.
+    mp      BLOB,
+    -- The resync generation (meta key 'resync_generation') current
+    -- when this row was last written. When a resync ends, live rows it
+    -- did not write and that are no newer than the sequence read when
+    -- it began are gone from Redis: they become tombstones.
+    gen     INTEGER NOT NULL,
+    PRIMARY KEY (kind, id),
+    CHECK ((json IS NULL) = (mp IS NULL))
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS meta (
+    -- A name. 'resync_generation' belongs to the cache: the generation
+    -- of the latest resync, bumped when one begins (absent before the
+    -- first). Other keys are the mirror's own state, such as the last
+    -- sequence it applied.
+    key     TEXT PRIMARY KEY,
+    -- An unsigned 64-bit value no larger than 2^63-1: never negative.
+    value   INTEGER NOT NULL
+) WITHOUT ROWID;
+
+PRAGMA user_version = 1;
