@@ -53,11 +53,11 @@ typedef struct ms_redis_callbacks_s {
 } ms_redis_callbacks_t;
 
 typedef struct ms_redis_options_s {
-    const char *url;       /* redis://host:port[/db] or unix:///path */
+    const char *url;       /* redis://host:port[/db], unix:///path[?db=N] */
     const char *password;  /* NULL for none; sent with AUTH */
     const char *channel;   /* the change channel to subscribe to */
-    unsigned backoff_min_ms; /* first reconnect delay (default 100) */
-    unsigned backoff_max_ms; /* cap on the delay (default 5000) */
+    unsigned backoff_min_ms; /* first reconnect delay (0: 100) */
+    unsigned backoff_max_ms; /* cap on the delay (0: 5000) */
 } ms_redis_options_t;
 
 /*
@@ -94,9 +94,11 @@ int ms_redis_script(ms_redis_t *r, ms_script_t script, int nkeys, int argc,
                     ms_redis_reply_cb cb, void *arg) MS_MUST_CHECK;
 
 /*
- * Disconnects both links, answering pending commands with MS_EUNAVAIL,
- * and frees r once every uv handle it owns has closed; the loop can then
- * finish. No callback of cb is called after this returns.
+ * Disconnects both links, answering pending commands with MS_EUNAVAIL
+ * (inside this call, or just after the hiredis callback it was called
+ * from returns), and frees r once every uv handle it owns has closed; the
+ * loop can then finish. on_state and on_message are never called after
+ * this returns.
  */
 void ms_redis_close(ms_redis_t *r);
 
