@@ -1,1 +1,622 @@
-/* placeholder: being written */
+/*
+ * handlers.c - decodes request frames and runs the operations of
+ * schema/PROTOCOL.md (see handlers.h). Reads are answered from the cache
+ * at once; writes go to the write pipeline and are answered when Redis
+ * has them. Loop thread only.
+ */
+#include "handlers.h"
+
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "frame.h"
+#include "log.h"
+#include "mirror.h"
+#include "strategy.h"
+#include "writes.h"
+
+/* The fields of a request that some operation uses. */
+typedef struct request_s {
+    uint64_t id;
+    bool has_id;
+    const msgpack_object *op;
+    const msgpack_object *conn;
+    const msgpack_object *room;
+    const msgpack_object *value;
+    const msgpack_object *strategy;
+    const msgpack_object *min_version;
+    const msgpack_object *timeout;
+} request_t;
+
+/* What a write's completion needs to answer. */
+typedef struct pending_s {
+    ms_session_t *session;
+    uint64_t id;
+} pending_t;
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+
+static void pack_id(msgpack_packer *pk, const request_t *rq)
+{
+    pack_str(pk, "id");
+    if (rq != NULL && rq->has_id)
+        msgpack_pack_uint64(pk, rq->id);
+    else
+        msgpack_pack_nil(pk);
+}
+
+
+/* Starts {id, ok: true, ...} with room for n more fields. */
+static msgpack_packer *reply_ok(ms_session_t *s, const request_t *rq,
+                                size_t n)
+{
+    msgpack_packer *pk = ms_session_reply_begin(s);
+
+    msgpack_pack_map(pk, 2 + n);
+    pack_id(pk, rq);
+    pack_str(pk, "ok");
+    msgpack_pack_true(pk);
+    return pk;
+}
+
+
+static void reply_error(ms_session_t *s, const request_t *rq, int code,
+                        const char *msg)
+{
+    msgpack_packer *pk = ms_session_reply_begin(s);
+
+    msgpack_pack_map(pk, 3);
+    pack_id(pk, rq);
+    pack_str(pk, "ok");
+    msgpack_pack_false(pk);
+    pack_str(pk, "error");
+    msgpack_pack_map(pk, 2);
+    pack_str(pk, "code");
+    pack_str(pk, ms_error_name(code));
+    pack_str(pk, "message");
+    pack_str(pk, msg);
+    ms_session_reply_end(s);
+}
+
+
+void ms_handlers_reply_error(ms_session_t *s, int code, const char *msg)
+{
+    reply_error(s, NULL, code, msg);
+}
+
+
+static bool key_is(const msgpack_object *k, const char *name)
+{
+    size_t n = strlen(name);
+
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+           memcmp(k->via.str.ptr, name, n) == 0;
+}
+
+
+/* Picks the known fields out of the request map. */
+static int parse_request(const msgpack_object *map, request_t *rq,
+                         ms_error_t *err)
+{
+    static const char *names[] = {"op",       "conn",       "room",
+                                  "value",    "strategy",   "minVersion",
+                                  "timeout"};
+    const msgpack_object **slots[] = {
+        &rq->op,       &rq->conn,        &rq->room,   &rq->value,
+        &rq->strategy, &rq->min_version, &rq->timeout};
+    const msgpack_object *id = NULL;
+
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        const msgpack_object *v = &map->via.map.ptr[i].val;
+
+        if (key_is(k, "id")) {
+            if (id != NULL)
+                return ms_error_set(err, MS_EINVAL, "duplicate key 'id'");
+            id = v;
+            continue;
+        }
+        for (size_t j = 0; j < sizeof(names) / sizeof(names[0]); j++) {
+            if (!key_is(k, names[j]))
+                continue;
+            if (*slots[j] != NULL)
+                return ms_error_set(err, MS_EINVAL, "duplicate key '%s'",
+                                    names[j]);
+            *slots[j] = v;
+        }
+    }
+
+    if (id == NULL)
+        return ms_error_set(err, MS_EINVAL, "request has no 'id'");
+    if (id->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return ms_error_set(err, MS_EINVAL,
+                            "'id' must be an unsigned integer");
+    rq->id = id->via.u64;
+    rq->has_id = true;
+    if (rq->op == NULL)
+        return ms_error_set(err, MS_EINVAL, "request has no 'op'");
+    if (rq->op->type != MSGPACK_OBJECT_STR)
+        return ms_error_set(err, MS_EINVAL, "'op' must be a string");
+    return 0;
+}
+
+
+/* True when s[0..n) is well-formed UTF-8 without NUL. */
+static bool valid_id_text(const char *s, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
+                                   : (c >> 3) == 30 ? 4 : 0;
+        uint32_t cp;
+
+        if (c == 0 || len == 0 || i + len > n)
+            return false;
+        cp = len == 1 ? c : c & (0x7f >> len);
+        for (size_t j = 1; j < len; j++) {
+            if (((unsigned char)s[i + j] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | ((unsigned char)s[i + j] & 0x3f);
+        }
+        /* Overlong forms, surrogates and values past U+10FFFF. */
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
+            (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
+
+static int check_id(const ms_app_t *app, const msgpack_object *o,
+                    const char *name, ms_error_t *err)
+{
+    if (o->type != MSGPACK_OBJECT_STR)
+        return ms_error_set(err, MS_EINVAL, "'%s' must be a string", name);
+    if (o->via.str.size == 0)
+        return ms_error_set(err, MS_EINVAL, "'%s' must not be empty", name);
+    if (o->via.str.size > app->cfg->max_id)
+        return ms_error_set(err, MS_ETOOLARGE,
+                            "'%s' is longer than %zu bytes", name,
+                            app->cfg->max_id);
+    if (!valid_id_text(o->via.str.ptr, o->via.str.size))
+        return ms_error_set(err, MS_EINVAL,
+                            "'%s' must be UTF-8 text without NUL", name);
+    return 0;
+}
+
+
+/*
+ * Finds the entry a request names: its room, its conn, or for conn.*
+ * without one, the connection bound by hello.
+ */
+static int target(const ms_app_t *app, ms_session_t *s, const request_t *rq,
+                  ms_kind_t kind, const char **id, size_t *len,
+                  ms_error_t *err)
+{
+    const msgpack_object *o = kind == MS_KIND_ROOM ? rq->room : rq->conn;
+    const char *name = kind == MS_KIND_ROOM ? "room" : "conn";
+    int rc;
+
+    if (o == NULL && kind == MS_KIND_CONN) {
+        *id = ms_session_conn(s, len);
+        if (*id != NULL)
+            return 0;
+        return ms_error_set(err, MS_EINVAL,
+                            "no 'conn' given and no connection bound by "
+                            "hello");
+    }
+    if (o == NULL)
+        return ms_error_set(err, MS_EINVAL, "request has no '%s'", name);
+    rc = check_id(app, o, name, err);
+    if (rc < 0)
+        return rc;
+    *id = o->via.str.ptr;
+    *len = o->via.str.size;
+    return 0;
+}
+
+
+static void op_ping(ms_app_t *app, ms_session_t *s, const request_t *rq)
+{
+    msgpack_packer *pk = reply_ok(s, rq, 1);
+
+    (void)app;
+    pack_str(pk, "value");
+    pack_str(pk, "pong");
+    ms_session_reply_end(s);
+}
+
+
+static void op_hello(ms_app_t *app, ms_session_t *s, const request_t *rq)
+{
+    ms_error_t err;
+    msgpack_packer *pk;
+
+    if (rq->conn == NULL) {
+        reply_error(s, rq, MS_EINVAL, "hello needs 'conn'");
+        return;
+    }
+    if (check_id(app, rq->conn, "conn", &err) < 0) {
+        reply_error(s, rq, err.code, err.msg);
+        return;
+    }
+    ms_session_bind(s, rq->conn->via.str.ptr, rq->conn->via.str.size);
+    pk = reply_ok(s, rq, 1);
+    pack_str(pk, "conn");
+    msgpack_pack_str(pk, rq->conn->via.str.size);
+    msgpack_pack_str_body(pk, rq->conn->via.str.ptr, rq->conn->via.str.size);
+    ms_session_reply_end(s);
+}
+
+
+/* Answers a read from the cache. */
+static void reply_entry(ms_app_t *app, ms_session_t *s, const request_t *rq,
+                        ms_kind_t kind, const char *id, size_t len)
+{
+    ms_cache_entry_t e;
+    msgpack_packer *pk;
+
+    if (ms_cache_get(app->cache, kind, id, len, &e) < 0) {
+        reply_error(s, rq, MS_EINTERNAL, "cache read failed");
+        return;
+    }
+    pk = reply_ok(s, rq, 3);
+    pack_str(pk, "value");
+    if (e.present)
+        pk->callback(pk->data, e.mp, e.mp_len);
+    else
+        msgpack_pack_nil(pk);
+    pack_str(pk, "version");
+    msgpack_pack_uint64(pk, e.version);
+    pack_str(pk, "stale");
+    if (ms_mirror_stale(app))
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    ms_session_reply_end(s);
+}
+
+
+/*
+ * A read with minVersion that the cache cannot answer yet: it waits, with
+ * a timer, for the mirror to apply that version of the entry.
+ */
+typedef struct waiter_s {
+    struct waiter_s *next, *prev;
+    ms_app_t *app;
+    ms_session_t *session;
+    uint64_t id;
+    ms_kind_t kind;
+    char *eid;
+    size_t eid_len;
+    uint64_t min_version;
+    uv_timer_t timer;
+} waiter_t;
+
+static void on_waiter_closed(uv_handle_t *h)
+{
+    waiter_t *w = h->data;
+
+    ms_session_unref(w->session);
+    free(w->eid);
+    free(w);
+}
+
+
+static void waiter_end(waiter_t *w)
+{
+    ms_app_t *app = w->app;
+
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        app->waiters = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    uv_timer_stop(&w->timer);
+    uv_close((uv_handle_t *)&w->timer, on_waiter_closed);
+}
+
+
+static void on_waiter_timeout(uv_timer_t *t)
+{
+    waiter_t *w = t->data;
+    request_t rq = {.id = w->id, .has_id = true};
+    char msg[120];
+
+    snprintf(msg, sizeof(msg),
+             "the cache did not reach version %" PRIu64 " in time",
+             w->min_version);
+    if (!ms_session_closed(w->session))
+        reply_error(w->session, &rq, MS_ETIMEOUT, msg);
+    waiter_end(w);
+}
+
+
+static void wait_for_version(ms_app_t *app, ms_session_t *s,
+                             const request_t *rq, ms_kind_t kind,
+                             const char *id, size_t len, uint64_t timeout)
+{
+    waiter_t *w = ms_calloc(1, sizeof(*w));
+
+    w->app = app;
+    w->session = s;
+    w->id = rq->id;
+    w->kind = kind;
+    w->eid = ms_strndup(id, len);
+    w->eid_len = len;
+    w->min_version = rq->min_version->via.u64;
+    ms_session_ref(s);
+    uv_timer_init(app->loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, on_waiter_timeout, timeout, 0);
+    w->next = app->waiters;
+    if (w->next != NULL)
+        w->next->prev = w;
+    app->waiters = w;
+}
+
+
+void ms_handlers_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
+                               size_t len, uint64_t version)
+{
+    waiter_t *w = app->waiters, *next;
+
+    for (; w != NULL; w = next) {
+        request_t rq = {.id = w->id, .has_id = true};
+
+        next = w->next;
+        if (w->kind != kind || w->eid_len != len || version < w->min_version ||
+            memcmp(w->eid, id, len) != 0)
+            continue;
+        if (!ms_session_closed(w->session))
+            reply_entry(app, w->session, &rq, kind, id, len);
+        waiter_end(w);
+    }
+}
+
+
+void ms_handlers_close(ms_app_t *app)
+{
+    while (app->waiters != NULL)
+        waiter_end(app->waiters);
+}
+
+
+/* Reads minVersion and timeout (milliseconds, default 1 s, at most 60 s). */
+static int read_wait_options(const request_t *rq, uint64_t *timeout,
+                             ms_error_t *err)
+{
+    *timeout = 1000;
+    if (rq->min_version != NULL &&
+        rq->min_version->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return ms_error_set(err, MS_EINVAL,
+                            "'minVersion' must be an unsigned integer");
+    if (rq->timeout == NULL)
+        return 0;
+    if (rq->timeout->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        rq->timeout->via.u64 > 60000)
+        return ms_error_set(err, MS_EINVAL,
+                            "'timeout' must be 0 to 60000 milliseconds");
+    *timeout = rq->timeout->via.u64;
+    return 0;
+}
+
+
+static void op_get(ms_app_t *app, ms_session_t *s, const request_t *rq,
+                   ms_kind_t kind)
+{
+    ms_cache_entry_t e;
+    ms_error_t err;
+    uint64_t timeout;
+    const char *id;
+    size_t len;
+
+    if (target(app, s, rq, kind, &id, &len, &err) < 0 ||
+        read_wait_options(rq, &timeout, &err) < 0) {
+        reply_error(s, rq, err.code, err.msg);
+        return;
+    }
+    if (rq->min_version != NULL &&
+        ms_cache_get(app->cache, kind, id, len, &e) == 0 &&
+        e.version < rq->min_version->via.u64) {
+        wait_for_version(app, s, rq, kind, id, len, timeout);
+        return;
+    }
+    reply_entry(app, s, rq, kind, id, len);
+}
+
+
+static void on_write_done(void *arg, int code, const char *msg,
+                          uint64_t version)
+{
+    pending_t *p = arg;
+    request_t rq = {.id = p->id, .has_id = true};
+
+    if (!ms_session_closed(p->session)) {
+        if (code < 0) {
+            reply_error(p->session, &rq, code, msg);
+        } else {
+            msgpack_packer *pk = reply_ok(p->session, &rq, 1);
+
+            pack_str(pk, "version");
+            msgpack_pack_uint64(pk, version);
+            ms_session_reply_end(p->session);
+        }
+    }
+    ms_session_unref(p->session);
+    free(p);
+}
+
+
+static void submit(ms_app_t *app, ms_session_t *s, const request_t *rq,
+                   ms_kind_t kind, const char *id, size_t len,
+                   ms_strategy_t strategy, json_t *update)
+{
+    pending_t *p = ms_malloc(sizeof(*p));
+
+    p->session = s;
+    p->id = rq->id;
+    ms_session_ref(s);
+    ms_writes_submit(app, kind, id, len, strategy, update, on_write_done, p);
+}
+
+
+static void op_set(ms_app_t *app, ms_session_t *s, const request_t *rq,
+                   ms_kind_t kind)
+{
+    ms_strategy_t strategy = MS_STRATEGY_REPLACE;
+    json_t *update = NULL;
+    ms_error_t err;
+    const char *id;
+    size_t len;
+
+    if (target(app, s, rq, kind, &id, &len, &err) < 0)
+        goto failed;
+    if (rq->value == NULL) {
+        ms_error_set(&err, MS_EINVAL, "request has no 'value'");
+        goto failed;
+    }
+    if (rq->strategy != NULL &&
+        (rq->strategy->type != MSGPACK_OBJECT_STR ||
+         ms_strategy_parse(rq->strategy->via.str.ptr,
+                           rq->strategy->via.str.size, &strategy) < 0)) {
+        ms_error_set(&err, MS_EINVAL,
+                     "'strategy' must be \"replace\", \"merge\" or "
+                     "\"deepMerge\"");
+        goto failed;
+    }
+    if (ms_value_from_msgpack(rq->value, &app->limits, &update, &err) < 0)
+        goto failed;
+
+    /* A nil value clears the entry, whatever the strategy. */
+    if (json_is_null(update)) {
+        json_decref(update);
+        update = NULL;
+    }
+    submit(app, s, rq, kind, id, len, strategy, update);
+    return;
+
+failed:
+    reply_error(s, rq, err.code, err.msg);
+}
+
+
+static void op_delete(ms_app_t *app, ms_session_t *s, const request_t *rq,
+                      ms_kind_t kind)
+{
+    ms_error_t err;
+    const char *id;
+    size_t len;
+
+    if (target(app, s, rq, kind, &id, &len, &err) < 0) {
+        reply_error(s, rq, err.code, err.msg);
+        return;
+    }
+    submit(app, s, rq, kind, id, len, MS_STRATEGY_REPLACE, NULL);
+}
+
+
+static void op_conn_get(ms_app_t *a, ms_session_t *s, const request_t *r)
+{
+    op_get(a, s, r, MS_KIND_CONN);
+}
+static void op_conn_set(ms_app_t *a, ms_session_t *s, const request_t *r)
+{
+    op_set(a, s, r, MS_KIND_CONN);
+}
+static void op_conn_close(ms_app_t *a, ms_session_t *s, const request_t *r)
+{
+    op_delete(a, s, r, MS_KIND_CONN);
+}
+static void op_room_get(ms_app_t *a, ms_session_t *s, const request_t *r)
+{
+    op_get(a, s, r, MS_KIND_ROOM);
+}
+static void op_room_set(ms_app_t *a, ms_session_t *s, const request_t *r)
+{
+    op_set(a, s, r, MS_KIND_ROOM);
+}
+static void op_room_delete(ms_app_t *a, ms_session_t *s, const request_t *r)
+{
+    op_delete(a, s, r, MS_KIND_ROOM);
+}
+
+typedef void (*op_fn)(ms_app_t *, ms_session_t *, const request_t *);
+
+static const struct {
+    const char *name;
+    op_fn fn;
+} ops[] = {
+    {"conn.get", op_conn_get},     {"room.get", op_room_get},
+    {"conn.set", op_conn_set},     {"room.set", op_room_set},
+    {"conn.close", op_conn_close}, {"room.delete", op_room_delete},
+    {"hello", op_hello},           {"ping", op_ping},
+};
+
+static void dispatch(ms_app_t *app, ms_session_t *s, const request_t *rq)
+{
+    const msgpack_object *op = rq->op;
+    char msg[96];
+
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+        if (key_is(op, ops[i].name)) {
+            ops[i].fn(app, s, rq);
+            return;
+        }
+    }
+    snprintf(msg, sizeof(msg), "unknown op '%.*s'",
+             op->via.str.size > 40 ? 40 : (int)op->via.str.size,
+             op->via.str.ptr);
+    reply_error(s, rq, MS_EUNKNOWNOP, msg);
+}
+
+
+void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
+                       size_t len)
+{
+    msgpack_unpacked up;
+    request_t rq;
+    ms_error_t err;
+    size_t off = 0;
+
+    memset(&rq, 0, sizeof(rq));
+
+    /* The request map holds the value, one level deeper than it. */
+    if (ms_msgpack_check(body, len, app->cfg->max_depth + 1, &err) < 0) {
+        reply_error(s, NULL, err.code, err.msg);
+        return;
+    }
+    msgpack_unpacked_init(&up);
+    if (msgpack_unpack_next(&up, body, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+        reply_error(s, NULL, MS_EINVAL, "frame is not msgpack");
+        goto done;
+    }
+    if (up.data.type != MSGPACK_OBJECT_MAP) {
+        reply_error(s, NULL, MS_EINVAL, "request must be a map");
+        goto done;
+    }
+    if (parse_request(&up.data, &rq, &err) < 0) {
+        reply_error(s, &rq, err.code, err.msg);
+        goto done;
+    }
+    dispatch(app, s, &rq);
+
+done:
+    msgpack_unpacked_destroy(&up);
+}

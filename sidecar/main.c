@@ -1,1 +1,158 @@
-int main(void) { return 0; }
+/*
+ * main.c - meshsyncd: reads the configuration, opens the cache, starts
+ * the socket server and the Redis links on one libuv loop, and runs until
+ * SIGTERM or SIGINT, then shuts everything down in order.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "app.h"
+#include "handlers.h"
+#include "log.h"
+#include "mirror.h"
+#include "server.h"
+#include "writes.h"
+
+typedef struct daemon_s {
+    ms_app_t app;
+    uv_signal_t sigterm;
+    uv_signal_t sigint;
+    bool stopping;
+    bool failed;    /* start-up failed: exit 1 once shut down */
+} daemon_t;
+
+static void shutdown_daemon(daemon_t *d, const char *why)
+{
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    ms_log_info("shutting down", "reason=%s", why);
+
+    /* Clients first, so nothing new arrives while Redis work drains. */
+    uv_close((uv_handle_t *)&d->sigterm, NULL);
+    uv_close((uv_handle_t *)&d->sigint, NULL);
+    ms_handlers_close(&d->app);
+    if (d->app.server != NULL)
+        ms_server_close(d->app.server);
+    ms_mirror_close(&d->app);
+    if (d->app.redis != NULL)
+        ms_redis_close(d->app.redis);
+    d->app.redis = NULL;
+}
+
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    shutdown_daemon(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+
+static int start_redis(daemon_t *d)
+{
+    const ms_config_t *cfg = d->app.cfg;
+    ms_redis_options_t opt = {
+        .url = cfg->redis_url,
+        .password = cfg->redis_password,
+        .channel = d->app.layout.channel,
+        .backoff_min_ms = 100,
+        .backoff_max_ms = 5000,
+    };
+    ms_redis_callbacks_t cb = {
+        .arg = &d->app,
+        .on_state = ms_mirror_on_state,
+        .on_message = ms_mirror_on_message,
+    };
+    ms_error_t err;
+
+    if (ms_redis_new(d->app.loop, &opt, &cb, &d->app.redis, &err) < 0) {
+        ms_log_error("cannot start Redis links", "error=\"%s\"", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+
+static void start_signals(daemon_t *d)
+{
+    uv_signal_init(d->app.loop, &d->sigterm);
+    uv_signal_init(d->app.loop, &d->sigint);
+    d->sigterm.data = d;
+    d->sigint.data = d;
+    uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d->sigint, on_signal, SIGINT);
+}
+
+
+static int run(daemon_t *d)
+{
+    ms_app_t *app = &d->app;
+    ms_error_t err;
+    int rc;
+
+    if (ms_cache_open(app->cfg->cache_path, &app->cache, &err) < 0) {
+        ms_log_error("cannot open cache", "path=\"%s\" error=\"%s\"",
+                     app->cfg->cache_path, err.msg);
+        return 1;
+    }
+    ms_writes_init(app);
+    ms_mirror_init(app);
+    start_signals(d);
+
+    if (ms_server_start(app, &err) < 0) {
+        ms_log_error("cannot start server", "error=\"%s\"", err.msg);
+        d->failed = true;
+    } else if (start_redis(d) < 0) {
+        d->failed = true;
+    }
+    if (d->failed)
+        shutdown_daemon(d, "startup-failed");
+    uv_run(app->loop, UV_RUN_DEFAULT);
+    rc = d->failed ? 1 : 0;
+
+    ms_writes_free(app);
+    ms_cache_close(app->cache);
+    if (uv_loop_close(app->loop) != 0)
+        ms_log_warn("loop closed with handles still open", NULL);
+    return rc;
+}
+
+
+int main(int argc, char **argv)
+{
+    static daemon_t d;
+    ms_config_t cfg;
+    uv_loop_t loop;
+    int rc;
+
+    rc = ms_config_load(&cfg, argc, argv);
+    if (rc != 0) {
+        ms_config_free(&cfg);
+        return rc > 0 ? 0 : 2;
+    }
+    ms_log_level = cfg.log_level;
+
+    /* A client that hangs up mid-reply must not kill the daemon. */
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_init(&loop);
+
+    d.app.loop = &loop;
+    d.app.cfg = &cfg;
+    d.app.limits.max_bytes = cfg.max_value;
+    d.app.limits.max_depth = cfg.max_depth;
+    ms_layout_init(&d.app.layout, cfg.prefix);
+    ms_log_info("starting",
+                "version=%s socket=\"%s\" cache=\"%s\" prefix=\"%s\" "
+                "instance=\"%s\"",
+                MESHSYNC_VERSION, cfg.socket_path, cfg.cache_path,
+                cfg.prefix, cfg.instance_id);
+
+    rc = run(&d);
+
+    ms_log_info("stopped", "status=%d", rc);
+    ms_layout_free(&d.app.layout);
+    ms_config_free(&cfg);
+    return rc;
+}

@@ -1,1 +1,337 @@
-/* placeholder: being written */
+/*
+ * mirror.c - keeps the cache equal to Redis (see mirror.h): full loads
+ * when the links come up, change events in between. Entry points are the
+ * two Redis callbacks. Loop thread only.
+ */
+#include "mirror.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "frame.h"
+#include "handlers.h"
+#include "log.h"
+
+/* The COUNT hint per SCAN/HSCAN batch of a load. */
+#define LOAD_BATCH "500"
+#define LOAD_RETRY_MS 1000
+
+typedef enum { PHASE_CONNS = 0, PHASE_ROOMS } phase_t;
+
+struct ms_mirror_s {
+    bool live;          /* the Redis links are up */
+    bool loaded;        /* a load finished since they came up */
+    bool ready_logged;
+    unsigned gen;       /* counts loads; stale batch replies are dropped */
+    phase_t phase;
+    bool have_seq;
+    uint64_t seq;       /* the sequence when the load began */
+    uint64_t started;   /* uv_now() when the load began */
+    uint64_t entries[2];  /* loaded per kind */
+    uint64_t skipped;   /* values that could not be read */
+    uv_timer_t retry;   /* restarts a failed load */
+};
+
+/* What a batch request carries to its reply. */
+typedef struct batch_s {
+    ms_app_t *app;
+    unsigned gen;
+} batch_t;
+
+bool ms_mirror_stale(const ms_app_t *app)
+{
+    return app->mirror == NULL || !(app->mirror->live && app->mirror->loaded);
+}
+
+
+/*
+ * Converts a value from Redis for the cache. A value that is not JSON
+ * meshsync can hold (written by hand, or too deep) cannot be served; it is
+ * cached as absent rather than left at an older value, and logged.
+ */
+static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
+                        size_t id_len, uint64_t version, const char *json,
+                        size_t json_len, ms_apply_mode_t mode)
+{
+    char *mp = NULL;
+    size_t mp_len = 0;
+    ms_error_t err;
+
+    if (json != NULL && ms_value_json_to_msgpack(json, json_len, &app->limits,
+                                                 &mp, &mp_len, &err) < 0) {
+        app->mirror->skipped++;
+        ms_log_warn("unreadable value in Redis, treated as absent",
+                    "kind=%s id_bytes=%zu error=\"%s\"", ms_kind_name(kind),
+                    id_len, err.msg);
+        json = NULL;
+        json_len = 0;
+    }
+    if (ms_cache_apply(app->cache, kind, id, id_len, version, json, json_len,
+                       mp, mp_len, mode) == 1)
+        ms_handlers_entry_changed(app, kind, id, id_len, version);
+    free(mp);
+}
+
+
+static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len);
+static void load_start(ms_app_t *app);
+
+static void on_retry(uv_timer_t *t)
+{
+    ms_app_t *app = t->data;
+
+    if (app->mirror->live && !app->mirror->loaded)
+        load_start(app);
+}
+
+
+/* A load that failed while the links stay up is tried again shortly. */
+static void load_failed(ms_app_t *app, const char *why)
+{
+    ms_log_warn("resync failed", "reason=\"%s\" retry_ms=%d", why,
+                LOAD_RETRY_MS);
+    uv_timer_start(&app->mirror->retry, on_retry, LOAD_RETRY_MS, 0);
+}
+
+
+static void load_done(ms_app_t *app)
+{
+    ms_mirror_t *m = app->mirror;
+    int gone = ms_cache_resync_end(app->cache, m->seq);
+
+    m->loaded = true;
+    ms_log_info("resync done",
+                "conns=%" PRIu64 " rooms=%" PRIu64 " removed=%d "
+                "unreadable=%" PRIu64 " seq=%" PRIu64 " ms=%" PRIu64,
+                m->entries[MS_KIND_CONN], m->entries[MS_KIND_ROOM], gone,
+                m->skipped, m->seq, uv_now(app->loop) - m->started);
+    if (!m->ready_logged) {
+        m->ready_logged = true;
+        ms_log_info("ready", "socket=\"%s\"", app->cfg->socket_path);
+    }
+}
+
+
+/*
+ * Applies one batch: {cursor, seq, {id, json, version, ...}}. A loaded
+ * value is Redis's state as of the batch's sequence, so it replaces any
+ * cached state no newer than that, whatever its own version (values a
+ * Mesh server wrote have version 0).
+ */
+static int apply_batch(ms_app_t *app, const redisReply *r)
+{
+    ms_mirror_t *m = app->mirror;
+    ms_kind_t kind = m->phase == PHASE_CONNS ? MS_KIND_CONN : MS_KIND_ROOM;
+    const redisReply *items = r->element[2];
+    uint64_t seq = (uint64_t)r->element[1]->integer;
+    ms_cache_entry_t e;
+
+    if (!m->have_seq) {
+        m->seq = seq;
+        m->have_seq = true;
+    }
+    if (items->elements % 3 != 0 || ms_cache_begin(app->cache) < 0)
+        return -1;
+    for (size_t i = 0; i + 2 < items->elements; i += 3) {
+        const redisReply *id = items->element[i];
+        const redisReply *json = items->element[i + 1];
+        const redisReply *ver = items->element[i + 2];
+
+        if (id->type != REDIS_REPLY_STRING ||
+            json->type != REDIS_REPLY_STRING ||
+            ver->type != REDIS_REPLY_INTEGER || ver->integer < 0)
+            continue;
+        if (ms_cache_get(app->cache, kind, id->str, id->len, &e) < 0 ||
+            e.version > seq)
+            continue;
+        apply_value(app, kind, id->str, id->len, (uint64_t)ver->integer,
+                    json->str, json->len, MS_APPLY_ALWAYS);
+        m->entries[kind]++;
+    }
+    return ms_cache_commit(app->cache);
+}
+
+
+static bool batch_shape_ok(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+           r->element[0]->type == REDIS_REPLY_STRING &&
+           r->element[1]->type == REDIS_REPLY_INTEGER &&
+           r->element[2]->type == REDIS_REPLY_ARRAY;
+}
+
+
+static void on_batch(void *arg, redisReply *r, int status)
+{
+    batch_t *b = arg;
+    ms_app_t *app = b->app;
+    ms_mirror_t *m = app->mirror;
+    bool current = m != NULL && b->gen == m->gen && m->live;
+
+    (void)status;
+    free(b);
+    if (!current)
+        return; /* a newer load has started, or the links dropped */
+    if (r == NULL) {
+        load_failed(app, "Redis connection lost");
+        return;
+    }
+    if (!batch_shape_ok(r)) {
+        if (r->type == REDIS_REPLY_ERROR)
+            ms_log_error("load script failed", "error=\"%.*s\"",
+                         (int)r->len, r->str);
+        load_failed(app, "unexpected reply from load script");
+        return;
+    }
+    if (apply_batch(app, r) < 0) {
+        load_failed(app, "cache write failed");
+        return;
+    }
+
+    if (strcmp(r->element[0]->str, "0") != 0) {
+        load_next(app, r->element[0]->str, r->element[0]->len);
+    } else if (m->phase == PHASE_CONNS) {
+        m->phase = PHASE_ROOMS;
+        load_next(app, "0", 1);
+    } else {
+        load_done(app);
+    }
+}
+
+
+static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len)
+{
+    const ms_layout_t *l = &app->layout;
+    batch_t *b = ms_malloc(sizeof(*b));
+    const char *argv[9] = {
+        l->conn_meta,     l->conn_versions,
+        l->room_versions, l->seq,
+        app->mirror->phase == PHASE_CONNS ? "conn" : "room",
+        cursor,           LOAD_BATCH,
+        l->room_prefix,   l->room_pattern};
+    size_t argvlen[9];
+
+    for (int i = 0; i < 9; i++)
+        argvlen[i] = strlen(argv[i]);
+    argvlen[5] = cursor_len;
+    b->app = app;
+    b->gen = app->mirror->gen;
+    if (ms_redis_script(app->redis, MS_SCRIPT_LOAD, 4, 9, argv, argvlen,
+                        on_batch, b) < 0) {
+        free(b);
+        load_failed(app, "Redis not reachable");
+    }
+}
+
+
+static void load_start(ms_app_t *app)
+{
+    ms_mirror_t *m = app->mirror;
+
+    m->gen++;
+    m->loaded = false;
+    m->phase = PHASE_CONNS;
+    m->have_seq = false;
+    m->entries[0] = m->entries[1] = 0;
+    m->skipped = 0;
+    m->started = uv_now(app->loop);
+    if (ms_cache_resync_begin(app->cache) < 0) {
+        ms_log_error("cannot start resync", NULL);
+        return;
+    }
+    ms_log_info("resync started", NULL);
+    load_next(app, "0", 1);
+}
+
+
+void ms_mirror_on_state(void *arg, bool live)
+{
+    ms_app_t *app = arg;
+    ms_mirror_t *m = app->mirror;
+
+    if (live == m->live)
+        return;
+    m->live = live;
+    if (live) {
+        load_start(app);
+        return;
+    }
+    m->loaded = false;
+    m->gen++;
+}
+
+
+/* Decodes [version, kind, id, json or false] from the change channel. */
+void ms_mirror_on_message(void *arg, const char *payload, size_t len)
+{
+    ms_app_t *app = arg;
+    msgpack_unpacked up;
+    const msgpack_object *f;
+    ms_cache_entry_t e;
+    ms_kind_t kind;
+    size_t off = 0;
+
+    msgpack_unpacked_init(&up);
+    if (ms_msgpack_check(payload, len, 1, NULL) < 0 ||
+        msgpack_unpack_next(&up, payload, len, &off) !=
+            MSGPACK_UNPACK_SUCCESS ||
+        up.data.type != MSGPACK_OBJECT_ARRAY || up.data.via.array.size != 4)
+        goto bad;
+    f = up.data.via.array.ptr;
+    if (f[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        f[1].type != MSGPACK_OBJECT_STR || f[2].type != MSGPACK_OBJECT_STR ||
+        !(f[3].type == MSGPACK_OBJECT_STR ||
+          (f[3].type == MSGPACK_OBJECT_BOOLEAN && !f[3].via.boolean)))
+        goto bad;
+    if (f[1].via.str.size == 4 && memcmp(f[1].via.str.ptr, "conn", 4) == 0)
+        kind = MS_KIND_CONN;
+    else if (f[1].via.str.size == 4 &&
+             memcmp(f[1].via.str.ptr, "room", 4) == 0)
+        kind = MS_KIND_ROOM;
+    else
+        goto bad;
+
+    /* Our own writes come back here too; skip converting them again. */
+    if (ms_cache_get(app->cache, kind, f[2].via.str.ptr, f[2].via.str.size,
+                     &e) == 0 &&
+        e.version >= f[0].via.u64)
+        goto done;
+    apply_value(app, kind, f[2].via.str.ptr, f[2].via.str.size,
+                f[0].via.u64,
+                f[3].type == MSGPACK_OBJECT_STR ? f[3].via.str.ptr : NULL,
+                f[3].type == MSGPACK_OBJECT_STR ? f[3].via.str.size : 0,
+                MS_APPLY_NEWER);
+    goto done;
+
+bad:
+    ms_log_warn("malformed change event ignored", "bytes=%zu", len);
+done:
+    msgpack_unpacked_destroy(&up);
+}
+
+
+void ms_mirror_init(ms_app_t *app)
+{
+    app->mirror = ms_calloc(1, sizeof(*app->mirror));
+    uv_timer_init(app->loop, &app->mirror->retry);
+    app->mirror->retry.data = app;
+}
+
+
+static void on_retry_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+
+void ms_mirror_close(ms_app_t *app)
+{
+    ms_mirror_t *m = app->mirror;
+
+    /* Late batch replies find no mirror and stop there. */
+    app->mirror = NULL;
+    m->retry.data = m;
+    uv_close((uv_handle_t *)&m->retry, on_retry_closed);
+}

@@ -1,1 +1,488 @@
-/* placeholder: being written */
+/*
+ * server.c - the Unix-socket server and its client sessions (see
+ * server.h). Entry points: ms_server_start(), ms_server_close(), and the
+ * ms_session_* calls the handlers reply through. Loop thread only.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "frame.h"
+#include "handlers.h"
+#include "log.h"
+
+/* Stop reading a client once this much of its output is unsent. */
+#define OUTPUT_HIGH_WATER (8u << 20)
+
+struct ms_server_s {
+    ms_app_t *app;
+    uv_pipe_t listener;
+    uv_check_t check;     /* flushes replies after I/O callbacks */
+    uv_prepare_t prepare; /* ...and those made by timers, before polling */
+    ms_session_t *sessions; /* every open session */
+    ms_session_t *dirty;    /* sessions with output to send */
+    unsigned long next_number;
+    int open_handles;
+    bool bound;     /* the socket file is ours to remove */
+    bool closing;
+};
+
+struct ms_session_s {
+    ms_server_t *server;
+    uv_pipe_t pipe;
+    ms_frame_reader_t reader;
+    msgpack_sbuffer out;   /* replies not yet handed to uv_write */
+    msgpack_packer packer;
+    size_t frame_start;
+    size_t in_flight;      /* bytes handed to uv_write, not yet done */
+    ms_session_t *next, *prev; /* in server->sessions */
+    ms_session_t *next_dirty;
+    bool is_dirty;
+    bool closed;
+    bool close_after_flush;
+    bool reading;
+    int refs;
+    unsigned long number;
+    char *conn;            /* bound by hello, or NULL */
+    size_t conn_len;
+};
+
+typedef struct write_req_s {
+    uv_write_t req;
+    ms_session_t *session;
+    msgpack_sbuffer buf;
+} write_req_t;
+
+static void session_close(ms_session_t *s, const char *reason);
+static void session_flush(ms_session_t *s);
+
+void ms_session_ref(ms_session_t *s)
+{
+    s->refs++;
+}
+
+
+void ms_session_unref(ms_session_t *s)
+{
+    if (--s->refs > 0)
+        return;
+    ms_frame_reader_free(&s->reader);
+    msgpack_sbuffer_destroy(&s->out);
+    free(s->conn);
+    free(s);
+}
+
+
+bool ms_session_closed(const ms_session_t *s)
+{
+    return s->closed;
+}
+
+
+const char *ms_session_conn(const ms_session_t *s, size_t *len)
+{
+    *len = s->conn_len;
+    return s->conn;
+}
+
+
+void ms_session_bind(ms_session_t *s, const char *conn, size_t len)
+{
+    free(s->conn);
+    s->conn = ms_strndup(conn, len);
+    s->conn_len = len;
+}
+
+
+unsigned long ms_session_number(const ms_session_t *s)
+{
+    return s->number;
+}
+
+
+msgpack_packer *ms_session_reply_begin(ms_session_t *s)
+{
+    /* ms_frame_begin only fails on allocation, which sbuffer aborts on. */
+    if (ms_frame_begin(&s->out, &s->frame_start) != 0)
+        ms_oom();
+    return &s->packer;
+}
+
+
+void ms_session_reply_end(ms_session_t *s)
+{
+    ms_frame_end(&s->out, s->frame_start);
+    if (s->closed) {
+        s->out.size = 0;
+        return;
+    }
+    if (!s->is_dirty) {
+        /* The dirty list holds a reference until the flush. */
+        ms_session_ref(s);
+        s->is_dirty = true;
+        s->next_dirty = s->server->dirty;
+        s->server->dirty = s;
+    }
+}
+
+
+static void update_reading(ms_session_t *s);
+
+static void on_write(uv_write_t *req, int status)
+{
+    write_req_t *w = (write_req_t *)req;
+    ms_session_t *s = w->session;
+
+    s->in_flight -= w->buf.size;
+    msgpack_sbuffer_destroy(&w->buf);
+    free(w);
+
+    if (status < 0 && !s->closed)
+        session_close(s, uv_strerror(status));
+    else if (!s->closed && s->in_flight == 0 && s->close_after_flush &&
+             s->out.size == 0)
+        session_close(s, "protocol error");
+    else if (!s->closed)
+        update_reading(s);
+    ms_session_unref(s);
+}
+
+
+/* Hands the session's pending output to libuv in one write. */
+static void session_flush(ms_session_t *s)
+{
+    write_req_t *w;
+    uv_buf_t buf;
+    int rc;
+
+    if (s->closed || s->out.size == 0)
+        return;
+    w = ms_malloc(sizeof(*w));
+    w->session = s;
+    w->buf = s->out;
+    msgpack_sbuffer_init(&s->out);
+    buf = uv_buf_init(w->buf.data, (unsigned)w->buf.size);
+    s->in_flight += w->buf.size;
+    ms_session_ref(s);
+
+    rc = uv_write(&w->req, (uv_stream_t *)&s->pipe, &buf, 1, on_write);
+    if (rc < 0) {
+        s->in_flight -= w->buf.size;
+        msgpack_sbuffer_destroy(&w->buf);
+        free(w);
+        ms_session_unref(s);
+        session_close(s, uv_strerror(rc));
+        return;
+    }
+    update_reading(s);
+}
+
+
+static void flush_dirty(ms_server_t *srv)
+{
+    while (srv->dirty != NULL) {
+        ms_session_t *s = srv->dirty;
+
+        srv->dirty = s->next_dirty;
+        s->is_dirty = false;
+        session_flush(s);
+        ms_session_unref(s);
+    }
+}
+
+
+static void on_check(uv_check_t *h)
+{
+    flush_dirty(h->data);
+}
+
+
+static void on_prepare(uv_prepare_t *h)
+{
+    flush_dirty(h->data);
+}
+
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    ms_session_t *s = h->data;
+    char *base;
+    size_t len;
+
+    if (ms_frame_reader_space(&s->reader, suggested, &base, &len) != 0)
+        ms_oom();
+    *buf = uv_buf_init(base, (unsigned)len);
+}
+
+
+static void handle_frames(ms_session_t *s)
+{
+    const char *body;
+    size_t len;
+    int rc;
+
+    /* The handlers may close the session (never free it: we hold a ref). */
+    ms_session_ref(s);
+    while (!s->closed && !s->close_after_flush &&
+           (rc = ms_frame_reader_next(&s->reader, &body, &len)) != 0) {
+        if (rc == MS_ETOOLARGE) {
+            char msg[96];
+
+            snprintf(msg, sizeof(msg), "frame longer than %zu bytes",
+                     s->reader.max_frame);
+            ms_handlers_reply_error(s, MS_ETOOLARGE, msg);
+            /* The rest of the stream is the oversized body: unusable. */
+            s->close_after_flush = true;
+            update_reading(s);
+            break;
+        }
+        ms_handlers_frame(s->server->app, s, body, len);
+    }
+    ms_session_unref(s);
+}
+
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    ms_session_t *s = stream->data;
+
+    (void)buf;
+    if (nread == UV_EOF) {
+        session_close(s, "client hung up");
+        return;
+    }
+    if (nread < 0) {
+        session_close(s, uv_strerror((int)nread));
+        return;
+    }
+    ms_frame_reader_commit(&s->reader, (size_t)nread);
+    handle_frames(s);
+}
+
+
+/* Reads while output is below the high-water mark and input is wanted. */
+static void update_reading(ms_session_t *s)
+{
+    bool want = !s->closed && !s->close_after_flush &&
+                s->in_flight + s->out.size < OUTPUT_HIGH_WATER;
+
+    if (want == s->reading)
+        return;
+    s->reading = want;
+    if (want)
+        uv_read_start((uv_stream_t *)&s->pipe, on_alloc, on_read);
+    else
+        uv_read_stop((uv_stream_t *)&s->pipe);
+}
+
+
+/* The server is freed when its last handle, session or not, has closed. */
+static void server_handle_gone(ms_server_t *srv)
+{
+    if (--srv->open_handles == 0 && srv->closing)
+        free(srv);
+}
+
+
+static void on_session_closed(uv_handle_t *h)
+{
+    ms_session_t *s = h->data;
+
+    server_handle_gone(s->server);
+    ms_session_unref(s);
+}
+
+
+/* Every client disconnect goes through here, so it is logged once. */
+static void session_close(ms_session_t *s, const char *reason)
+{
+    ms_server_t *srv = s->server;
+
+    if (s->closed)
+        return;
+    s->closed = true;
+    ms_log_debug("client closed", "client=%lu reason=\"%s\"", s->number,
+                 reason);
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        srv->sessions = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    s->out.size = 0;
+    uv_close((uv_handle_t *)&s->pipe, on_session_closed);
+}
+
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    ms_server_t *srv = listener->data;
+    ms_session_t *s;
+
+    if (status < 0) {
+        ms_log_warn("accept failed", "error=\"%s\"", uv_strerror(status));
+        return;
+    }
+    s = ms_calloc(1, sizeof(*s));
+    s->server = srv;
+    s->refs = 1; /* released in on_session_closed */
+    s->number = ++srv->next_number;
+    ms_frame_reader_init(&s->reader, srv->app->cfg->max_frame);
+    msgpack_sbuffer_init(&s->out);
+    msgpack_packer_init(&s->packer, &s->out, msgpack_sbuffer_write);
+    uv_pipe_init(srv->app->loop, &s->pipe, 0);
+    s->pipe.data = s;
+    srv->open_handles++;
+
+    if (uv_accept(listener, (uv_stream_t *)&s->pipe) < 0) {
+        s->closed = true;
+        uv_close((uv_handle_t *)&s->pipe, on_session_closed);
+        return;
+    }
+    s->next = srv->sessions;
+    if (srv->sessions != NULL)
+        srv->sessions->prev = s;
+    srv->sessions = s;
+    ms_log_debug("client connected", "client=%lu", s->number);
+    update_reading(s);
+}
+
+
+/*
+ * Decides what to do with an existing file at the socket path: a socket
+ * nobody listens on is left over from a crash and may go; anything else
+ * stays, and we refuse to start rather than take it over.
+ */
+static int clear_stale_socket(const char *path, ms_error_t *err)
+{
+    struct sockaddr_un addr;
+    struct stat st;
+    int fd, rc;
+
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0
+                               : ms_error_set(err, MS_EINTERNAL,
+                                              "cannot stat %s: %s", path,
+                                              strerror(errno));
+    if (!S_ISSOCK(st.st_mode))
+        return ms_error_set(err, MS_EINTERNAL,
+                            "%s exists and is not a socket", path);
+
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return ms_error_set(err, MS_EINTERNAL, "socket: %s",
+                            strerror(errno));
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, path, sizeof(addr.sun_path) - 1);
+    rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    close(fd);
+    if (rc == 0)
+        return ms_error_set(err, MS_EINTERNAL,
+                            "another daemon is listening on %s", path);
+    ms_log_warn("removing stale socket", "path=\"%s\"", path);
+    if (unlink(path) != 0 && errno != ENOENT)
+        return ms_error_set(err, MS_EINTERNAL, "cannot remove %s: %s", path,
+                            strerror(errno));
+    return 0;
+}
+
+
+/* The default socket lives in /run/meshsync, which may not exist yet. */
+static void make_parent_dir(const char *path)
+{
+    char *copy = ms_strndup(path, strlen(path));
+    const char *dir = dirname(copy);
+
+    if (mkdir(dir, 0755) == 0)
+        ms_log_info("created socket directory", "path=\"%s\"", dir);
+    free(copy);
+}
+
+
+static int listen_on(ms_server_t *srv, const char *path, ms_error_t *err)
+{
+    int rc;
+
+    if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return ms_error_set(err, MS_EINVAL, "socket path too long: %s",
+                            path);
+    make_parent_dir(path);
+    rc = clear_stale_socket(path, err);
+    if (rc < 0)
+        return rc;
+
+    uv_pipe_init(srv->app->loop, &srv->listener, 0);
+    srv->listener.data = srv;
+    srv->open_handles++;
+    rc = uv_pipe_bind(&srv->listener, path);
+    srv->bound = rc == 0;
+    if (rc == 0 && chmod(path, srv->app->cfg->socket_mode) != 0)
+        rc = uv_translate_sys_error(errno);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&srv->listener, 512, on_connection);
+    if (rc < 0)
+        return ms_error_set(err, MS_EINTERNAL, "cannot listen on %s: %s",
+                            path, uv_strerror(rc));
+    return 0;
+}
+
+
+int ms_server_start(ms_app_t *app, ms_error_t *err)
+{
+    ms_server_t *srv = ms_calloc(1, sizeof(*srv));
+    int rc;
+
+    srv->app = app;
+    app->server = srv;
+    uv_check_init(app->loop, &srv->check);
+    uv_prepare_init(app->loop, &srv->prepare);
+    srv->check.data = srv;
+    srv->prepare.data = srv;
+    srv->open_handles += 2;
+    uv_check_start(&srv->check, on_check);
+    uv_prepare_start(&srv->prepare, on_prepare);
+
+    rc = listen_on(srv, app->cfg->socket_path, err);
+    if (rc < 0) {
+        ms_server_close(srv);
+        return rc;
+    }
+    ms_log_info("listening", "socket=\"%s\" mode=%04o",
+                app->cfg->socket_path, app->cfg->socket_mode);
+    return 0;
+}
+
+
+static void on_server_handle_closed(uv_handle_t *h)
+{
+    server_handle_gone(h->data);
+}
+
+
+void ms_server_close(ms_server_t *srv)
+{
+    if (srv->closing)
+        return;
+    srv->closing = true;
+    srv->app->server = NULL;
+
+    while (srv->sessions != NULL)
+        session_close(srv->sessions, "daemon shutting down");
+
+    if (srv->bound)
+        unlink(srv->app->cfg->socket_path);
+    if (srv->listener.loop != NULL) {
+        uv_close((uv_handle_t *)&srv->listener, on_server_handle_closed);
+    }
+    uv_close((uv_handle_t *)&srv->check, on_server_handle_closed);
+    uv_close((uv_handle_t *)&srv->prepare, on_server_handle_closed);
+}

@@ -1,1 +1,361 @@
-/* placeholder: being written */
+/*
+ * writes.c - the write pipeline (see writes.h). Entry points:
+ * ms_writes_init(), ms_writes_submit(), ms_writes_free(). Loop thread.
+ *
+ * Each entry with writes under way has a queue, found through a tsearch()
+ * tree keyed by (kind, id). Only the queue's head is in flight.
+ */
+#include "writes.h"
+
+#include <search.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "handlers.h"
+#include "log.h"
+
+typedef struct write_s write_t;
+
+/* The writes queued on one entry. */
+typedef struct queue_s {
+    ms_kind_t kind;
+    char *id;
+    size_t id_len;
+    char *hash_key;   /* the Redis hash holding the value */
+    size_t hash_key_len;
+    write_t *head, *tail;
+} queue_t;
+
+struct write_s {
+    ms_app_t *app;
+    queue_t *queue;
+    write_t *next;
+    ms_strategy_t strategy;
+    json_t *update;   /* NULL: delete */
+    ms_write_done_cb cb;
+    void *arg;
+    unsigned attempts;
+    bool have_base;   /* base_* below came from a conflict reply */
+    char *base;       /* JSON text the merge is computed from, or NULL */
+    size_t base_len;
+    char *json;       /* JSON text being written, NULL for a delete */
+    size_t json_len;
+};
+
+struct ms_writes_s {
+    void *queues;     /* tsearch root */
+};
+
+static int compare_queues(const void *a, const void *b)
+{
+    const queue_t *x = a, *y = b;
+    size_t n = x->id_len < y->id_len ? x->id_len : y->id_len;
+    int c;
+
+    if (x->kind != y->kind)
+        return x->kind < y->kind ? -1 : 1;
+    c = memcmp(x->id, y->id, n);
+    if (c != 0)
+        return c;
+    return x->id_len < y->id_len ? -1 : x->id_len > y->id_len;
+}
+
+
+static queue_t *queue_find_or_add(ms_app_t *app, ms_kind_t kind,
+                                  const char *id, size_t id_len)
+{
+    queue_t key = {.kind = kind, .id = (char *)id, .id_len = id_len};
+    queue_t **found = tfind(&key, &app->writes->queues, compare_queues);
+    queue_t *q;
+
+    if (found != NULL)
+        return *found;
+    q = ms_calloc(1, sizeof(*q));
+    q->kind = kind;
+    q->id = ms_strndup(id, id_len);
+    q->id_len = id_len;
+    if (kind == MS_KIND_ROOM) {
+        size_t plen = strlen(app->layout.room_prefix);
+
+        q->hash_key_len = plen + id_len;
+        q->hash_key = ms_malloc(q->hash_key_len + 1);
+        memcpy(q->hash_key, app->layout.room_prefix, plen);
+        memcpy(q->hash_key + plen, id, id_len);
+        q->hash_key[q->hash_key_len] = '\0';
+    } else {
+        q->hash_key_len = strlen(app->layout.conn_meta);
+        q->hash_key = ms_strndup(app->layout.conn_meta, q->hash_key_len);
+    }
+    if (tsearch(q, &app->writes->queues, compare_queues) == NULL)
+        ms_oom();
+    return q;
+}
+
+
+static void write_free(write_t *w)
+{
+    json_decref(w->update);
+    free(w->base);
+    free(w->json);
+    free(w);
+}
+
+
+static int write_start(write_t *w, ms_error_t *err);
+
+/* Answers the queue's head and takes it off the queue. */
+static void write_pop(queue_t *q, int code, const char *msg,
+                      uint64_t version)
+{
+    write_t *w = q->head;
+
+    q->head = w->next;
+    if (q->head == NULL)
+        q->tail = NULL;
+    w->cb(w->arg, code, msg, version);
+    write_free(w);
+}
+
+
+/*
+ * Starts the queue's head; writes that fail before reaching Redis are
+ * answered at once and the next one tried, in a loop rather than by
+ * recursion so that a long queue meeting a Redis outage stays shallow.
+ */
+static void queue_run(ms_app_t *app, queue_t *q)
+{
+    ms_error_t err;
+
+    while (q->head != NULL) {
+        if (write_start(q->head, &err) == 0)
+            return;
+        write_pop(q, err.code, err.msg, 0);
+    }
+    tdelete(q, &app->writes->queues, compare_queues);
+    free(q->id);
+    free(q->hash_key);
+    free(q);
+}
+
+
+/*
+ * Reads the value the strategy applies to: the current value returned by
+ * a failed compare-and-set, else the cached one. *current is NULL when
+ * the entry is absent.
+ */
+static int load_base(write_t *w, json_t **current, ms_error_t *err)
+{
+    ms_app_t *app = w->app;
+    queue_t *q = w->queue;
+    ms_cache_entry_t e;
+
+    *current = NULL;
+    if (!w->have_base) {
+        if (ms_cache_get(app->cache, q->kind, q->id, q->id_len, &e) < 0)
+            return ms_error_set(err, MS_EINTERNAL, "cache read failed");
+        free(w->base);
+        w->base = e.present ? ms_strndup(e.json, e.json_len) : NULL;
+        w->base_len = e.present ? e.json_len : 0;
+    }
+    if (w->base == NULL)
+        return 0;
+    if (ms_value_parse(w->base, w->base_len, &app->limits, current, err) < 0)
+        return ms_error_set(err, MS_EINVAL,
+                            "stored value cannot be merged: %s", err->msg);
+    return 0;
+}
+
+
+static void on_script_reply(void *arg, redisReply *reply, int err);
+
+/* Computes the value to store and sends it to Redis. */
+static int write_start(write_t *w, ms_error_t *err)
+{
+    ms_app_t *app = w->app;
+    queue_t *q = w->queue;
+    const ms_layout_t *l = &app->layout;
+    bool merging = w->update != NULL && w->strategy != MS_STRATEGY_REPLACE;
+    json_t *current = NULL, *result;
+    const char *argv[11], *check;
+    size_t argvlen[11];
+    int rc;
+
+    if (merging && (rc = load_base(w, &current, err)) < 0)
+        return rc;
+    result = merging ? ms_strategy_apply(w->strategy, current, w->update)
+                     : json_incref(w->update);
+    json_decref(current);
+
+    free(w->json);
+    w->json = NULL;
+    if (result != NULL) {
+        rc = ms_value_dump(result, &app->limits, &w->json, &w->json_len, err);
+        json_decref(result);
+        if (rc < 0)
+            return rc;
+    }
+
+    check = !merging ? "any" : w->base == NULL ? "absent" : "equal";
+    argv[0] = q->hash_key;
+    argv[1] = ms_layout_versions(l, q->kind);
+    argv[2] = l->seq;
+    argv[3] = q->kind == MS_KIND_ROOM ? "data" : q->id;
+    argv[4] = q->id;
+    argv[5] = l->channel;
+    argv[6] = ms_kind_name(q->kind);
+    argv[7] = check;
+    argv[8] = w->base != NULL ? w->base : "";
+    argv[9] = w->json != NULL ? "set" : "del";
+    argv[10] = w->json != NULL ? w->json : "";
+    for (int i = 0; i < 11; i++)
+        argvlen[i] = strlen(argv[i]);
+    argvlen[0] = q->hash_key_len;
+    argvlen[3] = q->kind == MS_KIND_ROOM ? 4 : q->id_len;
+    argvlen[4] = q->id_len;
+    argvlen[8] = w->base != NULL ? w->base_len : 0;
+    argvlen[10] = w->json != NULL ? w->json_len : 0;
+
+    w->attempts++;
+    if (ms_redis_script(app->redis, MS_SCRIPT_WRITE, 3, 11, argv, argvlen,
+                        on_script_reply, w) < 0)
+        return ms_error_set(err, MS_EUNAVAIL, "Redis is not reachable");
+    return 0;
+}
+
+
+/* Puts what was written into the cache so a read here sees it at once. */
+static void apply_written(write_t *w, uint64_t version)
+{
+    ms_app_t *app = w->app;
+    queue_t *q = w->queue;
+    char *mp = NULL;
+    size_t mp_len = 0;
+    ms_error_t err;
+    int rc;
+
+    if (w->json != NULL &&
+        ms_value_json_to_msgpack(w->json, w->json_len, &app->limits, &mp,
+                                 &mp_len, &err) < 0) {
+        /* We produced this text ourselves; it always converts. */
+        ms_log_error("written value does not convert", "error=\"%s\"",
+                     err.msg);
+        return;
+    }
+    rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version,
+                        w->json, w->json_len, mp, mp_len, MS_APPLY_NEWER);
+    if (rc == 1)
+        ms_handlers_entry_changed(app, q->kind, q->id, q->id_len, version);
+    free(mp);
+}
+
+
+static uint64_t reply_uint(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_INTEGER && r->integer > 0
+               ? (uint64_t)r->integer
+               : 0;
+}
+
+
+/*
+ * A failed compare-and-set returns the entry's current value: the next
+ * attempt merges into that, without waiting for the change event.
+ */
+static int retry_after_conflict(write_t *w, redisReply *reply,
+                                ms_error_t *err)
+{
+    redisReply *cur = reply->element[1];
+
+    if (w->attempts >= w->app->cfg->merge_retries)
+        return ms_error_set(err, MS_ECONFLICT,
+                            "gave up after %u conflicting concurrent writes",
+                            w->attempts);
+    free(w->base);
+    w->base = NULL;
+    w->base_len = 0;
+    if (cur->type == REDIS_REPLY_STRING) {
+        w->base = ms_strndup(cur->str, cur->len);
+        w->base_len = cur->len;
+    }
+    w->have_base = true;
+    ms_log_debug("merge conflict, retrying", "attempt=%u", w->attempts);
+    return write_start(w, err);
+}
+
+
+static void on_script_reply(void *arg, redisReply *reply, int status)
+{
+    write_t *w = arg;
+    queue_t *q = w->queue;
+    ms_app_t *app = w->app;
+    uint64_t version = 0;
+    ms_error_t err = {0, ""};
+
+    (void)status;
+    if (reply == NULL) {
+        ms_error_set(&err, MS_EUNAVAIL,
+                     "Redis connection lost; the write may not have been "
+                     "made");
+    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
+               reply_uint(reply->element[0]) == 1) {
+        version = reply_uint(reply->element[1]);
+        apply_written(w, version);
+    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
+               reply->element[0]->type == REDIS_REPLY_INTEGER &&
+               reply->element[0]->integer == 0) {
+        if (retry_after_conflict(w, reply, &err) == 0)
+            return;
+    } else {
+        ms_log_error("unexpected reply from write script", "type=%d",
+                     reply->type);
+        if (reply->type == REDIS_REPLY_ERROR)
+            ms_log_error("write script failed", "error=\"%.*s\"",
+                         (int)reply->len, reply->str);
+        ms_error_set(&err, MS_EINTERNAL, "Redis refused the write");
+    }
+    write_pop(q, err.code, err.msg, version);
+    queue_run(app, q);
+}
+
+
+void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
+                      size_t id_len, ms_strategy_t strategy, json_t *update,
+                      ms_write_done_cb cb, void *arg)
+{
+    write_t *w = ms_calloc(1, sizeof(*w));
+    queue_t *q = queue_find_or_add(app, kind, id, id_len);
+
+    w->app = app;
+    w->queue = q;
+    w->strategy = strategy;
+    w->update = update;
+    w->cb = cb;
+    w->arg = arg;
+
+    if (q->tail != NULL) {
+        q->tail->next = w;
+        q->tail = w;
+        return;
+    }
+    q->head = q->tail = w;
+    queue_run(app, q);
+}
+
+
+void ms_writes_init(ms_app_t *app)
+{
+    app->writes = ms_calloc(1, sizeof(*app->writes));
+}
+
+
+/*
+ * By now ms_redis_close() has answered every write in flight, and each
+ * answer ran the rest of its queue into "unavailable", so none is left.
+ */
+void ms_writes_free(ms_app_t *app)
+{
+    free(app->writes);
+    app->writes = NULL;
+}

@@ -1,0 +1,35 @@
+/*
+ * app.h - the daemon's shared state: what every request handler, the
+ * write pipeline and the mirror reach through one pointer. main.c owns it;
+ * everything in it lives on the loop thread.
+ */
+#ifndef MS_APP_H
+#define MS_APP_H
+
+#include <uv.h>
+
+#include "cache.h"
+#include "config.h"
+#include "layout.h"
+#include "redis.h"
+#include "value.h"
+
+typedef struct ms_server_s ms_server_t;
+typedef struct ms_mirror_s ms_mirror_t;
+typedef struct ms_writes_s ms_writes_t;
+struct waiter_s;
+
+typedef struct ms_app_s {
+    uv_loop_t *loop;
+    const ms_config_t *cfg;
+    ms_layout_t layout;
+    ms_value_limits_t limits;
+    ms_cache_t *cache;
+    ms_redis_t *redis;
+    ms_mirror_t *mirror;
+    ms_writes_t *writes;
+    ms_server_t *server;
+    struct waiter_s *waiters; /* reads waiting for a version (handlers.c) */
+} ms_app_t;
+
+#endif

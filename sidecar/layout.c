@@ -1,0 +1,72 @@
+/*
+ * layout.c - builds the Redis key names from the prefix (see layout.h).
+ */
+#include "layout.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+
+static char *join(const char *prefix, const char *suffix)
+{
+    size_t n = strlen(prefix) + strlen(suffix) + 2;
+    char *s = ms_malloc(n);
+
+    snprintf(s, n, "%s:%s", prefix, suffix);
+    return s;
+}
+
+
+/* SCAN MATCH treats * ? [ ] and \ specially; a prefix may hold them. */
+static char *glob_escape_star(const char *s)
+{
+    char *out = ms_malloc(strlen(s) * 2 + 2);
+    char *p = out;
+
+    for (; *s != '\0'; s++) {
+        if (strchr("*?[]\\", *s) != NULL)
+            *p++ = '\\';
+        *p++ = *s;
+    }
+    *p++ = '*';
+    *p = '\0';
+    return out;
+}
+
+
+void ms_layout_init(ms_layout_t *l, const char *prefix)
+{
+    l->conn_meta = join(prefix, "connection-meta");
+    l->room_prefix = join(prefix, "roommeta:");
+    l->room_pattern = glob_escape_star(l->room_prefix);
+    l->seq = join(prefix, "meshsync:seq");
+    l->conn_versions = join(prefix, "meshsync:versions:conn");
+    l->room_versions = join(prefix, "meshsync:versions:room");
+    l->channel = join(prefix, "meshsync:changes");
+}
+
+
+void ms_layout_free(ms_layout_t *l)
+{
+    free(l->conn_meta);
+    free(l->room_prefix);
+    free(l->room_pattern);
+    free(l->seq);
+    free(l->conn_versions);
+    free(l->room_versions);
+    free(l->channel);
+}
+
+
+const char *ms_layout_versions(const ms_layout_t *l, ms_kind_t kind)
+{
+    return kind == MS_KIND_CONN ? l->conn_versions : l->room_versions;
+}
+
+
+const char *ms_kind_name(ms_kind_t kind)
+{
+    return kind == MS_KIND_CONN ? "conn" : "room";
+}

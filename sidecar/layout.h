@@ -1,0 +1,42 @@
+/*
+ * layout.h - the names of the Redis keys and channel meshsync uses, all
+ * under one configurable prefix (schema/REDIS.md describes them).
+ *
+ * Mesh's own keys:
+ *   <prefix>:connection-meta        hash, connection id -> JSON
+ *   <prefix>:roommeta:<room>        hash, field "data" -> JSON
+ * meshsync's keys:
+ *   <prefix>:meshsync:seq           global write sequence (INCR)
+ *   <prefix>:meshsync:versions:conn hash, connection id -> version
+ *   <prefix>:meshsync:versions:room hash, room name -> version
+ *   <prefix>:meshsync:changes       pub/sub channel of change events
+ *
+ * Built once at start-up; read-only afterwards.
+ */
+#ifndef MS_LAYOUT_H
+#define MS_LAYOUT_H
+
+#include <stddef.h>
+
+#include "cache.h"
+
+typedef struct ms_layout_s {
+    char *conn_meta;     /* <prefix>:connection-meta */
+    char *room_prefix;   /* <prefix>:roommeta: */
+    char *room_pattern;  /* room_prefix, glob-escaped, then "*" */
+    char *seq;
+    char *conn_versions;
+    char *room_versions;
+    char *channel;
+} ms_layout_t;
+
+void ms_layout_init(ms_layout_t *l, const char *prefix);
+void ms_layout_free(ms_layout_t *l);
+
+/* The versions hash of a kind. */
+const char *ms_layout_versions(const ms_layout_t *l, ms_kind_t kind);
+
+/* "conn" or "room": the kind's name in change events. */
+const char *ms_kind_name(ms_kind_t kind);
+
+#endif

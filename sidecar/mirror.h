@@ -1,0 +1,36 @@
+/*
+ * mirror.h - keeps the cache equal to Redis.
+ *
+ * When the Redis links become live (subscribed first, so nothing is
+ * missed), the mirror loads every connection and room entry with
+ * schema/load.lua in batches, applying each under the version guard and
+ * finally tombstoning what Redis no longer has. Meanwhile and afterwards,
+ * every change event on the channel is applied if it is newer than the
+ * cached entry. Until a load has completed since the links last came up,
+ * the cache may be behind: ms_mirror_stale() says so. Loop thread only.
+ */
+#ifndef MS_MIRROR_H
+#define MS_MIRROR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "app.h"
+
+void ms_mirror_init(ms_app_t *app);
+
+/*
+ * Stops the mirror; its memory goes when its timer has closed, so a
+ * batch reply arriving during shutdown still finds it. Call before
+ * ms_redis_close().
+ */
+void ms_mirror_close(ms_app_t *app);
+
+/* True unless the links are live and the load since then is done. */
+bool ms_mirror_stale(const ms_app_t *app);
+
+/* The Redis link callbacks (ms_redis_callbacks_t, arg is the app). */
+void ms_mirror_on_state(void *arg, bool live);
+void ms_mirror_on_message(void *arg, const char *payload, size_t len);
+
+#endif

@@ -1,0 +1,60 @@
+/*
+ * server.h - the Unix-socket server: accepts clients, cuts their byte
+ * streams into frames for the request handlers, and sends replies.
+ *
+ * Replies are appended to a session's output buffer and written once per
+ * loop turn, so a pipelined burst costs one write(2), not one per reply.
+ * A client whose unsent output passes a high-water mark is not read from
+ * until it drains, so a client that stops reading cannot grow memory.
+ *
+ * A session is reference-counted: a request waiting on Redis holds a
+ * reference, so its session outlives a client that hangs up meanwhile;
+ * replies to a closed session are dropped. Loop thread only.
+ */
+#ifndef MS_SERVER_H
+#define MS_SERVER_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "app.h"
+#include "error.h"
+
+typedef struct ms_session_s ms_session_t;
+
+/*
+ * Listens on app->cfg->socket_path. A socket file left by a crashed run
+ * is replaced; a live daemon on the path, or a path that is not a socket,
+ * is an error. Returns 0 and sets app->server, or a negative code with a
+ * message in err.
+ */
+int ms_server_start(ms_app_t *app, ms_error_t *err) MS_MUST_CHECK;
+
+/*
+ * Stops listening, removes the socket file and closes every session.
+ * Memory is released in the uv close callbacks.
+ */
+void ms_server_close(ms_server_t *s);
+
+/*
+ * Starts a reply frame in the session's output and returns the packer to
+ * pack one map into; ms_session_reply_end() completes the frame.
+ */
+msgpack_packer *ms_session_reply_begin(ms_session_t *s);
+void ms_session_reply_end(ms_session_t *s);
+
+void ms_session_ref(ms_session_t *s);
+void ms_session_unref(ms_session_t *s);
+
+/* True once the client has gone or been closed. */
+bool ms_session_closed(const ms_session_t *s);
+
+/* The connection id bound by `hello`, or NULL (with *len 0). */
+const char *ms_session_conn(const ms_session_t *s, size_t *len);
+void ms_session_bind(ms_session_t *s, const char *conn, size_t len);
+
+/* A name for the peer in log lines, e.g. "client=12". */
+unsigned long ms_session_number(const ms_session_t *s);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * writes.h - the write pipeline: applies a strategy, stores the result in
+ * Redis through schema/write.lua, then in the local cache, then answers.
+ *
+ * Writes to one entry from this sidecar run one at a time in arrival
+ * order, each computed from the result of the one before, so pipelined
+ * merges on one entry never conflict with each other. A merge is written
+ * with compare-and-set against the value it was computed from; when
+ * another sidecar (or a Mesh server) changed the entry meanwhile, the
+ * script returns the current value and the merge is recomputed from it,
+ * up to the configured number of attempts. Loop thread only.
+ */
+#ifndef MS_WRITES_H
+#define MS_WRITES_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "app.h"
+#include "strategy.h"
+
+/*
+ * Called once per write: code 0 with the entry's new version, or a
+ * negative MS_E* code and a message. May be called before
+ * ms_writes_submit() returns.
+ */
+typedef void (*ms_write_done_cb)(void *arg, int code, const char *msg,
+                                 uint64_t version);
+
+void ms_writes_init(ms_app_t *app);
+void ms_writes_free(ms_app_t *app);
+
+/*
+ * Queues a write of update (ownership taken; NULL deletes the entry) to
+ * the entry kind/id with the strategy.
+ */
+void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
+                      size_t id_len, ms_strategy_t strategy, json_t *update,
+                      ms_write_done_cb cb, void *arg);
+
+#endif
