@@ -37,7 +37,7 @@ echo "== starting redis-server and two sidecars in $tmp"
 redis-server --port 0 --unixsocket "$tmp/redis.sock" --save "" \
   --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
 pids+=($!)
-wait_log "$tmp/redis.log" "Ready to accept connections"
+wait_log "$tmp/redis.log" "ready to accept connections"
 
 for s in a b; do
   build/meshsyncd --socket "$tmp/$s.sock" --cache "$tmp/$s.db" \
@@ -51,20 +51,22 @@ wait_log "$tmp/b.log" 'msg="ready"'
 A() { echo "\$ meshsync --socket a.sock $*" >&2; build/meshsync --socket "$tmp/a.sock" "$@"; }
 B() { echo "\$ meshsync --socket b.sock $*" >&2; build/meshsync --socket "$tmp/b.sock" "$@"; }
 
-# Reads through sidecar B until it serves what A wrote (at most 2 s): the
-# change travels A -> Redis -> B's subscription -> B's cache.
-B_until() {
-  local want=$1 got i
-  shift
+# Reads through one sidecar until it serves what the other wrote (at most
+# 2 s): the change travels writer -> Redis -> subscription -> cache.
+read_until() {
+  local sock=$1 want=$2 got i
+  shift 2
   for i in $(seq 1 200); do
-    got=$(build/meshsync --socket "$tmp/b.sock" "$@")
+    got=$(build/meshsync --socket "$tmp/$sock" "$@")
     [ "$got" = "$want" ] && break
     sleep 0.01
   done
-  echo "\$ meshsync --socket b.sock $*" >&2
+  echo "\$ meshsync --socket $sock $*" >&2
   echo "$got"
-  [ "$got" = "$want" ] || { echo "demo: B served $got, not $want" >&2; exit 1; }
+  [ "$got" = "$want" ] || { echo "demo: $sock served $got, not $want" >&2; exit 1; }
 }
+A_until() { read_until a.sock "$@"; }
+B_until() { read_until b.sock "$@"; }
 
 echo
 echo "== connection metadata"
@@ -101,7 +103,7 @@ A room set lobby '{"topic":"Back again"}'
 A room delete lobby
 B_until null room get lobby
 B conn close conn123
-A conn get conn123
+A_until null conn get conn123
 A ping
 
 echo
