@@ -396,3 +396,82 @@ int ms_msgpack_check(const char *buf, size_t len, int max_depth,
                             "byte %zu", pos);
     return 0;
 }
+
+
+/* Steps over one whole object at *pos; 0, or -1 when malformed. */
+static int skip_object(const unsigned char *p, size_t len, size_t *pos)
+{
+    uint64_t todo = 1;
+
+    while (todo > 0) {
+        check_head_t h;
+
+        if (*pos >= len || check_head(p + *pos, len - *pos, &h) != HEAD_OK)
+            return -1;
+        *pos += h.size;
+        todo += h.count - 1;
+        if (todo > len - *pos)
+            return -1;
+    }
+    return 0;
+}
+
+
+/* The string at p (a head of h), or NULL when it is not a string. */
+static const unsigned char *str_body(const unsigned char *p,
+                                     const check_head_t *h, size_t *n)
+{
+    size_t width = p[0] >= 0xd9 && p[0] <= 0xdb ? (size_t)1 << (p[0] - 0xd9)
+                                                : 0;
+
+    if (!((p[0] >= 0xa0 && p[0] <= 0xbf) || width > 0))
+        return NULL;
+    *n = h->size - 1 - width;
+    return p + 1 + width;
+}
+
+
+/* An unsigned integer at p: positive fixint or uint 8..64. */
+static int read_uint(const unsigned char *p, size_t avail, uint64_t *out)
+{
+    if (p[0] <= 0x7f) {
+        *out = p[0];
+        return 1;
+    }
+    if (p[0] >= 0xcc && p[0] <= 0xcf &&
+        avail >= 1 + ((size_t)1 << (p[0] - 0xcc))) {
+        *out = check_be(p + 1, (size_t)1 << (p[0] - 0xcc));
+        return 1;
+    }
+    return 0;
+}
+
+
+int ms_msgpack_map_uint(const char *buf, size_t len, const char *key,
+                        uint64_t *out)
+{
+    const unsigned char *p = (const unsigned char *)buf;
+    size_t klen = strlen(key), pos = 0;
+    check_head_t h;
+
+    if (len == 0 || check_head(p, len, &h) != HEAD_OK || !h.container ||
+        strcmp(h.kind, "map") != 0)
+        return 0;
+    pos = h.size;
+    for (uint64_t i = 0; i < h.count / 2; i++) {
+        check_head_t k;
+        const unsigned char *s;
+        size_t n;
+
+        if (pos >= len || check_head(p + pos, len - pos, &k) != HEAD_OK)
+            return 0;
+        s = k.container ? NULL : str_body(p + pos, &k, &n);
+        if (s != NULL && n == klen && memcmp(s, key, n) == 0) {
+            pos += k.size;
+            return pos < len ? read_uint(p + pos, len - pos, out) : 0;
+        }
+        if (skip_object(p, len, &pos) < 0 || skip_object(p, len, &pos) < 0)
+            return 0;
+    }
+    return 0;
+}

@@ -78,4 +78,14 @@ uint32_t ms_frame_get_len(const char *p);
 int ms_msgpack_check(const char *buf, size_t len, int max_depth,
                      ms_error_t *err) MS_MUST_CHECK;
 
+/*
+ * Finds the unsigned integer under key in a msgpack map, without decoding
+ * anything else: how an error reply still echoes the request's id when the
+ * request is too deep for msgpack-c. Returns 1 with *out set, or 0 when
+ * buf is not a map, has no such key, the value is not an unsigned
+ * integer, or the bytes before it are malformed.
+ */
+int ms_msgpack_map_uint(const char *buf, size_t len, const char *key,
+                        uint64_t *out);
+
 #endif

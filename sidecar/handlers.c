@@ -597,9 +597,18 @@ void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
 
     memset(&rq, 0, sizeof(rq));
 
-    /* The request map holds the value, one level deeper than it. */
-    if (ms_msgpack_check(body, len, app->cfg->max_depth + 1, &err) < 0) {
-        reply_error(s, NULL, err.code, err.msg);
+    /*
+     * msgpack-c decodes at most 32 levels: the request map and a value of
+     * MS_VALUE_DEPTH_CAP. The configured, lower, limit is the value
+     * conversion's to enforce, once the id is known.
+     */
+    if (ms_msgpack_check(body, len, MS_VALUE_DEPTH_CAP + 1, &err) < 0) {
+        rq.has_id = err.code == MS_ETOOLARGE &&
+                    ms_msgpack_map_uint(body, len, "id", &rq.id) == 1;
+        if (err.code == MS_ETOOLARGE)
+            snprintf(err.msg, sizeof(err.msg),
+                     "value nests deeper than %d levels", app->cfg->max_depth);
+        reply_error(s, &rq, err.code, err.msg);
         return;
     }
     msgpack_unpacked_init(&up);

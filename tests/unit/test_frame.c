@@ -837,6 +837,56 @@ static void test_check_fuzz(void **state)
 }
 
 
+/*
+ * ms_msgpack_map_uint finds a key's unsigned integer without decoding the
+ * rest, even past values nested deeper than msgpack-c can decode.
+ */
+static void test_map_uint(void **state)
+{
+    /* {"op":"x","deep":[[[...]]] (40 levels), "id":7} */
+    unsigned char deep[64];
+    size_t n = 0;
+    uint64_t v = 0;
+
+    (void)state;
+    deep[n++] = 0x83;
+    memcpy(deep + n, "\xa2op\xa1x", 5);
+    n += 5;
+    memcpy(deep + n, "\xa4" "deep", 5);
+    n += 5;
+    for (int i = 0; i < 40; i++)
+        deep[n++] = 0x91;
+    deep[n++] = 0xc0;
+    memcpy(deep + n, "\xa2id\x07", 4);
+    n += 4;
+    assert_int_equal(ms_msgpack_map_uint((char *)deep, n, "id", &v), 1);
+    assert_int_equal(v, 7);
+    assert_int_equal(ms_msgpack_map_uint((char *)deep, n, "op", &v), 0);
+    assert_int_equal(ms_msgpack_map_uint((char *)deep, n, "nope", &v), 0);
+
+    /* uint 64 and a key that is itself a container. */
+    static const unsigned char wide[] = {
+        0x82, 0x91, 0x01, 0x02, 0xa2, 'i', 'd',
+        0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(
+        ms_msgpack_map_uint((const char *)wide, sizeof(wide), "id", &v), 1);
+    assert_true(v == UINT64_MAX);
+
+    /* Not a map, a negative id, truncation, and an empty buffer. */
+    assert_int_equal(ms_msgpack_map_uint("\x91\x01", 2, "id", &v), 0);
+    assert_int_equal(ms_msgpack_map_uint("\x81\xa2id\xff", 5, "id", &v), 0);
+    assert_int_equal(ms_msgpack_map_uint("\x81\xa2id", 4, "id", &v), 0);
+    assert_int_equal(ms_msgpack_map_uint("\x81\xa2id\xcd\x01", 6, "id", &v),
+                     0);
+    assert_int_equal(ms_msgpack_map_uint("", 0, "id", &v), 0);
+
+    /* A map declaring more entries than it holds ends the search. */
+    assert_int_equal(
+        ms_msgpack_map_uint("\xdf\xff\xff\xff\xff\xa1x\x01", 8, "id", &v),
+        0);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -860,6 +910,7 @@ int main(void)
         cmocka_unit_test(test_check_depth),
         cmocka_unit_test(test_check_large_inputs),
         cmocka_unit_test(test_check_fuzz),
+        cmocka_unit_test(test_map_uint),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
