@@ -5,6 +5,7 @@
 --          <prefix>:roommeta:<room>
 -- KEYS[2]  the versions hash: <prefix>:meshsync:versions:conn or :room
 -- KEYS[3]  the global sequence: <prefix>:meshsync:seq
+-- KEYS[4]  the entry's turn key: <prefix>:meshsync:turn:<kind>:<id>
 -- ARGV[1]  the field in KEYS[1]: the connection id, or "data" for a room
 -- ARGV[2]  the entry id (connection id or room name): field in KEYS[2]
 -- ARGV[3]  the change channel: <prefix>:meshsync:changes
@@ -15,17 +16,42 @@
 -- ARGV[6]  the expected JSON text for "equal", else ignored
 -- ARGV[7]  "set" or "del"
 -- ARGV[8]  the new JSON text for "set", else ignored
+-- ARGV[9]  the writer: the sidecar's instance id
+-- ARGV[10] how long a turn lasts, in milliseconds
 --
 -- Returns {1, version} when written, or {0, current JSON text or nil,
--- current version} when the check failed (nothing was written).
+-- current version, reason} when a check failed and nothing was written.
+-- reason is "changed" (the stored text is not the expected one) or
+-- "turn" (another writer lost a race on this entry and goes first).
 -- Publishes msgpack [version, kind, id, JSON text or false] on ARGV[3].
+--
+-- Turns keep compare-and-set fair: the writer whose check failed because
+-- the value changed takes the entry's turn (if nobody holds it), and until
+-- it writes, or the turn expires, other checked writes to the entry are
+-- refused. Without them, a sidecar streaming merges to one entry can win
+-- every race and starve another's retries.
 
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local check = ARGV[5]
-if (check == 'absent' and current) or
-   (check == 'equal' and current ~= ARGV[6]) then
+
+local function refuse(reason)
     local v = redis.call('HGET', KEYS[2], ARGV[2])
-    return {0, current, tonumber(v or '0')}
+    return {0, current, tonumber(v or '0'), reason}
+end
+
+if check ~= 'any' then
+    local turn = redis.call('GET', KEYS[4])
+    if turn and turn ~= ARGV[9] then
+        return refuse('turn')
+    end
+    if (check == 'absent' and current) or
+       (check == 'equal' and current ~= ARGV[6]) then
+        redis.call('SET', KEYS[4], ARGV[9], 'PX', ARGV[10], 'NX')
+        return refuse('changed')
+    end
+    if turn then
+        redis.call('DEL', KEYS[4])
+    end
 end
 
 local version = redis.call('INCR', KEYS[3])

@@ -45,6 +45,7 @@ void ms_layout_init(ms_layout_t *l, const char *prefix)
     l->conn_versions = join(prefix, "meshsync:versions:conn");
     l->room_versions = join(prefix, "meshsync:versions:room");
     l->channel = join(prefix, "meshsync:changes");
+    l->turn_prefix = join(prefix, "meshsync:turn:");
 }
 
 
@@ -57,6 +58,22 @@ void ms_layout_free(ms_layout_t *l)
     free(l->conn_versions);
     free(l->room_versions);
     free(l->channel);
+    free(l->turn_prefix);
+}
+
+
+char *ms_layout_key(const char *head, const char *middle, const char *id,
+                    size_t id_len, size_t *len)
+{
+    size_t h = strlen(head), m = middle ? strlen(middle) : 0;
+    char *key = ms_malloc(h + m + id_len + 1);
+
+    memcpy(key, head, h);
+    memcpy(key + h, middle, m);
+    memcpy(key + h + m, id, id_len);
+    key[h + m + id_len] = '\0';
+    *len = h + m + id_len;
+    return key;
 }
 
 

@@ -10,6 +10,7 @@
  *   <prefix>:meshsync:versions:conn hash, connection id -> version
  *   <prefix>:meshsync:versions:room hash, room name -> version
  *   <prefix>:meshsync:changes       pub/sub channel of change events
+ *   <prefix>:meshsync:turn:<kind>:<id>  which sidecar writes an entry next
  *
  * Built once at start-up; read-only afterwards.
  */
@@ -28,6 +29,7 @@ typedef struct ms_layout_s {
     char *conn_versions;
     char *room_versions;
     char *channel;
+    char *turn_prefix;   /* <prefix>:meshsync:turn: */
 } ms_layout_t;
 
 void ms_layout_init(ms_layout_t *l, const char *prefix);
@@ -35,6 +37,14 @@ void ms_layout_free(ms_layout_t *l);
 
 /* The versions hash of a kind. */
 const char *ms_layout_versions(const ms_layout_t *l, ms_kind_t kind);
+
+/*
+ * Returns a new string (caller frees) of head, then the optional middle,
+ * then the id's bytes, and its length in *len: how per-entry key names
+ * are built.
+ */
+char *ms_layout_key(const char *head, const char *middle, const char *id,
+                    size_t id_len, size_t *len);
 
 /* "conn" or "room": the kind's name in change events. */
 const char *ms_kind_name(ms_kind_t kind);

@@ -26,6 +26,8 @@ typedef struct daemon_s {
 
 static void shutdown_daemon(daemon_t *d, const char *why)
 {
+    ms_redis_t *redis;
+
     if (d->stopping)
         return;
     d->stopping = true;
@@ -38,9 +40,13 @@ static void shutdown_daemon(daemon_t *d, const char *why)
     if (d->app.server != NULL)
         ms_server_close(d->app.server);
     ms_mirror_close(&d->app);
-    if (d->app.redis != NULL)
-        ms_redis_close(d->app.redis);
+
+    /* Writes answered while Redis closes must not start new commands. */
+    redis = d->app.redis;
     d->app.redis = NULL;
+    if (redis != NULL)
+        ms_redis_close(redis);
+    ms_writes_close(&d->app);
 }
 
 

@@ -12,6 +12,7 @@
 #include "alloc.h"
 #include "frame.h"
 #include "handlers.h"
+#include "writes.h"
 #include "log.h"
 
 /* The COUNT hint per SCAN/HSCAN batch of a load. */
@@ -69,8 +70,10 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
         json_len = 0;
     }
     if (ms_cache_apply(app->cache, kind, id, id_len, version, json, json_len,
-                       mp, mp_len, mode) == 1)
+                       mp, mp_len, mode) == 1) {
         ms_handlers_entry_changed(app, kind, id, id_len, version);
+        ms_writes_entry_changed(app, kind, id, id_len);
+    }
     free(mp);
 }
 

@@ -25,6 +25,8 @@ typedef struct queue_s {
     size_t id_len;
     char *hash_key;   /* the Redis hash holding the value */
     size_t hash_key_len;
+    char *turn_key;   /* the entry's turn (see schema/write.lua) */
+    size_t turn_key_len;
     write_t *head, *tail;
 } queue_t;
 
@@ -42,11 +44,22 @@ struct write_s {
     size_t base_len;
     char *json;       /* JSON text being written, NULL for a delete */
     size_t json_len;
+    unsigned waits;   /* times it waited for another sidecar's turn */
+    bool has_timer;   /* timer initialised: free w in its close callback */
+    uv_timer_t timer; /* ends a wait for another sidecar's turn */
+    write_t *next_waiting, *prev_waiting;
 };
 
 struct ms_writes_s {
     void *queues;     /* tsearch root */
+    write_t *waiting; /* queue heads waiting for another sidecar's turn */
 };
+
+/* How long a turn lasts, and how long a refused write waits at most
+ * before it tries again (it usually goes as soon as the entry changes). */
+#define TURN_MS "100"
+#define TURN_WAIT_MS 10
+#define TURN_WAITS_MAX 300
 
 static int compare_queues(const void *a, const void *b)
 {
@@ -76,21 +89,24 @@ static queue_t *queue_find_or_add(ms_app_t *app, ms_kind_t kind,
     q->kind = kind;
     q->id = ms_strndup(id, id_len);
     q->id_len = id_len;
-    if (kind == MS_KIND_ROOM) {
-        size_t plen = strlen(app->layout.room_prefix);
-
-        q->hash_key_len = plen + id_len;
-        q->hash_key = ms_malloc(q->hash_key_len + 1);
-        memcpy(q->hash_key, app->layout.room_prefix, plen);
-        memcpy(q->hash_key + plen, id, id_len);
-        q->hash_key[q->hash_key_len] = '\0';
-    } else {
-        q->hash_key_len = strlen(app->layout.conn_meta);
-        q->hash_key = ms_strndup(app->layout.conn_meta, q->hash_key_len);
-    }
+    if (kind == MS_KIND_ROOM)
+        q->hash_key = ms_layout_key(app->layout.room_prefix, NULL, id,
+                                    id_len, &q->hash_key_len);
+    else
+        q->hash_key = ms_layout_key(app->layout.conn_meta, NULL, "", 0,
+                                    &q->hash_key_len);
+    q->turn_key = ms_layout_key(app->layout.turn_prefix,
+                                kind == MS_KIND_ROOM ? "room:" : "conn:", id,
+                                id_len, &q->turn_key_len);
     if (tsearch(q, &app->writes->queues, compare_queues) == NULL)
         ms_oom();
     return q;
+}
+
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
 }
 
 
@@ -99,7 +115,10 @@ static void write_free(write_t *w)
     json_decref(w->update);
     free(w->base);
     free(w->json);
-    free(w);
+    if (w->has_timer)
+        uv_close((uv_handle_t *)&w->timer, on_timer_closed);
+    else
+        free(w);
 }
 
 
@@ -136,6 +155,7 @@ static void queue_run(ms_app_t *app, queue_t *q)
     tdelete(q, &app->writes->queues, compare_queues);
     free(q->id);
     free(q->hash_key);
+    free(q->turn_key);
     free(q);
 }
 
@@ -178,8 +198,8 @@ static int write_start(write_t *w, ms_error_t *err)
     const ms_layout_t *l = &app->layout;
     bool merging = w->update != NULL && w->strategy != MS_STRATEGY_REPLACE;
     json_t *current = NULL, *result;
-    const char *argv[11], *check;
-    size_t argvlen[11];
+    const char *argv[14], *check;
+    size_t argvlen[14];
     int rc;
 
     if (merging && (rc = load_base(w, &current, err)) < 0)
@@ -201,24 +221,29 @@ static int write_start(write_t *w, ms_error_t *err)
     argv[0] = q->hash_key;
     argv[1] = ms_layout_versions(l, q->kind);
     argv[2] = l->seq;
-    argv[3] = q->kind == MS_KIND_ROOM ? "data" : q->id;
-    argv[4] = q->id;
-    argv[5] = l->channel;
-    argv[6] = ms_kind_name(q->kind);
-    argv[7] = check;
-    argv[8] = w->base != NULL ? w->base : "";
-    argv[9] = w->json != NULL ? "set" : "del";
-    argv[10] = w->json != NULL ? w->json : "";
-    for (int i = 0; i < 11; i++)
+    argv[3] = q->turn_key;
+    argv[4] = q->kind == MS_KIND_ROOM ? "data" : q->id;
+    argv[5] = q->id;
+    argv[6] = l->channel;
+    argv[7] = ms_kind_name(q->kind);
+    argv[8] = check;
+    argv[9] = w->base != NULL ? w->base : "";
+    argv[10] = w->json != NULL ? "set" : "del";
+    argv[11] = w->json != NULL ? w->json : "";
+    argv[12] = app->cfg->instance_id;
+    argv[13] = TURN_MS;
+    for (int i = 0; i < 14; i++)
         argvlen[i] = strlen(argv[i]);
     argvlen[0] = q->hash_key_len;
-    argvlen[3] = q->kind == MS_KIND_ROOM ? 4 : q->id_len;
-    argvlen[4] = q->id_len;
-    argvlen[8] = w->base != NULL ? w->base_len : 0;
-    argvlen[10] = w->json != NULL ? w->json_len : 0;
+    argvlen[3] = q->turn_key_len;
+    argvlen[4] = q->kind == MS_KIND_ROOM ? 4 : q->id_len;
+    argvlen[5] = q->id_len;
+    argvlen[9] = w->base != NULL ? w->base_len : 0;
+    argvlen[11] = w->json != NULL ? w->json_len : 0;
 
     w->attempts++;
-    if (ms_redis_script(app->redis, MS_SCRIPT_WRITE, 3, 11, argv, argvlen,
+    if (app->redis == NULL ||
+        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 4, 14, argv, argvlen,
                         on_script_reply, w) < 0)
         return ms_error_set(err, MS_EUNAVAIL, "Redis is not reachable");
     return 0;
@@ -259,6 +284,70 @@ static uint64_t reply_uint(const redisReply *r)
 }
 
 
+static void waiting_remove(write_t *w)
+{
+    ms_writes_t *ws = w->app->writes;
+
+    uv_timer_stop(&w->timer);
+    if (w->prev_waiting != NULL)
+        w->prev_waiting->next_waiting = w->next_waiting;
+    else
+        ws->waiting = w->next_waiting;
+    if (w->next_waiting != NULL)
+        w->next_waiting->prev_waiting = w->prev_waiting;
+    w->next_waiting = w->prev_waiting = NULL;
+}
+
+
+/* Tries a waiting write again, merging into what the cache now holds. */
+static void wait_over(write_t *w)
+{
+    ms_error_t err;
+
+    waiting_remove(w);
+    w->have_base = false;
+    if (write_start(w, &err) < 0) {
+        queue_t *q = w->queue;
+
+        write_pop(q, err.code, err.msg, 0);
+        queue_run(w->app, q);
+    }
+}
+
+
+static void on_wait_timer(uv_timer_t *t)
+{
+    wait_over(t->data);
+}
+
+
+/*
+ * Another sidecar lost a race on this entry and has its turn: wait until
+ * its write reaches the cache (ms_writes_entry_changed), or a short
+ * while, then try again.
+ */
+static int wait_for_turn(write_t *w, ms_error_t *err)
+{
+    ms_writes_t *ws = w->app->writes;
+
+    if (++w->waits > TURN_WAITS_MAX)
+        return ms_error_set(err, MS_ECONFLICT,
+                            "another sidecar kept the entry's turn too long");
+    if (!w->has_timer) {
+        uv_timer_init(w->app->loop, &w->timer);
+        w->timer.data = w;
+        w->has_timer = true;
+    }
+    uv_timer_start(&w->timer, on_wait_timer, TURN_WAIT_MS, 0);
+    w->prev_waiting = NULL;
+    w->next_waiting = ws->waiting;
+    if (ws->waiting != NULL)
+        ws->waiting->prev_waiting = w;
+    ws->waiting = w;
+    return 0;
+}
+
+
 /*
  * A failed compare-and-set returns the entry's current value: the next
  * attempt merges into that, without waiting for the change event.
@@ -267,7 +356,10 @@ static int retry_after_conflict(write_t *w, redisReply *reply,
                                 ms_error_t *err)
 {
     redisReply *cur = reply->element[1];
+    redisReply *reason = reply->element[3];
 
+    if (reason->type == REDIS_REPLY_STRING && strcmp(reason->str, "turn") == 0)
+        return wait_for_turn(w, err);
     if (w->attempts >= w->app->cfg->merge_retries)
         return ms_error_set(err, MS_ECONFLICT,
                             "gave up after %u conflicting concurrent writes",
@@ -282,6 +374,21 @@ static int retry_after_conflict(write_t *w, redisReply *reply,
     w->have_base = true;
     ms_log_debug("merge conflict, retrying", "attempt=%u", w->attempts);
     return write_start(w, err);
+}
+
+
+void ms_writes_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
+                             size_t id_len)
+{
+    queue_t key = {.kind = kind, .id = (char *)id, .id_len = id_len};
+    queue_t **found;
+
+    if (app->writes == NULL || app->writes->waiting == NULL)
+        return;
+    found = tfind(&key, &app->writes->queues, compare_queues);
+    if (found != NULL && (*found)->head->has_timer &&
+        uv_is_active((uv_handle_t *)&(*found)->head->timer))
+        wait_over((*found)->head);
 }
 
 
@@ -302,7 +409,7 @@ static void on_script_reply(void *arg, redisReply *reply, int status)
                reply_uint(reply->element[0]) == 1) {
         version = reply_uint(reply->element[1]);
         apply_written(w, version);
-    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
+    } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4 &&
                reply->element[0]->type == REDIS_REPLY_INTEGER &&
                reply->element[0]->integer == 0) {
         if (retry_after_conflict(w, reply, &err) == 0)
@@ -351,8 +458,25 @@ void ms_writes_init(ms_app_t *app)
 
 
 /*
- * By now ms_redis_close() has answered every write in flight, and each
- * answer ran the rest of its queue into "unavailable", so none is left.
+ * Called once Redis is closed (app->redis NULL): the writes still
+ * waiting for a turn, and those queued behind them, fail unavailable.
+ */
+void ms_writes_close(ms_app_t *app)
+{
+    while (app->writes->waiting != NULL) {
+        write_t *w = app->writes->waiting;
+        queue_t *q = w->queue;
+
+        waiting_remove(w);
+        write_pop(q, MS_EUNAVAIL, "the daemon is shutting down", 0);
+        queue_run(app, q);
+    }
+}
+
+
+/*
+ * By now every write has been answered (in flight ones by ms_redis_close,
+ * waiting ones by ms_writes_close), so no queue is left.
  */
 void ms_writes_free(ms_app_t *app)
 {

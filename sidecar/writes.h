@@ -29,7 +29,21 @@ typedef void (*ms_write_done_cb)(void *arg, int code, const char *msg,
                                  uint64_t version);
 
 void ms_writes_init(ms_app_t *app);
+
+/*
+ * At shutdown, after app->redis is set to NULL and closed: answers the
+ * writes that are not in flight with "unavailable". Their timers close on
+ * the loop; ms_writes_free() may follow once the loop has ended.
+ */
+void ms_writes_close(ms_app_t *app);
 void ms_writes_free(ms_app_t *app);
+
+/*
+ * The mirror applied a change to an entry: a write waiting for another
+ * sidecar's turn on it goes now.
+ */
+void ms_writes_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
+                             size_t id_len);
 
 /*
  * Queues a write of update (ownership taken; NULL deletes the entry) to

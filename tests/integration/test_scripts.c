@@ -62,13 +62,17 @@ static redisReply *eval_argv(redisContext *c, int argc, const char **argv)
 }
 
 
-/* Calls write.lua for an entry of kind "conn" or "room" under prefix. */
-static redisReply *write_entry(redisContext *c, const char *prefix,
-                               const char *kind, const char *id,
-                               const char *check, const char *expected,
-                               const char *op, const char *json)
+/*
+ * Calls write.lua as writer (a sidecar's instance id) for an entry of kind
+ * "conn" or "room" under prefix; turns last 100 ms.
+ */
+static redisReply *write_entry_as(redisContext *c, const char *writer,
+                                  const char *prefix, const char *kind,
+                                  const char *id, const char *check,
+                                  const char *expected, const char *op,
+                                  const char *json)
 {
-    char value_key[512], versions[256], seq[256], channel[256];
+    char value_key[512], versions[256], seq[256], channel[256], turn[512];
     bool conn = strcmp(kind, "conn") == 0;
 
     if (conn)
@@ -81,11 +85,25 @@ static redisReply *write_entry(redisContext *c, const char *prefix,
              kind);
     snprintf(seq, sizeof(seq), "%s:meshsync:seq", prefix);
     snprintf(channel, sizeof(channel), "%s:meshsync:changes", prefix);
+    snprintf(turn, sizeof(turn), "%s:meshsync:turn:%s:%s", prefix, kind,
+             id);
 
-    const char *argv[] = {"EVAL", script_write, "3", value_key, versions,
-                          seq, conn ? id : "data", id, channel, kind, check,
-                          expected ? expected : "", op, json ? json : ""};
-    return eval_argv(c, 14, argv);
+    const char *argv[] = {"EVAL",  script_write, "4",   value_key,
+                          versions, seq,        turn,  conn ? id : "data",
+                          id,      channel,     kind,  check,
+                          expected ? expected : "",    op,
+                          json ? json : "",     writer, "100"};
+    return eval_argv(c, 17, argv);
+}
+
+
+static redisReply *write_entry(redisContext *c, const char *prefix,
+                               const char *kind, const char *id,
+                               const char *check, const char *expected,
+                               const char *op, const char *json)
+{
+    return write_entry_as(c, "w1", prefix, kind, id, check, expected, op,
+                          json);
 }
 
 
@@ -107,12 +125,12 @@ static void expect_written(redisReply *rep, long long version)
 }
 
 
-/* A refused check: {0, current JSON or nil, current version}. */
-static void expect_refused(redisReply *rep, const char *current,
-                           long long version)
+/* A refused check: {0, current JSON or nil, current version, reason}. */
+static void expect_refused_for(redisReply *rep, const char *current,
+                               long long version, const char *reason)
 {
     assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
-    assert_int_equal(rep->elements, 3);
+    assert_int_equal(rep->elements, 4);
     assert_int_equal(rep->element[0]->integer, 0);
     if (current == NULL) {
         assert_int_equal(rep->element[1]->type, REDIS_REPLY_NIL);
@@ -121,7 +139,16 @@ static void expect_refused(redisReply *rep, const char *current,
         assert_string_equal(rep->element[1]->str, current);
     }
     assert_int_equal(rep->element[2]->integer, version);
+    assert_int_equal(rep->element[3]->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->element[3]->str, reason);
     freeReplyObject(rep);
+}
+
+
+static void expect_refused(redisReply *rep, const char *current,
+                           long long version)
+{
+    expect_refused_for(rep, current, version, "changed");
 }
 
 
@@ -373,6 +400,54 @@ static void test_write_equal(void **state)
     expect_str(c, NULL, "HGET mesh:connection-meta c1");
     expect_change(s, 3, "conn", "c1", NULL);
     redisFree(s);
+}
+
+
+/*
+ * Turns: the writer that lost a race takes the entry's turn, and other
+ * checked writes wait for it; unchecked writes ignore it.
+ */
+static void test_write_turn(void **state)
+{
+    redisContext *c = harness_redis(*state);
+    redisReply *rep;
+
+    expect_written(write_entry_as(c, "w1", "mesh", "conn", "c1", "any", NULL,
+                                  "set", "{\"a\":1}"),
+                   1);
+
+    /* w1 merged from a stale value: refused, and w1 now has the turn. */
+    expect_refused_for(write_entry_as(c, "w1", "mesh", "conn", "c1", "equal",
+                                      "{}", "set", "{\"b\":1}"),
+                       "{\"a\":1}", 1, "changed");
+    expect_str(c, "w1", "GET mesh:meshsync:turn:conn:c1");
+    rep = harness_command(c, "PTTL mesh:meshsync:turn:conn:c1");
+    assert_true(rep->integer > 0 && rep->integer <= 100);
+    freeReplyObject(rep);
+
+    /* w2's check would pass, but w1 goes first: nothing written. */
+    expect_refused_for(write_entry_as(c, "w2", "mesh", "conn", "c1", "equal",
+                                      "{\"a\":1}", "set", "{\"c\":1}"),
+                       "{\"a\":1}", 1, "turn");
+    expect_str(c, "1", "GET mesh:meshsync:seq");
+
+    /* w1 writes and gives the turn up; then w2 may write. */
+    expect_written(write_entry_as(c, "w1", "mesh", "conn", "c1", "equal",
+                                  "{\"a\":1}", "set", "{\"a\":1,\"b\":1}"),
+                   2);
+    expect_str(c, NULL, "GET mesh:meshsync:turn:conn:c1");
+    expect_written(write_entry_as(c, "w2", "mesh", "conn", "c1", "equal",
+                                  "{\"a\":1,\"b\":1}", "set", "{\"c\":1}"),
+                   3);
+
+    /* A replace never waits for a turn. */
+    expect_refused_for(write_entry_as(c, "w1", "mesh", "conn", "c1", "absent",
+                                      NULL, "set", "{}"),
+                       "{\"c\":1}", 3, "changed");
+    expect_written(write_entry_as(c, "w2", "mesh", "conn", "c1", "any", NULL,
+                                  "set", "{\"d\":1}"),
+                   4);
+    expect_str(c, "w1", "GET mesh:meshsync:turn:conn:c1");
 }
 
 
@@ -1439,6 +1514,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_del, setup_redis,
                                         teardown_redis),
         cmocka_unit_test_setup_teardown(test_write_absent, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_write_turn, setup_redis,
                                         teardown_redis),
         cmocka_unit_test_setup_teardown(test_write_equal, setup_redis,
                                         teardown_redis),
