@@ -1,1 +1,947 @@
-/* placeholder: being written */
+/*
+ * meshsync.c - libmeshsync: a blocking client of the meshsyncd socket.
+ *
+ * Entry points are the meshsync_* functions of meshsync.h. Each call packs
+ * one request frame with a fresh id, writes it, and reads frames until the
+ * reply arrives. The error of the last call stays on the handle; an "io"
+ * or "protocol" failure closes the socket and every later call repeats it.
+ *
+ * No threads of its own: a handle serves one thread at a time. Never logs,
+ * exits or aborts; allocation failure is reported as "internal".
+ */
+#define _GNU_SOURCE /* strerror_r returning char * */
+
+#include "meshsync.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "frame.h"
+#include "value.h"
+
+#define DEFAULT_TIMEOUT_MS 5000
+
+/*
+ * Replies hold values the daemon already accepted under its own limits,
+ * which may be configured above the request frame default.
+ */
+#define REPLY_MAX  (16 * 1024 * 1024)
+#define READ_CHUNK (64 * 1024)
+
+/* The daemon's bounds on a read's wait for minVersion (PROTOCOL.md). */
+#define WAIT_DEFAULT_MS 1000
+#define WAIT_MAX_MS     60000
+
+#define CODE_MAX 32
+#define MSG_MAX  256
+
+/* What a successful reply must carry besides id and ok. */
+#define WANT_VALUE   1
+#define WANT_VERSION 2
+
+struct meshsync {
+    int fd; /* -1 once closed */
+    int timeout_ms;
+    /* The running call's limit: timeout_ms plus any minVersion wait. */
+    int64_t call_timeout_ms;
+    int dead;   /* an io or protocol failure closed the socket */
+    int failed; /* the last call failed: code and msg are set */
+    uint64_t next_id;
+    char code[CODE_MAX];
+    char msg[MSG_MAX];
+    ms_frame_reader_t reader;
+};
+
+typedef struct request_s {
+    const char *op;
+    const char *key;    /* "conn" or "room"; NULL for none */
+    const char *target; /* the id under key; NULL leaves key out */
+    const char *strategy;
+    int has_value;
+    meshsync_format_t format;
+    const char *data;
+    size_t len;
+    json_t *json; /* data parsed, for MESHSYNC_JSON */
+    int want;     /* WANT_* bits */
+    int has_min;  /* a get that waits for min_version */
+    uint64_t min_version;
+    int wait_ms; /* sent as "timeout"; -1 leaves the daemon's default */
+} request_t;
+
+typedef struct reply_s {
+    msgpack_unpacked up;
+    const msgpack_object *id;
+    const msgpack_object *ok;
+    const msgpack_object *error;
+    const msgpack_object *value;
+    const msgpack_object *version;
+    const msgpack_object *stale;
+} reply_t;
+
+static void disconnect(meshsync_t *ms)
+{
+    if (ms->fd >= 0)
+        close(ms->fd);
+    ms->fd = -1;
+    ms->dead = 1;
+
+    /* Drop buffered bytes: nothing after a failure may be parsed. */
+    ms_frame_reader_free(&ms->reader);
+    ms_frame_reader_init(&ms->reader, REPLY_MAX);
+}
+
+/* Copies text for a one-line message: control bytes become '?'. */
+static void copy_line(char *dst, size_t cap, const char *src, size_t len)
+{
+    size_t i;
+
+    /* Cut before a whole UTF-8 character, not inside one. */
+    if (len > cap - 1) {
+        len = cap - 1;
+        while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
+            len--;
+    }
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)src[i];
+
+        dst[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    dst[len] = '\0';
+}
+
+static int fail(meshsync_t *ms, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records a local error and returns code; io and protocol close. */
+static int fail(meshsync_t *ms, int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    snprintf(ms->code, sizeof(ms->code), "%s", ms_error_name(code));
+    va_start(ap, fmt);
+    vsnprintf(ms->msg, sizeof(ms->msg), fmt, ap);
+    va_end(ap);
+    ms->failed = 1;
+    if (code == MS_EIO || code == MS_EPROTO)
+        disconnect(ms);
+    return code;
+}
+
+static int fail_errno(meshsync_t *ms, int e, const char *what)
+{
+    char buf[128];
+
+    return fail(ms, MS_EIO, "%s: %s", what, strerror_r(e, buf, sizeof(buf)));
+}
+
+static int fail_connect(meshsync_t *ms, int e, const char *path)
+{
+    char buf[128];
+
+    return fail(ms, MS_EIO, "cannot connect to %.*s: %s", 120, path,
+                strerror_r(e, buf, sizeof(buf)));
+}
+
+/* Records an error a value or frame function reported through err. */
+static int fail_err(meshsync_t *ms, int rc, const ms_error_t *err)
+{
+    if (rc == MS_ENOMEM)
+        return fail(ms, rc, "out of memory");
+    if (err->code != rc || err->msg[0] == '\0')
+        return fail(ms, rc, "%s", ms_error_name(rc));
+    return fail(ms, rc, "%s", err->msg);
+}
+
+/* Starts a call: 0, or an error code when ms is NULL or dead. */
+static int begin_call(meshsync_t *ms)
+{
+    if (ms == NULL)
+        return MS_EINVAL;
+    if (ms->dead)
+        return MS_EIO;
+    ms->failed = 0;
+    ms->code[0] = '\0';
+    ms->msg[0] = '\0';
+    return 0;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* -1 for no deadline. */
+static int64_t deadline_after(int64_t timeout_ms)
+{
+    return timeout_ms > 0 ? now_ms() + timeout_ms : -1;
+}
+
+/* Waits until fd is ready for events; fails with io at the deadline. */
+static int wait_fd(meshsync_t *ms, short events, int64_t deadline)
+{
+    struct pollfd pfd = {.fd = ms->fd, .events = events};
+    int wait = -1;
+    int n;
+
+    for (;;) {
+        if (deadline >= 0) {
+            int64_t left = deadline - now_ms();
+
+            wait = left > 0 ? (int)left : 0;
+        }
+        n = poll(&pfd, 1, wait);
+        if (n > 0)
+            return 0;
+        if (n == 0)
+            return fail(ms, MS_EIO,
+                        "timed out after %lld ms waiting for the sidecar",
+                        (long long)ms->call_timeout_ms);
+        if (errno != EINTR)
+            return fail_errno(ms, errno, "poll");
+    }
+}
+
+static int send_all(meshsync_t *ms, const char *buf, size_t len,
+                    int64_t deadline)
+{
+    size_t off = 0;
+    ssize_t n;
+    int rc;
+
+    while (off < len) {
+        /* MSG_NOSIGNAL: a closed socket must not raise SIGPIPE. */
+        n = send(ms->fd, buf + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n >= 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return fail_errno(ms, errno, "cannot send to the sidecar");
+        rc = wait_fd(ms, POLLOUT, deadline);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Reads what the socket holds into the frame reader, waiting if needed. */
+static int fill_reader(meshsync_t *ms, int64_t deadline)
+{
+    char *base;
+    size_t room;
+    ssize_t n;
+    int rc;
+
+    for (;;) {
+        /* A reply left unread would answer the next call: give up. */
+        if (ms_frame_reader_space(&ms->reader, READ_CHUNK, &base, &room) < 0) {
+            fail(ms, MS_ENOMEM, "out of memory");
+            disconnect(ms);
+            return MS_ENOMEM;
+        }
+        n = recv(ms->fd, base, room, MSG_DONTWAIT);
+        if (n > 0) {
+            ms_frame_reader_commit(&ms->reader, (size_t)n);
+            return 0;
+        }
+        if (n == 0)
+            return fail(ms, MS_EIO, "the sidecar closed the connection");
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return fail_errno(ms, errno, "cannot read from the sidecar");
+        rc = wait_fd(ms, POLLIN, deadline);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+static int pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+
+    return msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, s, n);
+}
+
+/* Checks and, for JSON, parses the value before anything is packed. */
+static int load_value(meshsync_t *ms, request_t *req)
+{
+    ms_value_limits_t lim = {SIZE_MAX, MS_VALUE_DEPTH_CAP};
+    ms_error_t err = {MS_OK, ""};
+    int rc;
+
+    if (req->data == NULL)
+        return fail(ms, MS_EINVAL, "no value given");
+    if (req->format == MESHSYNC_MSGPACK) {
+        if (req->len > MS_FRAME_DEFAULT_MAX)
+            return fail(ms, MS_ETOOLARGE,
+                        "value of %zu bytes exceeds the frame limit", req->len);
+        rc = ms_msgpack_check(req->data, req->len, MS_VALUE_DEPTH_CAP, &err);
+    } else if (req->format == MESHSYNC_JSON) {
+        rc = ms_value_parse(req->data, req->len, &lim, &req->json, &err);
+    } else {
+        return fail(ms, MS_EINVAL, "unknown value format %d", (int)req->format);
+    }
+    return rc < 0 ? fail_err(ms, rc, &err) : 0;
+}
+
+static int pack_value(const request_t *req, msgpack_packer *pk,
+                      msgpack_sbuffer *sb)
+{
+    if (pack_str(pk, "value") != 0)
+        return MS_ENOMEM;
+
+    /* Checked msgpack goes in as it is: re-packing would only copy it. */
+    if (req->format == MESHSYNC_MSGPACK) {
+        if (msgpack_sbuffer_write(sb, req->data, req->len) != 0)
+            return MS_ENOMEM;
+        return 0;
+    }
+    return ms_value_pack(req->json, pk);
+}
+
+static int pack_request(const request_t *req, uint64_t id, msgpack_sbuffer *sb)
+{
+    msgpack_packer pk;
+    uint32_t n = 2;
+
+    n += req->target != NULL;
+    n += req->strategy != NULL;
+    n += req->has_value != 0;
+    n += req->has_min ? 1 + (req->wait_ms >= 0) : 0;
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    if (msgpack_pack_map(&pk, n) || pack_str(&pk, "id") ||
+        msgpack_pack_uint64(&pk, id) || pack_str(&pk, "op") ||
+        pack_str(&pk, req->op))
+        return MS_ENOMEM;
+    if (req->target != NULL &&
+        (pack_str(&pk, req->key) || pack_str(&pk, req->target)))
+        return MS_ENOMEM;
+    if (req->strategy != NULL &&
+        (pack_str(&pk, "strategy") || pack_str(&pk, req->strategy)))
+        return MS_ENOMEM;
+    if (req->has_min && (pack_str(&pk, "minVersion") ||
+                         msgpack_pack_uint64(&pk, req->min_version)))
+        return MS_ENOMEM;
+    if (req->has_min && req->wait_ms >= 0 &&
+        (pack_str(&pk, "timeout") || msgpack_pack_int(&pk, req->wait_ms)))
+        return MS_ENOMEM;
+    return req->has_value ? pack_value(req, &pk, sb) : 0;
+}
+
+/* Builds the whole frame into sb; too_large if it would be refused. */
+static int build_frame(meshsync_t *ms, const request_t *req, uint64_t id,
+                       msgpack_sbuffer *sb)
+{
+    size_t start;
+    size_t body;
+
+    if (ms_frame_begin(sb, &start) < 0 || pack_request(req, id, sb) < 0)
+        return fail(ms, MS_ENOMEM, "out of memory");
+
+    body = sb->size - start - MS_FRAME_HEADER;
+    if (body > MS_FRAME_DEFAULT_MAX)
+        return fail(ms, MS_ETOOLARGE,
+                    "request of %zu bytes exceeds the %d-byte frame limit",
+                    body, MS_FRAME_DEFAULT_MAX);
+    ms_frame_end(sb, start);
+    return 0;
+}
+
+static int str_is(const msgpack_object *o, const char *s)
+{
+    size_t n = strlen(s);
+
+    return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+           memcmp(o->via.str.ptr, s, n) == 0;
+}
+
+/* Points the reply's fields at the map's values; unknown keys pass. */
+static int index_reply(meshsync_t *ms, reply_t *rep)
+{
+    const msgpack_object *root = &rep->up.data;
+    uint32_t i;
+
+    if (root->type != MSGPACK_OBJECT_MAP)
+        return fail(ms, MS_EPROTO, "reply is not a map");
+    for (i = 0; i < root->via.map.size; i++) {
+        const msgpack_object_kv *kv = &root->via.map.ptr[i];
+
+        if (str_is(&kv->key, "id"))
+            rep->id = &kv->val;
+        else if (str_is(&kv->key, "ok"))
+            rep->ok = &kv->val;
+        else if (str_is(&kv->key, "error"))
+            rep->error = &kv->val;
+        else if (str_is(&kv->key, "value"))
+            rep->value = &kv->val;
+        else if (str_is(&kv->key, "version"))
+            rep->version = &kv->val;
+        else if (str_is(&kv->key, "stale"))
+            rep->stale = &kv->val;
+    }
+    return 0;
+}
+
+static const msgpack_object *map_get(const msgpack_object *map, const char *key)
+{
+    uint32_t i;
+
+    for (i = 0; i < map->via.map.size; i++) {
+        if (str_is(&map->via.map.ptr[i].key, key))
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+/* Records the daemon's {code, message}; returns the matching MS_E*. */
+static int take_daemon_error(meshsync_t *ms, const msgpack_object *error)
+{
+    const msgpack_object *code;
+    const msgpack_object *msg;
+
+    if (error == NULL || error->type != MSGPACK_OBJECT_MAP)
+        return fail(ms, MS_EPROTO, "error reply without an error map");
+    code = map_get(error, "code");
+    msg = map_get(error, "message");
+    if (code == NULL || code->type != MSGPACK_OBJECT_STR ||
+        code->via.str.size == 0)
+        return fail(ms, MS_EPROTO, "error reply without a code");
+
+    copy_line(ms->code, sizeof(ms->code), code->via.str.ptr,
+              code->via.str.size);
+    if (msg != NULL && msg->type == MSGPACK_OBJECT_STR)
+        copy_line(ms->msg, sizeof(ms->msg), msg->via.str.ptr,
+                  msg->via.str.size);
+    else
+        snprintf(ms->msg, sizeof(ms->msg), "(no message)");
+    ms->failed = 1;
+    return ms_error_from_name(code->via.str.ptr, code->via.str.size);
+}
+
+/* A reply with id nil: the daemon could not read our request at all. */
+static int take_refusal(meshsync_t *ms, const reply_t *rep)
+{
+    const msgpack_object *code = NULL;
+
+    if (rep->error != NULL && rep->error->type == MSGPACK_OBJECT_MAP)
+        code = map_get(rep->error, "code");
+    if (code == NULL || code->type != MSGPACK_OBJECT_STR)
+        return fail(ms, MS_EPROTO, "reply without a request id");
+    return fail(ms, MS_EPROTO, "the sidecar refused the request frame: %.*s",
+                (int)(code->via.str.size < 64 ? code->via.str.size : 64),
+                code->via.str.ptr);
+}
+
+static int check_reply(meshsync_t *ms, const reply_t *rep, uint64_t id,
+                       int want)
+{
+    if (rep->id != NULL && rep->id->type == MSGPACK_OBJECT_NIL)
+        return take_refusal(ms, rep);
+    if (rep->id == NULL || rep->id->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        rep->id->via.u64 != id)
+        return fail(ms, MS_EPROTO, "reply does not carry the request's id");
+    if (rep->ok == NULL || rep->ok->type != MSGPACK_OBJECT_BOOLEAN)
+        return fail(ms, MS_EPROTO, "reply without a boolean ok");
+    if (!rep->ok->via.boolean)
+        return take_daemon_error(ms, rep->error);
+
+    if ((want & WANT_VALUE) && rep->value == NULL)
+        return fail(ms, MS_EPROTO, "reply without a value");
+    if ((want & WANT_VERSION) && rep->version == NULL)
+        return fail(ms, MS_EPROTO, "reply without a version");
+    if (rep->version != NULL &&
+        rep->version->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return fail(ms, MS_EPROTO, "reply version is not an unsigned integer");
+    if (rep->stale != NULL && rep->stale->type != MSGPACK_OBJECT_BOOLEAN)
+        return fail(ms, MS_EPROTO, "reply stale flag is not a boolean");
+    return 0;
+}
+
+static int parse_reply(meshsync_t *ms, const char *body, size_t len,
+                       uint64_t id, int want, reply_t *rep)
+{
+    ms_error_t err = {MS_OK, ""};
+    size_t off = 0;
+    int rc;
+
+    /* Checked first: msgpack-c trusts declared counts when allocating. */
+    rc = ms_msgpack_check(body, len, MS_VALUE_DEPTH_CAP + 1, &err);
+    if (rc < 0)
+        return fail(ms, MS_EPROTO, "malformed reply: %s", err.msg);
+
+    rc = msgpack_unpack_next(&rep->up, body, len, &off);
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+        return fail(ms, MS_ENOMEM, "out of memory");
+    if (rc != MSGPACK_UNPACK_SUCCESS || off != len)
+        return fail(ms, MS_EPROTO, "malformed reply");
+
+    rc = index_reply(ms, rep);
+    return rc < 0 ? rc : check_reply(ms, rep, id, want);
+}
+
+/*
+ * Reads frames until the reply to id. Only one request is outstanding, so
+ * any other frame is a protocol error. The reply points into the reader's
+ * buffer, valid until the next reader call.
+ */
+static int read_reply(meshsync_t *ms, uint64_t id, int want, int64_t deadline,
+                      reply_t *rep)
+{
+    const char *body;
+    size_t len;
+    int rc;
+
+    for (;;) {
+        rc = ms_frame_reader_next(&ms->reader, &body, &len);
+        if (rc == 1)
+            return parse_reply(ms, body, len, id, want, rep);
+        if (rc < 0)
+            return fail(ms, MS_EPROTO, "reply frame longer than %d bytes",
+                        REPLY_MAX);
+        rc = fill_reader(ms, deadline);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/*
+ * The time a call may take: the handle's timeout, plus for a waiting read
+ * the wait the daemon may spend before it even starts to answer.
+ */
+static int64_t call_timeout(const meshsync_t *ms, const request_t *req)
+{
+    if (ms->timeout_ms <= 0 || !req->has_min)
+        return ms->timeout_ms;
+    return (int64_t)ms->timeout_ms +
+           (req->wait_ms >= 0 ? req->wait_ms : WAIT_DEFAULT_MS);
+}
+
+/* Sends req and reads its reply into rep (which the caller frees). */
+static int run(meshsync_t *ms, request_t *req, reply_t *rep)
+{
+    msgpack_sbuffer sb;
+    uint64_t id = ms->next_id++;
+    int64_t deadline;
+    int rc;
+
+    if (req->has_value) {
+        rc = load_value(ms, req);
+        if (rc < 0)
+            return rc;
+    }
+
+    msgpack_sbuffer_init(&sb);
+    rc = build_frame(ms, req, id, &sb);
+    ms->call_timeout_ms = call_timeout(ms, req);
+    deadline = deadline_after(ms->call_timeout_ms);
+    if (rc == 0)
+        rc = send_all(ms, sb.data, sb.size, deadline);
+    msgpack_sbuffer_destroy(&sb);
+    if (rc == 0)
+        rc = read_reply(ms, id, req->want, deadline, rep);
+    return rc;
+}
+
+static void reply_init(reply_t *rep)
+{
+    memset(rep, 0, sizeof(*rep));
+    msgpack_unpacked_init(&rep->up);
+}
+
+static void request_done(request_t *req, reply_t *rep)
+{
+    json_decref(req->json);
+    req->json = NULL;
+    msgpack_unpacked_destroy(&rep->up);
+}
+
+/* Runs a request whose reply needs nothing but its version. */
+static int call_version(meshsync_t *ms, request_t *req, uint64_t *version)
+{
+    reply_t rep;
+    int rc;
+
+    reply_init(&rep);
+    rc = run(ms, req, &rep);
+    if (rc == 0 && version != NULL && rep.version != NULL)
+        *version = rep.version->via.u64;
+    request_done(req, &rep);
+    return rc;
+}
+
+static int value_to_msgpack(meshsync_t *ms, const msgpack_object *obj,
+                            meshsync_value_t *out)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    if (msgpack_pack_object(&pk, *obj) != 0) {
+        msgpack_sbuffer_destroy(&sb);
+        return fail(ms, MS_ENOMEM, "out of memory");
+    }
+    out->len = sb.size;
+    out->data = msgpack_sbuffer_release(&sb);
+    return 0;
+}
+
+static int value_to_json(meshsync_t *ms, const msgpack_object *obj,
+                         meshsync_value_t *out)
+{
+    ms_value_limits_t lim = {SIZE_MAX, MS_VALUE_DEPTH_CAP};
+    ms_error_t err = {MS_OK, ""};
+    json_t *v = NULL;
+    int rc;
+
+    rc = ms_value_from_msgpack(obj, &lim, &v, &err);
+    if (rc == MS_ENOMEM)
+        return fail(ms, rc, "out of memory");
+    if (rc < 0)
+        return fail(ms, MS_EPROTO, "reply value has no JSON form: %s", err.msg);
+
+    rc = ms_value_dump(v, &lim, &out->data, &out->len, &err);
+    json_decref(v);
+    return rc < 0 ? fail_err(ms, rc, &err) : 0;
+}
+
+static int call_get(meshsync_t *ms, request_t *req, meshsync_format_t format,
+                    meshsync_value_t *out)
+{
+    reply_t rep;
+    int rc;
+
+    if (out == NULL)
+        return fail(ms, MS_EINVAL, "no place for the value");
+    memset(out, 0, sizeof(*out));
+    if (format != MESHSYNC_JSON && format != MESHSYNC_MSGPACK)
+        return fail(ms, MS_EINVAL, "unknown value format %d", (int)format);
+
+    reply_init(&rep);
+    req->want = WANT_VALUE | WANT_VERSION;
+    rc = run(ms, req, &rep);
+    if (rc == 0 && format == MESHSYNC_MSGPACK)
+        rc = value_to_msgpack(ms, rep.value, out);
+    else if (rc == 0)
+        rc = value_to_json(ms, rep.value, out);
+    if (rc == 0) {
+        out->version = rep.version->via.u64;
+        out->stale = rep.stale != NULL && rep.stale->via.boolean;
+    }
+    request_done(req, &rep);
+    return rc;
+}
+
+static const char *strategy_name(meshsync_strategy_t s)
+{
+    switch (s) {
+    case MESHSYNC_REPLACE:
+        return "replace";
+    case MESHSYNC_MERGE:
+        return "merge";
+    case MESHSYNC_DEEP_MERGE:
+        return "deepMerge";
+    }
+    return NULL;
+}
+
+static int call_set(meshsync_t *ms, request_t *req, meshsync_format_t format,
+                    const char *data, size_t len, meshsync_strategy_t s,
+                    uint64_t *version)
+{
+    req->strategy = strategy_name(s);
+    if (req->strategy == NULL)
+        return fail(ms, MS_EINVAL, "unknown strategy %d", (int)s);
+    req->has_value = 1;
+    req->format = format;
+    req->data = data;
+    req->len = len;
+    req->want = WANT_VERSION;
+    return call_version(ms, req, version);
+}
+
+static int need_id(meshsync_t *ms, const char *id, const char *what)
+{
+    if (id == NULL)
+        return fail(ms, MS_EINVAL, "no %s id given", what);
+    return 0;
+}
+
+static int status(int rc)
+{
+    return rc < 0 ? -1 : 0;
+}
+
+/* Connects the socket, waiting out a connect interrupted by a signal. */
+static int open_socket(meshsync_t *ms, const char *path)
+{
+    struct sockaddr_un sa;
+    size_t n = strlen(path);
+    int e;
+
+    memset(&sa, 0, sizeof(sa));
+    if (n >= sizeof(sa.sun_path))
+        return fail(ms, MS_EIO, "socket path longer than %zu bytes",
+                    sizeof(sa.sun_path) - 1);
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, n);
+
+    ms->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ms->fd < 0)
+        return fail_errno(ms, errno, "socket");
+    if (connect(ms->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+        return 0;
+    e = errno;
+    if (e == EINTR) {
+        socklen_t elen = sizeof(e);
+
+        ms->call_timeout_ms = ms->timeout_ms;
+        if (wait_fd(ms, POLLOUT, deadline_after(ms->timeout_ms)) < 0)
+            return MS_EIO;
+        if (getsockopt(ms->fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
+            e = errno;
+        if (e == 0)
+            return 0;
+    }
+    return fail_connect(ms, e, path);
+}
+
+meshsync_t *meshsync_connect(const char *path)
+{
+    meshsync_t *ms = calloc(1, sizeof(*ms));
+
+    if (ms == NULL)
+        return NULL;
+    ms->fd = -1;
+    ms->timeout_ms = DEFAULT_TIMEOUT_MS;
+    ms->next_id = 1;
+    ms_frame_reader_init(&ms->reader, REPLY_MAX);
+
+    if (path == NULL || path[0] == '\0')
+        path = getenv("MESHSYNC_SOCKET");
+    if (path == NULL || path[0] == '\0')
+        path = MESHSYNC_DEFAULT_SOCKET;
+    (void)open_socket(ms, path);
+    return ms;
+}
+
+void meshsync_free(meshsync_t *ms)
+{
+    if (ms == NULL)
+        return;
+    if (ms->fd >= 0)
+        close(ms->fd);
+    ms_frame_reader_free(&ms->reader);
+    free(ms);
+}
+
+const char *meshsync_errcode(const meshsync_t *ms)
+{
+    if (ms == NULL)
+        return "internal";
+    return ms->failed ? ms->code : NULL;
+}
+
+const char *meshsync_errmsg(const meshsync_t *ms)
+{
+    if (ms == NULL)
+        return "out of memory";
+    return ms->failed ? ms->msg : "";
+}
+
+void meshsync_set_timeout(meshsync_t *ms, int timeout_ms)
+{
+    if (ms != NULL)
+        ms->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
+}
+
+int meshsync_ping(meshsync_t *ms)
+{
+    request_t req = {.op = "ping"};
+    int rc = begin_call(ms);
+
+    if (rc == 0)
+        rc = call_version(ms, &req, NULL);
+    return status(rc);
+}
+
+int meshsync_hello(meshsync_t *ms, const char *conn)
+{
+    request_t req = {.op = "hello", .key = "conn", .target = conn};
+    int rc = begin_call(ms);
+
+    if (rc == 0)
+        rc = need_id(ms, conn, "connection");
+    if (rc == 0)
+        rc = call_version(ms, &req, NULL);
+    return status(rc);
+}
+
+/* Sets a get up to wait for min_version; wait_ms < 0: daemon default. */
+static int want_min(meshsync_t *ms, request_t *req, uint64_t min_version,
+                    int wait_ms)
+{
+    if (wait_ms > WAIT_MAX_MS)
+        return fail(ms, MS_EINVAL, "wait of %d ms exceeds %d ms", wait_ms,
+                    WAIT_MAX_MS);
+    req->has_min = 1;
+    req->min_version = min_version;
+    req->wait_ms = wait_ms < 0 ? -1 : wait_ms;
+    return 0;
+}
+
+/* Both conn gets; min NULL reads at once, else waits for *min. */
+static int conn_get(meshsync_t *ms, const char *conn, const uint64_t *min,
+                    int wait_ms, meshsync_format_t format,
+                    meshsync_value_t *out)
+{
+    request_t req = {.op = "conn.get", .key = "conn", .target = conn};
+    int rc = begin_call(ms);
+
+    if (rc == 0 && min != NULL)
+        rc = want_min(ms, &req, *min, wait_ms);
+    if (rc == 0)
+        rc = call_get(ms, &req, format, out);
+    else if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    return status(rc);
+}
+
+int meshsync_conn_get(meshsync_t *ms, const char *conn,
+                      meshsync_format_t format, meshsync_value_t *out)
+{
+    return conn_get(ms, conn, NULL, -1, format, out);
+}
+
+int meshsync_conn_get_min(meshsync_t *ms, const char *conn,
+                          uint64_t min_version, int timeout_ms,
+                          meshsync_format_t format, meshsync_value_t *out)
+{
+    return conn_get(ms, conn, &min_version, timeout_ms, format, out);
+}
+
+int meshsync_conn_set(meshsync_t *ms, const char *conn,
+                      meshsync_format_t format, const char *data, size_t len,
+                      meshsync_strategy_t strategy, uint64_t *version)
+{
+    request_t req = {.op = "conn.set", .key = "conn", .target = conn};
+    int rc = begin_call(ms);
+
+    if (rc == 0)
+        rc = call_set(ms, &req, format, data, len, strategy, version);
+    return status(rc);
+}
+
+int meshsync_conn_close(meshsync_t *ms, const char *conn, uint64_t *version)
+{
+    request_t req = {.op = "conn.close",
+                     .key = "conn",
+                     .target = conn,
+                     .want = WANT_VERSION};
+    int rc = begin_call(ms);
+
+    if (rc == 0)
+        rc = call_version(ms, &req, version);
+    return status(rc);
+}
+
+/* Both room gets, as conn_get(). */
+static int room_get(meshsync_t *ms, const char *room, const uint64_t *min,
+                    int wait_ms, meshsync_format_t format,
+                    meshsync_value_t *out)
+{
+    request_t req = {.op = "room.get", .key = "room", .target = room};
+    int rc = begin_call(ms);
+
+    if (rc == 0)
+        rc = need_id(ms, room, "room");
+    if (rc == 0 && min != NULL)
+        rc = want_min(ms, &req, *min, wait_ms);
+    if (rc == 0)
+        rc = call_get(ms, &req, format, out);
+    else if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    return status(rc);
+}
+
+int meshsync_room_get(meshsync_t *ms, const char *room,
+                      meshsync_format_t format, meshsync_value_t *out)
+{
+    return room_get(ms, room, NULL, -1, format, out);
+}
+
+int meshsync_room_get_min(meshsync_t *ms, const char *room,
+                          uint64_t min_version, int timeout_ms,
+                          meshsync_format_t format, meshsync_value_t *out)
+{
+    return room_get(ms, room, &min_version, timeout_ms, format, out);
+}
+
+int meshsync_room_set(meshsync_t *ms, const char *room,
+                      meshsync_format_t format, const char *data, size_t len,
+                      meshsync_strategy_t strategy, uint64_t *version)
+{
+    request_t req = {.op = "room.set", .key = "room", .target = room};
+    int rc = begin_call(ms);
+
+    if (rc == 0)
+        rc = need_id(ms, room, "room");
+    if (rc == 0)
+        rc = call_set(ms, &req, format, data, len, strategy, version);
+    return status(rc);
+}
+
+int meshsync_room_delete(meshsync_t *ms, const char *room, uint64_t *version)
+{
+    request_t req = {.op = "room.delete",
+                     .key = "room",
+                     .target = room,
+                     .want = WANT_VERSION};
+    int rc = begin_call(ms);
+
+    if (rc == 0)
+        rc = need_id(ms, room, "room");
+    if (rc == 0)
+        rc = call_version(ms, &req, version);
+    return status(rc);
+}
+
+void meshsync_value_free(meshsync_value_t *v)
+{
+    if (v == NULL)
+        return;
+    free(v->data);
+    memset(v, 0, sizeof(*v));
+}
+
+int meshsync_strategy_parse(const char *s, meshsync_strategy_t *out)
+{
+    static const meshsync_strategy_t all[] = {MESHSYNC_REPLACE, MESHSYNC_MERGE,
+                                              MESHSYNC_DEEP_MERGE};
+    size_t i;
+
+    if (s == NULL || out == NULL)
+        return -1;
+    for (i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        if (strcmp(s, strategy_name(all[i])) == 0) {
+            *out = all[i];
+            return 0;
+        }
+    }
+    return -1;
+}
