@@ -69,8 +69,10 @@ char *ms_layout_key(const char *head, const char *middle, const char *id,
     char *key = ms_malloc(h + m + id_len + 1);
 
     memcpy(key, head, h);
-    memcpy(key + h, middle, m);
-    memcpy(key + h + m, id, id_len);
+    if (m > 0)
+        memcpy(key + h, middle, m);
+    if (id_len > 0)
+        memcpy(key + h + m, id, id_len);
     key[h + m + id_len] = '\0';
     *len = h + m + id_len;
     return key;
