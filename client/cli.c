@@ -40,6 +40,7 @@ typedef struct cli_args_s {
     const char *min_version_arg; /* NULL: a get answers at once */
     uint64_t min_version;
     int wait_ms; /* -1: the sidecar's default */
+    const char *as; /* hello: the connection conn commands default to */
     const char *words[MAX_WORDS];
     int nwords;
 } cli_args_t;
@@ -55,9 +56,11 @@ static const char help_text[] =
     "  room get ROOM       print a room's metadata (null when none)\n"
     "  room set ROOM JSON  set a room's metadata\n"
     "  room delete ROOM    remove a room's metadata\n"
-    "  conn get CONN       print a connection's metadata (null when none)\n"
-    "  conn set CONN JSON  set a connection's metadata\n"
-    "  conn close CONN     remove a connection's metadata\n"
+    "  conn get [CONN]     print a connection's metadata (null when none)\n"
+    "  conn set [CONN] JSON\n"
+    "                      set a connection's metadata\n"
+    "  conn close [CONN]   remove a connection's metadata\n"
+    "                      (CONN may be left out after --as CONN)\n"
     "\n"
     "JSON is one JSON value (quote it for the shell), or - to read it\n"
     "from standard input. A get prints the value as JSON on one line; a\n"
@@ -68,6 +71,9 @@ static const char help_text[] =
     "  --timeout MS     wait at most MS milliseconds for the sidecar\n"
     "                   (default 5000; 0 waits forever)\n"
     "  --strategy NAME  for set: replace (default), merge or deepMerge\n"
+    "  --as CONN        bind this session to connection CONN first\n"
+    "                   (hello); conn commands may then leave CONN out,\n"
+    "                   as an app reads its own metadata\n"
     "  --min-version N  for get: first wait until the sidecar holds at\n"
     "                   least version N of the entry (the version a set\n"
     "                   printed, also one made through another sidecar)\n"
@@ -200,6 +206,8 @@ static int parse_option(cli_args_t *a, int argc, char **argv, int *i)
         return rc < 0 ? rc : parse_min_version(v, a);
     else if ((rc = take_option("--wait-ms", argc, argv, i, &v)) != 0)
         return rc < 0 ? rc : parse_wait(v, &a->wait_ms);
+    else if ((rc = take_option("--as", argc, argv, i, &v)) != 0)
+        return rc < 0 ? rc : (a->as = v, 0);
     else if ((rc = take_option("--strategy", argc, argv, i, &v)) != 0) {
         if (rc < 0)
             return rc;
@@ -422,13 +430,30 @@ static const command_t *find_command(const cli_args_t *a)
     return NULL;
 }
 
+/*
+ * With --as, a conn command may leave its CONN out: it then means the
+ * connection bound by hello. The words are shifted so CONN is NULL.
+ */
+static void omit_conn(cli_args_t *a, const command_t *c)
+{
+    if (a->as == NULL || strcmp(c->noun, "conn") != 0 ||
+        a->nwords != c->nwords - 1)
+        return;
+    for (int i = a->nwords; i > 2; i--)
+        a->words[i] = a->words[i - 1];
+    a->words[2] = NULL;
+    a->nwords++;
+}
+
+
 /* Checks the command line around the command; NULL after a message. */
-static const command_t *check_command(const cli_args_t *a)
+static const command_t *check_command(cli_args_t *a)
 {
     const command_t *c = find_command(a);
 
     if (c == NULL)
         return NULL;
+    omit_conn(a, c);
     if (a->nwords != c->nwords) {
         usage_error("expected: meshsync %s%s%s%s", c->noun,
                     c->verb != NULL ? " " : "", c->verb != NULL ? c->verb : "",
@@ -467,6 +492,11 @@ static int run_command(const cli_args_t *a, const command_t *c)
     }
     if (a->timeout_ms >= 0)
         meshsync_set_timeout(ms, a->timeout_ms);
+    if (a->as != NULL && meshsync_hello(ms, a->as) != 0) {
+        status = fail_call(ms);
+        meshsync_free(ms);
+        return status;
+    }
 
     if (c->cmd == CMD_PING)
         status = run_ping(ms);

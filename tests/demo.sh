@@ -48,62 +48,63 @@ done
 wait_log "$tmp/a.log" 'msg="ready"'
 wait_log "$tmp/b.log" 'msg="ready"'
 
-A() { echo "\$ meshsync --socket a.sock $*" >&2; build/meshsync --socket "$tmp/a.sock" "$@"; }
-B() { echo "\$ meshsync --socket b.sock $*" >&2; build/meshsync --socket "$tmp/b.sock" "$@"; }
-
-# Reads through one sidecar until it serves what the other wrote (at most
-# 2 s): the change travels writer -> Redis -> subscription -> cache.
-read_until() {
-  local sock=$1 want=$2 got i
-  shift 2
-  for i in $(seq 1 200); do
-    got=$(build/meshsync --socket "$tmp/$sock" "$@")
-    [ "$got" = "$want" ] && break
-    sleep 0.01
+# Shows a command as one would type it, then runs it against a sidecar.
+show() {
+  local line="\$" a
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9._:/=-]+$ ]]; then line+=" $a"; else line+=" '$a'"; fi
   done
-  echo "\$ meshsync --socket $sock $*" >&2
-  echo "$got"
-  [ "$got" = "$want" ] || { echo "demo: $sock served $got, not $want" >&2; exit 1; }
+  echo "$line" >&2
 }
-A_until() { read_until a.sock "$@"; }
-B_until() { read_until b.sock "$@"; }
+A() { show meshsync --socket a.sock "$@"; build/meshsync --socket "$tmp/a.sock" "$@"; }
+B() { show meshsync --socket b.sock "$@"; build/meshsync --socket "$tmp/b.sock" "$@"; }
+
+# Runs a set and keeps the version it printed ({"version":N}) in $v, so a
+# read through the other sidecar can wait for that write (--min-version):
+# the change travels writer -> Redis -> subscription -> the other cache.
+set_v() {
+  local out
+  out=$("$@")
+  echo "$out"
+  v=${out//[^0-9]/}
+}
 
 echo
 echo "== connection metadata"
-A conn set conn123 '{"userId":"user123","role":"admin"}'
-A conn set conn123 '{"role":"moderator"}' --strategy merge
-A conn set conn123 '{"preferences":{"theme":"dark"}}' --strategy deepMerge
+set_v A conn set conn123 '{"userId":"user123","role":"admin"}'
+set_v A conn set conn123 '{"role":"moderator"}' --strategy merge
+set_v A conn set conn123 '{"preferences":{"theme":"dark"}}' --strategy deepMerge
 A conn get conn123
-B_until '{"userId":"user123","role":"moderator","preferences":{"theme":"dark"}}' \
-  conn get conn123
-B conn set conn123 '{"preferences":{"fontSize":14}}' --strategy deepMerge
-B conn get conn123
+B conn get conn123 --min-version "$v"
+echo "# an app reading its own metadata: --as binds the session (hello)" >&2
+A --as conn123 conn get
+set_v B conn set conn123 '{"preferences":{"fontSize":14}}' --strategy deepMerge
+A conn get conn123 --min-version "$v"
 
 echo
 echo "== room metadata"
-A room set lobby '{"topic":"General Discussion","createdBy":"user123"}'
-A room set lobby '{"topic":"Updated Topic"}' --strategy merge
-A room set lobby '{"settings":{"maxUsers":100}}' --strategy deepMerge
+set_v A room set lobby '{"topic":"General Discussion","createdBy":"user123"}'
+set_v A room set lobby '{"topic":"Updated Topic"}' --strategy merge
+set_v A room set lobby '{"settings":{"maxUsers":100}}' --strategy deepMerge
 A room get lobby
-B_until '{"topic":"Updated Topic","createdBy":"user123","settings":{"maxUsers":100}}' \
-  room get lobby
+B room get lobby --min-version "$v"
 
 echo
 echo "== what Redis holds, in Mesh's own keys"
-echo "\$ redis-cli HGET mesh:connection-meta conn123" >&2
+show redis-cli HGET mesh:connection-meta conn123
 redis-cli -s "$tmp/redis.sock" HGET mesh:connection-meta conn123
-echo "\$ redis-cli HGET mesh:roommeta:lobby data" >&2
+show redis-cli HGET mesh:roommeta:lobby data
 redis-cli -s "$tmp/redis.sock" HGET mesh:roommeta:lobby data
 
 echo
 echo "== clearing"
-A room set lobby null
-B_until null room get lobby
-A room set lobby '{"topic":"Back again"}'
-A room delete lobby
-B_until null room get lobby
-B conn close conn123
-A_until null conn get conn123
+set_v A room set lobby null
+B room get lobby --min-version "$v"
+set_v A room set lobby '{"topic":"Back again"}'
+set_v A room delete lobby
+B room get lobby --min-version "$v"
+set_v B conn close conn123
+A conn get conn123 --min-version "$v"
 A ping
 
 echo

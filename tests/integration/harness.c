@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -137,6 +138,11 @@ static pid_t spawn(const char *path, char *const *argv,
 
     /* harness_new() ignores SIGPIPE, and exec would pass that on. */
     signal(SIGPIPE, SIG_DFL);
+
+    /* A test that dies half-way leaves no redis-server or daemon behind. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1)
+        _exit(125);
     execv(path, argv);
     _exit(127);
 }

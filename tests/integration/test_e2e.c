@@ -655,7 +655,18 @@ static void test_cli_basics(void **state)
     cli(s, (const char *[]){"conn", "get", "c1", "--min-version", vbuf, NULL},
         NULL, 0, "{\"userId\":\"u1\"}\n", &r);
     harness_run_free(&r);
-    cli(s, (const char *[]){"conn", "close", "c1", NULL}, NULL, 0, NULL, &r);
+
+    /* --as binds the session, as an app reading its own metadata does. */
+    cli(s,
+        (const char *[]){"--as", "c1", "conn", "set", "{\"role\":\"a\"}",
+                         "--strategy", "merge", NULL},
+        NULL, 0, NULL, &r);
+    harness_run_free(&r);
+    cli(s, (const char *[]){"--as", "c1", "conn", "get", NULL}, NULL, 0,
+        "{\"userId\":\"u1\",\"role\":\"a\"}\n", &r);
+    harness_run_free(&r);
+    cli(s, (const char *[]){"--as", "c1", "conn", "close", NULL}, NULL, 0,
+        NULL, &r);
     assert_true(cli_version(&r) > v);
     harness_run_free(&r);
     cli(s, (const char *[]){"conn", "get", "c1", NULL}, NULL, 0, "null\n", &r);
