@@ -152,36 +152,6 @@ static int parse_request(const msgpack_object *map, request_t *rq,
 }
 
 
-/* True when s[0..n) is well-formed UTF-8 without NUL. */
-static bool valid_id_text(const char *s, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
-                                   : (c >> 3) == 30 ? 4 : 0;
-        uint32_t cp;
-
-        if (c == 0 || len == 0 || i + len > n)
-            return false;
-        cp = len == 1 ? c : c & (0x7f >> len);
-        for (size_t j = 1; j < len; j++) {
-            if (((unsigned char)s[i + j] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | ((unsigned char)s[i + j] & 0x3f);
-        }
-        /* Overlong forms, surrogates and values past U+10FFFF. */
-        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
-            (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-            (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
-
 static int check_id(const ms_app_t *app, const msgpack_object *o,
                     const char *name, ms_error_t *err)
 {
@@ -193,7 +163,8 @@ static int check_id(const ms_app_t *app, const msgpack_object *o,
         return ms_error_set(err, MS_ETOOLARGE,
                             "'%s' is longer than %zu bytes", name,
                             app->cfg->max_id);
-    if (!valid_id_text(o->via.str.ptr, o->via.str.size))
+    if (memchr(o->via.str.ptr, '\0', o->via.str.size) != NULL ||
+        !ms_utf8_valid(o->via.str.ptr, o->via.str.size))
         return ms_error_set(err, MS_EINVAL,
                             "'%s' must be UTF-8 text without NUL", name);
     return 0;

@@ -63,8 +63,7 @@ static size_t limit_bytes(const ms_value_limits_t *lim)
 }
 
 
-/* Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. */
-static bool utf8_valid(const char *s, size_t len)
+bool ms_utf8_valid(const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s;
     const unsigned char *end = p + len;
@@ -224,7 +223,7 @@ static int conv_str(const conv_t *c, const msgpack_object_str *s, json_t **out)
     /* An empty str may come with a NULL pointer, which Jansson refuses. */
     const char *p = s->size > 0 ? s->ptr : "";
 
-    if (!utf8_valid(p, s->size))
+    if (!ms_utf8_valid(p, s->size))
         return conv_fail(c, MS_EINVAL, "string is not valid UTF-8");
     return conv_new(c, json_stringn_nocheck(p, s->size), out);
 }
@@ -269,7 +268,7 @@ static int conv_key(const conv_t *c, uint32_t i, const msgpack_object *key)
                             "map key #%" PRIu32 " is not a string", i);
 
     p = key->via.str.size > 0 ? key->via.str.ptr : "";
-    if (!utf8_valid(p, key->via.str.size))
+    if (!ms_utf8_valid(p, key->via.str.size))
         return conv_fail_at(c, c->depth - 1, MS_EINVAL,
                             "map key #%" PRIu32 " is not valid UTF-8", i);
     if (memchr(p, '\0', key->via.str.size) != NULL)

@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 #include <msgpack.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "error.h"
@@ -84,5 +85,11 @@ int ms_value_json_to_msgpack(const char *text, size_t len,
 int ms_value_msgpack_to_json(const char *buf, size_t len,
                              const ms_value_limits_t *lim, char **out,
                              size_t *out_len, ms_error_t *err) MS_MUST_CHECK;
+
+/*
+ * True when s[0..len) is strict UTF-8: no overlong forms, no surrogates,
+ * nothing past U+10FFFF (NUL is allowed).
+ */
+bool ms_utf8_valid(const char *s, size_t len);
 
 #endif
