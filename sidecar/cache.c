@@ -106,6 +106,8 @@ enum {
     ST_COUNT_LIVE,
     ST_META_GET,
     ST_META_SET,
+    ST_MAX_VERSION,
+    ST_CLEAR,
     ST_MAX
 };
 
@@ -135,6 +137,8 @@ static const char *const stmt_sql[ST_MAX] = {
     [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
     [ST_META_SET] = "INSERT INTO meta (key, value) VALUES (?1, ?2) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    [ST_MAX_VERSION] = "SELECT coalesce(max(version), 0) FROM entries",
+    [ST_CLEAR] = "DELETE FROM entries",
 };
 
 struct ms_cache_s {
@@ -580,6 +584,29 @@ int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind)
     if (rc != SQLITE_ROW)
         return cache_fail(c, "count");
     return n;
+}
+
+
+int64_t ms_cache_max_version(ms_cache_t *c)
+{
+    sqlite3_stmt *s = c->stmt[ST_MAX_VERSION];
+    int64_t v = 0;
+    int rc = sqlite3_step(s);
+
+    if (rc == SQLITE_ROW)
+        v = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW)
+        return cache_fail(c, "max_version");
+    return v;
+}
+
+
+int ms_cache_clear(ms_cache_t *c)
+{
+    if (stmt_run(c->stmt[ST_CLEAR]) != SQLITE_DONE)
+        return cache_fail(c, "clear");
+    return 0;
 }
 
 

@@ -80,6 +80,12 @@ int ms_cache_commit(ms_cache_t *c) MS_MUST_CHECK;
 int ms_cache_resync_begin(ms_cache_t *c) MS_MUST_CHECK;
 int ms_cache_resync_end(ms_cache_t *c, uint64_t seq) MS_MUST_CHECK;
 
+/* The highest version held, tombstones included (0 when empty). */
+int64_t ms_cache_max_version(ms_cache_t *c);
+
+/* Forgets every entry and tombstone (Redis lost its data). */
+int ms_cache_clear(ms_cache_t *c) MS_MUST_CHECK;
+
 /* Live (non-tombstone) entries of a kind, or a negative error. */
 int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind);
 

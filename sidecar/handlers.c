@@ -116,7 +116,9 @@ static int parse_request(const msgpack_object *map, request_t *rq,
         &rq->op,       &rq->conn,        &rq->room,   &rq->value,
         &rq->strategy, &rq->min_version, &rq->timeout};
     const msgpack_object *id = NULL;
+    const char *dup = NULL;
 
+    /* The id first, so that any later complaint can still carry it. */
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
         const msgpack_object *v = &map->via.map.ptr[i].val;
@@ -130,9 +132,8 @@ static int parse_request(const msgpack_object *map, request_t *rq,
         for (size_t j = 0; j < sizeof(names) / sizeof(names[0]); j++) {
             if (!key_is(k, names[j]))
                 continue;
-            if (*slots[j] != NULL)
-                return ms_error_set(err, MS_EINVAL, "duplicate key '%s'",
-                                    names[j]);
+            if (*slots[j] != NULL && dup == NULL)
+                dup = names[j];
             *slots[j] = v;
         }
     }
@@ -144,6 +145,8 @@ static int parse_request(const msgpack_object *map, request_t *rq,
                             "'id' must be an unsigned integer");
     rq->id = id->via.u64;
     rq->has_id = true;
+    if (dup != NULL)
+        return ms_error_set(err, MS_EINVAL, "duplicate key '%s'", dup);
     if (rq->op == NULL)
         return ms_error_set(err, MS_EINVAL, "request has no 'op'");
     if (rq->op->type != MSGPACK_OBJECT_STR)
@@ -283,7 +286,7 @@ static void on_waiter_closed(uv_handle_t *h)
 {
     waiter_t *w = h->data;
 
-    ms_session_unref(w->session);
+    ms_session_release(w->session);
     free(w->eid);
     free(w);
 }
@@ -332,7 +335,7 @@ static void wait_for_version(ms_app_t *app, ms_session_t *s,
     w->eid = ms_strndup(id, len);
     w->eid_len = len;
     w->min_version = rq->min_version->via.u64;
-    ms_session_ref(s);
+    ms_session_hold(s);
     uv_timer_init(app->loop, &w->timer);
     w->timer.data = w;
     uv_timer_start(&w->timer, on_waiter_timeout, timeout, 0);
@@ -358,6 +361,18 @@ void ms_handlers_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
         if (!ms_session_closed(w->session))
             reply_entry(app, w->session, &rq, kind, id, len);
         waiter_end(w);
+    }
+}
+
+
+void ms_handlers_session_closed(ms_app_t *app, ms_session_t *s)
+{
+    waiter_t *w = app->waiters, *next;
+
+    for (; w != NULL; w = next) {
+        next = w->next;
+        if (w->session == s)
+            waiter_end(w);
     }
 }
 
@@ -430,7 +445,7 @@ static void on_write_done(void *arg, int code, const char *msg,
             ms_session_reply_end(p->session);
         }
     }
-    ms_session_unref(p->session);
+    ms_session_release(p->session);
     free(p);
 }
 
@@ -443,7 +458,7 @@ static void submit(ms_app_t *app, ms_session_t *s, const request_t *rq,
 
     p->session = s;
     p->id = rq->id;
-    ms_session_ref(s);
+    ms_session_hold(s);
     ms_writes_submit(app, kind, id, len, strategy, update, on_write_done, p);
 }
 
@@ -551,9 +566,14 @@ static void dispatch(ms_app_t *app, ms_session_t *s, const request_t *rq)
             return;
         }
     }
-    snprintf(msg, sizeof(msg), "unknown op '%.*s'",
-             op->via.str.size > 40 ? 40 : (int)op->via.str.size,
-             op->via.str.ptr);
+    /* The name is echoed only when it is short, printable UTF-8. */
+    if (op->via.str.size <= 40 &&
+        ms_utf8_valid(op->via.str.ptr, op->via.str.size) &&
+        memchr(op->via.str.ptr, '\0', op->via.str.size) == NULL)
+        snprintf(msg, sizeof(msg), "unknown op '%.*s'",
+                 (int)op->via.str.size, op->via.str.ptr);
+    else
+        snprintf(msg, sizeof(msg), "unknown op");
     reply_error(s, rq, MS_EUNKNOWNOP, msg);
 }
 

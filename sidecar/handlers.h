@@ -26,6 +26,9 @@ void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
 void ms_handlers_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
                                size_t len, uint64_t version);
 
+/* Drops the reads of a session that closed while they waited. */
+void ms_handlers_session_closed(ms_app_t *app, ms_session_t *s);
+
 /* Drops every waiting read (at shutdown); their sessions are closing. */
 void ms_handlers_close(ms_app_t *app);
 

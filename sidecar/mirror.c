@@ -118,6 +118,27 @@ static void load_done(ms_app_t *app)
 
 
 /*
+ * Versions come from Redis's sequence, so the cache can never hold one
+ * above it, unless Redis lost its data (restarted without persistence,
+ * flushed, or failed over to a replica that missed writes) and the
+ * sequence started again. Then no cached version means anything: start
+ * from nothing.
+ */
+static int check_sequence(ms_app_t *app, uint64_t seq)
+{
+    int64_t held = ms_cache_max_version(app->cache);
+
+    if (held < 0)
+        return -1;
+    if ((uint64_t)held <= seq)
+        return 0;
+    ms_log_warn("Redis sequence went back, rebuilding the cache",
+                "seq=%" PRIu64 " cached=%" PRId64, seq, held);
+    return ms_cache_clear(app->cache);
+}
+
+
+/*
  * Applies one batch: {cursor, seq, {id, json, version, ...}}. A loaded
  * value is Redis's state as of the batch's sequence, so it replaces any
  * cached state no newer than that, whatever its own version (values a
@@ -134,6 +155,8 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
     if (!m->have_seq) {
         m->seq = seq;
         m->have_seq = true;
+        if (check_sequence(app, seq) < 0)
+            return -1;
     }
     if (items->elements % 3 != 0 || ms_cache_begin(app->cache) < 0)
         return -1;

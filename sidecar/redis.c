@@ -16,14 +16,14 @@
  *   would free the context under hiredis's feet, so nothing there frees.
  * - Freeing runs every pending reply callback with a NULL reply, then the
  *   disconnect callback.
- * - The libuv adapter closes its uv_poll_t itself and frees it in the
- *   close callback, so the loop outlives the context by one iteration.
+ * - The libuv adapter (hiredis_uv.c) closes its uv_poll_t itself and
+ *   frees it in the close callback, so the loop outlives the context by
+ *   one iteration.
  */
 #include "redis.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -33,6 +33,7 @@
 #include <sys/un.h>
 
 #include "alloc.h"
+#include "hiredis_uv.h"
 #include "log.h"
 
 extern const char ms_script_write[];
@@ -612,9 +613,7 @@ static void link_connect(link_t *l)
     /* Keepalive notices a peer that vanished without closing. */
     if (ac->c.err == 0 && !a->is_unix)
         (void)redisEnableKeepAlive(&ac->c);
-    if (ac->c.err == 0 && redisLibuvAttach(ac, l->r->loop) != REDIS_OK) {
-        /* The adapter leaves its cleanup hook set but not its data. */
-        ac->ev.cleanup = NULL;
+    if (ac->c.err == 0 && ms_hiredis_uv_attach(ac, l->r->loop) != REDIS_OK) {
         if (ac->c.err == 0)
             snprintf(ac->c.errstr, sizeof(ac->c.errstr),
                      "cannot watch the socket");

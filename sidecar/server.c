@@ -19,8 +19,13 @@
 #include "handlers.h"
 #include "log.h"
 
-/* Stop reading a client once this much of its output is unsent. */
+/*
+ * A client's requests are left unread while this much of its output is
+ * unsent, or while this many of its requests wait for Redis: a client
+ * that pipelines without reading cannot grow the daemon's memory.
+ */
 #define OUTPUT_HIGH_WATER (8u << 20)
+#define PENDING_MAX 4096
 
 struct ms_server_s {
     ms_app_t *app;
@@ -48,8 +53,11 @@ struct ms_session_s {
     bool is_dirty;
     bool closed;
     bool close_after_flush;
+    bool eof;              /* the client shut its side; answer, then close */
     bool reading;
+    bool handling;         /* inside handle_frames(): no recursion */
     int refs;
+    unsigned pending;      /* requests held by ms_session_hold() */
     unsigned long number;
     char *conn;            /* bound by hello, or NULL */
     size_t conn_len;
@@ -134,7 +142,7 @@ void ms_session_reply_end(ms_session_t *s)
 }
 
 
-static void update_reading(ms_session_t *s);
+static void handle_frames(ms_session_t *s);
 
 static void on_write(uv_write_t *req, int status)
 {
@@ -147,11 +155,8 @@ static void on_write(uv_write_t *req, int status)
 
     if (status < 0 && !s->closed)
         session_close(s, uv_strerror(status));
-    else if (!s->closed && s->in_flight == 0 && s->close_after_flush &&
-             s->out.size == 0)
-        session_close(s, "protocol error");
-    else if (!s->closed)
-        update_reading(s);
+    else
+        handle_frames(s);
     ms_session_unref(s);
 }
 
@@ -180,9 +185,7 @@ static void session_flush(ms_session_t *s)
         free(w);
         ms_session_unref(s);
         session_close(s, uv_strerror(rc));
-        return;
     }
-    update_reading(s);
 }
 
 
@@ -223,15 +226,60 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 }
 
 
+static bool session_busy(const ms_session_t *s)
+{
+    return s->in_flight + s->out.size >= OUTPUT_HIGH_WATER ||
+           s->pending >= PENDING_MAX;
+}
+
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/*
+ * After anything that changes a session's state: reads while it is not
+ * busy and wants input, and closes it once a client that is finished
+ * (hung up, or broke the stream) has had every answer.
+ */
+static void session_settle(ms_session_t *s)
+{
+    bool want;
+
+    if (s->closed)
+        return;
+    if ((s->eof || s->close_after_flush) && s->pending == 0 &&
+        s->in_flight == 0 && s->out.size == 0) {
+        session_close(s, s->eof ? "client hung up" : "protocol error");
+        return;
+    }
+    want = !s->eof && !s->close_after_flush && !session_busy(s);
+    if (want == s->reading)
+        return;
+    s->reading = want;
+    if (want)
+        uv_read_start((uv_stream_t *)&s->pipe, on_alloc, on_read);
+    else
+        uv_read_stop((uv_stream_t *)&s->pipe);
+}
+
+
+/*
+ * Runs the complete frames buffered so far, while the session is not
+ * busy. Replies completing inside a handler may call back here: the
+ * outer call carries on instead, so the stack stays flat.
+ */
 static void handle_frames(ms_session_t *s)
 {
     const char *body;
     size_t len;
     int rc;
 
+    if (s->handling || s->closed)
+        return;
+    s->handling = true;
+
     /* The handlers may close the session (never free it: we hold a ref). */
     ms_session_ref(s);
-    while (!s->closed && !s->close_after_flush &&
+    while (!s->closed && !s->close_after_flush && !session_busy(s) &&
            (rc = ms_frame_reader_next(&s->reader, &body, &len)) != 0) {
         if (rc == MS_ETOOLARGE) {
             char msg[96];
@@ -241,11 +289,12 @@ static void handle_frames(ms_session_t *s)
             ms_handlers_reply_error(s, MS_ETOOLARGE, msg);
             /* The rest of the stream is the oversized body: unusable. */
             s->close_after_flush = true;
-            update_reading(s);
             break;
         }
         ms_handlers_frame(s->server->app, s, body, len);
     }
+    s->handling = false;
+    session_settle(s);
     ms_session_unref(s);
 }
 
@@ -256,7 +305,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 
     (void)buf;
     if (nread == UV_EOF) {
-        session_close(s, "client hung up");
+        s->eof = true;
+        handle_frames(s);
         return;
     }
     if (nread < 0) {
@@ -268,19 +318,18 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 }
 
 
-/* Reads while output is below the high-water mark and input is wanted. */
-static void update_reading(ms_session_t *s)
+void ms_session_hold(ms_session_t *s)
 {
-    bool want = !s->closed && !s->close_after_flush &&
-                s->in_flight + s->out.size < OUTPUT_HIGH_WATER;
+    s->pending++;
+    ms_session_ref(s);
+}
 
-    if (want == s->reading)
-        return;
-    s->reading = want;
-    if (want)
-        uv_read_start((uv_stream_t *)&s->pipe, on_alloc, on_read);
-    else
-        uv_read_stop((uv_stream_t *)&s->pipe);
+
+void ms_session_release(ms_session_t *s)
+{
+    s->pending--;
+    handle_frames(s);
+    ms_session_unref(s);
 }
 
 
@@ -301,7 +350,11 @@ static void on_session_closed(uv_handle_t *h)
 }
 
 
-/* Every client disconnect goes through here, so it is logged once. */
+/*
+ * Every client disconnect goes through here, so it is logged once. What
+ * the session buffered goes at once; requests still waiting on Redis keep
+ * only the small session struct alive until they are answered.
+ */
 static void session_close(ms_session_t *s, const char *reason)
 {
     ms_server_t *srv = s->server;
@@ -317,7 +370,10 @@ static void session_close(ms_session_t *s, const char *reason)
         srv->sessions = s->next;
     if (s->next != NULL)
         s->next->prev = s->prev;
-    s->out.size = 0;
+    ms_frame_reader_free(&s->reader);
+    msgpack_sbuffer_destroy(&s->out);
+    msgpack_sbuffer_init(&s->out);
+    ms_handlers_session_closed(srv->app, s);
     uv_close((uv_handle_t *)&s->pipe, on_session_closed);
 }
 
@@ -352,7 +408,7 @@ static void on_connection(uv_stream_t *listener, int status)
         srv->sessions->prev = s;
     srv->sessions = s;
     ms_log_debug("client connected", "client=%lu", s->number);
-    update_reading(s);
+    session_settle(s);
 }
 
 
@@ -474,6 +530,15 @@ void ms_server_close(ms_server_t *srv)
         return;
     srv->closing = true;
     srv->app->server = NULL;
+
+    /* Sessions on the dirty list hold a reference each; drop them. */
+    while (srv->dirty != NULL) {
+        ms_session_t *s = srv->dirty;
+
+        srv->dirty = s->next_dirty;
+        s->is_dirty = false;
+        ms_session_unref(s);
+    }
 
     while (srv->sessions != NULL)
         session_close(srv->sessions, "daemon shutting down");

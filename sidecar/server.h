@@ -47,6 +47,14 @@ void ms_session_reply_end(ms_session_t *s);
 void ms_session_ref(ms_session_t *s);
 void ms_session_unref(ms_session_t *s);
 
+/*
+ * A request that will be answered later (it waits on Redis or on the
+ * mirror) holds its session: a reference, and a count that pauses the
+ * client's input while too many are outstanding. Release when answered.
+ */
+void ms_session_hold(ms_session_t *s);
+void ms_session_release(ms_session_t *s);
+
 /* True once the client has gone or been closed. */
 bool ms_session_closed(const ms_session_t *s);
 

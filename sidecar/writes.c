@@ -181,9 +181,14 @@ static int load_base(write_t *w, json_t **current, ms_error_t *err)
     }
     if (w->base == NULL)
         return 0;
+
+    /*
+     * A stored value that is not JSON we can hold (written by hand) reads
+     * as absent, so a merge treats it as absent too: it replaces it. The
+     * compare-and-set still checks against its exact text.
+     */
     if (ms_value_parse(w->base, w->base_len, &app->limits, current, err) < 0)
-        return ms_error_set(err, MS_EINVAL,
-                            "stored value cannot be merged: %s", err->msg);
+        *current = NULL;
     return 0;
 }
 
