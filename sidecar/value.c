@@ -35,6 +35,7 @@ typedef struct path_step_s {
 typedef struct conv_s {
     int max_depth;
     int depth; /* containers open above the object being converted */
+    size_t budget; /* JSON bytes left before the size limit (lower bound) */
     path_step_t steps[MS_VALUE_DEPTH_CAP];
     ms_error_t *err;
 } conv_t;
@@ -345,6 +346,17 @@ static int conv_container(conv_t *c, const msgpack_object *o, json_t **out)
 
 static int conv_value(conv_t *c, const msgpack_object *o, json_t **out)
 {
+    /*
+     * Every value takes at least a byte of JSON, a string its length and
+     * two quotes: a value that cannot fit the size limit is refused before
+     * a million empty arrays are built only to be dumped and refused.
+     */
+    size_t cost = o->type == MSGPACK_OBJECT_STR ? o->via.str.size + 2 : 1;
+
+    if (cost > c->budget)
+        return conv_fail(c, MS_ETOOLARGE, "value is too large as JSON");
+    c->budget -= cost;
+
     switch (o->type) {
     case MSGPACK_OBJECT_NIL:
         return conv_new(c, json_null(), out);
@@ -377,7 +389,10 @@ int ms_value_from_msgpack(const msgpack_object *obj,
                           const ms_value_limits_t *lim, json_t **out,
                           ms_error_t *err)
 {
-    conv_t c = {.max_depth = limit_depth(lim), .depth = 0, .err = err};
+    conv_t c = {.max_depth = limit_depth(lim),
+                .depth = 0,
+                .budget = limit_bytes(lim),
+                .err = err};
 
     *out = NULL;
     return conv_value(&c, obj, out);

@@ -922,6 +922,36 @@ static void test_msgpack_bytes_refused(void **state)
 }
 
 
+/*
+ * A value whose elements alone exceed the size limit is refused before it
+ * is converted: the budget runs out after max_bytes elements.
+ */
+static void test_element_budget(void **state)
+{
+    ms_value_limits_t lim = {.max_bytes = 1000, .max_depth = 31};
+    msgpack_object items[2000];
+    msgpack_object arr = {.type = MSGPACK_OBJECT_ARRAY};
+    ms_error_t err = {0, ""};
+    json_t *v = NULL;
+
+    (void)state;
+    for (size_t i = 0; i < 2000; i++)
+        items[i].type = MSGPACK_OBJECT_NIL;
+    arr.via.array.ptr = items;
+    arr.via.array.size = 2000;
+    assert_int_equal(ms_value_from_msgpack(&arr, &lim, &v, &err),
+                     MS_ETOOLARGE);
+    assert_null(v);
+    assert_non_null(strstr(err.msg, "too large as JSON"));
+
+    /* 199 nulls dump to 199 * 5 + 1 bytes: under the limit, accepted. */
+    arr.via.array.size = 199;
+    assert_int_equal(ms_value_from_msgpack(&arr, &lim, &v, &err), 0);
+    assert_int_equal(json_array_size(v), 199);
+    json_decref(v);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -945,6 +975,7 @@ int main(void)
         cmocka_unit_test(test_path_bounded),
         cmocka_unit_test(test_dump_invalid_string),
         cmocka_unit_test(test_msgpack_bytes_refused),
+        cmocka_unit_test(test_element_budget),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
