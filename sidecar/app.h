@@ -17,7 +17,7 @@
 typedef struct ms_server_s ms_server_t;
 typedef struct ms_mirror_s ms_mirror_t;
 typedef struct ms_writes_s ms_writes_t;
-struct waiter_s;
+typedef struct ms_waits_s ms_waits_t;
 
 typedef struct ms_app_s {
     uv_loop_t *loop;
@@ -29,7 +29,7 @@ typedef struct ms_app_s {
     ms_mirror_t *mirror;
     ms_writes_t *writes;
     ms_server_t *server;
-    struct waiter_s *waiters; /* reads waiting for a version (handlers.c) */
+    ms_waits_t *waits; /* reads waiting for a version (waits.c) */
 } ms_app_t;
 
 #endif

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "mirror.h"
 #include "strategy.h"
+#include "waits.h"
 #include "writes.h"
 
 /* The fields of a request that some operation uses. */
@@ -266,121 +267,21 @@ static void reply_entry(ms_app_t *app, ms_session_t *s, const request_t *rq,
 }
 
 
-/*
- * A read with minVersion that the cache cannot answer yet: it waits, with
- * a timer, for the mirror to apply that version of the entry.
- */
-typedef struct waiter_s {
-    struct waiter_s *next, *prev;
-    ms_app_t *app;
-    ms_session_t *session;
-    uint64_t id;
-    ms_kind_t kind;
-    char *eid;
-    size_t eid_len;
-    uint64_t min_version;
-    uv_timer_t timer;
-} waiter_t;
-
-static void on_waiter_closed(uv_handle_t *h)
+void ms_handlers_answer_get(ms_app_t *app, ms_session_t *s, uint64_t req_id,
+                            ms_kind_t kind, const char *id, size_t len)
 {
-    waiter_t *w = h->data;
+    request_t rq = {.id = req_id, .has_id = true};
 
-    ms_session_release(w->session);
-    free(w->eid);
-    free(w);
+    reply_entry(app, s, &rq, kind, id, len);
 }
 
 
-static void waiter_end(waiter_t *w)
+void ms_handlers_answer_error(ms_session_t *s, uint64_t req_id, int code,
+                              const char *msg)
 {
-    ms_app_t *app = w->app;
+    request_t rq = {.id = req_id, .has_id = true};
 
-    if (w->prev != NULL)
-        w->prev->next = w->next;
-    else
-        app->waiters = w->next;
-    if (w->next != NULL)
-        w->next->prev = w->prev;
-    uv_timer_stop(&w->timer);
-    uv_close((uv_handle_t *)&w->timer, on_waiter_closed);
-}
-
-
-static void on_waiter_timeout(uv_timer_t *t)
-{
-    waiter_t *w = t->data;
-    request_t rq = {.id = w->id, .has_id = true};
-    char msg[120];
-
-    snprintf(msg, sizeof(msg),
-             "the cache did not reach version %" PRIu64 " in time",
-             w->min_version);
-    if (!ms_session_closed(w->session))
-        reply_error(w->session, &rq, MS_ETIMEOUT, msg);
-    waiter_end(w);
-}
-
-
-static void wait_for_version(ms_app_t *app, ms_session_t *s,
-                             const request_t *rq, ms_kind_t kind,
-                             const char *id, size_t len, uint64_t timeout)
-{
-    waiter_t *w = ms_calloc(1, sizeof(*w));
-
-    w->app = app;
-    w->session = s;
-    w->id = rq->id;
-    w->kind = kind;
-    w->eid = ms_strndup(id, len);
-    w->eid_len = len;
-    w->min_version = rq->min_version->via.u64;
-    ms_session_hold(s);
-    uv_timer_init(app->loop, &w->timer);
-    w->timer.data = w;
-    uv_timer_start(&w->timer, on_waiter_timeout, timeout, 0);
-    w->next = app->waiters;
-    if (w->next != NULL)
-        w->next->prev = w;
-    app->waiters = w;
-}
-
-
-void ms_handlers_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
-                               size_t len, uint64_t version)
-{
-    waiter_t *w = app->waiters, *next;
-
-    for (; w != NULL; w = next) {
-        request_t rq = {.id = w->id, .has_id = true};
-
-        next = w->next;
-        if (w->kind != kind || w->eid_len != len || version < w->min_version ||
-            memcmp(w->eid, id, len) != 0)
-            continue;
-        if (!ms_session_closed(w->session))
-            reply_entry(app, w->session, &rq, kind, id, len);
-        waiter_end(w);
-    }
-}
-
-
-void ms_handlers_session_closed(ms_app_t *app, ms_session_t *s)
-{
-    waiter_t *w = app->waiters, *next;
-
-    for (; w != NULL; w = next) {
-        next = w->next;
-        if (w->session == s)
-            waiter_end(w);
-    }
-}
-
-
-void ms_handlers_close(ms_app_t *app)
-{
-    while (app->waiters != NULL)
-        waiter_end(app->waiters);
+    reply_error(s, &rq, code, msg);
 }
 
 
@@ -421,7 +322,8 @@ static void op_get(ms_app_t *app, ms_session_t *s, const request_t *rq,
     if (rq->min_version != NULL &&
         ms_cache_get(app->cache, kind, id, len, &e) == 0 &&
         e.version < rq->min_version->via.u64) {
-        wait_for_version(app, s, rq, kind, id, len, timeout);
+        ms_waits_add(app, s, rq->id, kind, id, len, rq->min_version->via.u64,
+                     timeout);
         return;
     }
     reply_entry(app, s, rq, kind, id, len);

@@ -19,18 +19,13 @@
 void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
                        size_t len);
 
-/*
- * Called by the mirror and the write pipeline after the cache took a new
- * version of an entry: answers the reads waiting for it (minVersion).
- */
-void ms_handlers_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
-                               size_t len, uint64_t version);
+/* Answers request req_id of s with the entry's value from the cache. */
+void ms_handlers_answer_get(ms_app_t *app, ms_session_t *s, uint64_t req_id,
+                            ms_kind_t kind, const char *id, size_t len);
 
-/* Drops the reads of a session that closed while they waited. */
-void ms_handlers_session_closed(ms_app_t *app, ms_session_t *s);
-
-/* Drops every waiting read (at shutdown); their sessions are closing. */
-void ms_handlers_close(ms_app_t *app);
+/* Answers request req_id of s with an error. */
+void ms_handlers_answer_error(ms_session_t *s, uint64_t req_id, int code,
+                              const char *msg);
 
 /* Sends {id: nil, ok: false, error} for a problem found below requests. */
 void ms_handlers_reply_error(ms_session_t *s, int code, const char *msg);

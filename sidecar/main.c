@@ -10,7 +10,7 @@
 #include <uv.h>
 
 #include "app.h"
-#include "handlers.h"
+#include "waits.h"
 #include "log.h"
 #include "mirror.h"
 #include "server.h"
@@ -36,7 +36,7 @@ static void shutdown_daemon(daemon_t *d, const char *why)
     /* Clients first, so nothing new arrives while Redis work drains. */
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
-    ms_handlers_close(&d->app);
+    ms_waits_close(&d->app);
     if (d->app.server != NULL)
         ms_server_close(d->app.server);
     ms_mirror_close(&d->app);

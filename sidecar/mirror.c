@@ -11,7 +11,7 @@
 
 #include "alloc.h"
 #include "frame.h"
-#include "handlers.h"
+#include "waits.h"
 #include "writes.h"
 #include "log.h"
 
@@ -71,7 +71,7 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
     }
     if (ms_cache_apply(app->cache, kind, id, id_len, version, json, json_len,
                        mp, mp_len, mode) == 1) {
-        ms_handlers_entry_changed(app, kind, id, id_len, version);
+        ms_waits_entry_changed(app, kind, id, id_len, version);
         ms_writes_entry_changed(app, kind, id, id_len);
     }
     free(mp);

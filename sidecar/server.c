@@ -18,6 +18,7 @@
 #include "frame.h"
 #include "handlers.h"
 #include "log.h"
+#include "waits.h"
 
 /*
  * A client's requests are left unread while this much of its output is
@@ -373,7 +374,7 @@ static void session_close(ms_session_t *s, const char *reason)
     ms_frame_reader_free(&s->reader);
     msgpack_sbuffer_destroy(&s->out);
     msgpack_sbuffer_init(&s->out);
-    ms_handlers_session_closed(srv->app, s);
+    ms_waits_session_closed(srv->app, s);
     uv_close((uv_handle_t *)&s->pipe, on_session_closed);
 }
 

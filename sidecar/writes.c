@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "handlers.h"
+#include "waits.h"
 #include "log.h"
 
 typedef struct write_s write_t;
@@ -276,7 +276,7 @@ static void apply_written(write_t *w, uint64_t version)
     rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version,
                         w->json, w->json_len, mp, mp_len, MS_APPLY_NEWER);
     if (rc == 1)
-        ms_handlers_entry_changed(app, q->kind, q->id, q->id_len, version);
+        ms_waits_entry_changed(app, q->kind, q->id, q->id_len, version);
     free(mp);
 }
 

@@ -1,0 +1,221 @@
+/*
+ * waits.c - parked minVersion reads (see waits.h). Each waiting read has
+ * a timer and sits in two lists: its entry's, found through a tsearch()
+ * tree so that a change looks only at the reads for that entry, and the
+ * list of all reads, for sessions that close and for shutdown.
+ */
+#include "waits.h"
+
+#include <inttypes.h>
+#include <search.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "handlers.h"
+
+typedef struct waiter_s waiter_t;
+
+/* The reads waiting on one entry. */
+typedef struct entry_waits_s {
+    ms_kind_t kind;
+    char *id;
+    size_t len;
+    waiter_t *head;
+} entry_waits_t;
+
+struct waiter_s {
+    waiter_t *next, *prev;        /* all reads */
+    waiter_t *e_next, *e_prev;    /* this entry's reads */
+    entry_waits_t *entry;
+    ms_app_t *app;
+    ms_session_t *session;
+    uint64_t req_id;
+    uint64_t min_version;
+    uv_timer_t timer;
+};
+
+struct ms_waits_s {
+    void *entries;   /* tsearch root of entry_waits_t */
+    waiter_t *all;
+};
+
+static int compare_entries(const void *a, const void *b)
+{
+    const entry_waits_t *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c;
+
+    if (x->kind != y->kind)
+        return x->kind < y->kind ? -1 : 1;
+    c = memcmp(x->id, y->id, n);
+    if (c != 0)
+        return c;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+
+static ms_waits_t *waits_of(ms_app_t *app)
+{
+    if (app->waits == NULL)
+        app->waits = ms_calloc(1, sizeof(*app->waits));
+    return app->waits;
+}
+
+
+static entry_waits_t *entry_find(ms_waits_t *ws, ms_kind_t kind,
+                                 const char *id, size_t len)
+{
+    entry_waits_t key = {.kind = kind, .id = (char *)id, .len = len};
+    entry_waits_t **found = tfind(&key, &ws->entries, compare_entries);
+
+    return found != NULL ? *found : NULL;
+}
+
+
+static entry_waits_t *entry_find_or_add(ms_waits_t *ws, ms_kind_t kind,
+                                        const char *id, size_t len)
+{
+    entry_waits_t *e = entry_find(ws, kind, id, len);
+
+    if (e != NULL)
+        return e;
+    e = ms_calloc(1, sizeof(*e));
+    e->kind = kind;
+    e->id = ms_strndup(id, len);
+    e->len = len;
+    if (tsearch(e, &ws->entries, compare_entries) == NULL)
+        ms_oom();
+    return e;
+}
+
+
+static void on_waiter_closed(uv_handle_t *h)
+{
+    waiter_t *w = h->data;
+
+    ms_session_release(w->session);
+    free(w);
+}
+
+
+/* Takes w out of both lists and closes its timer. */
+static void waiter_end(waiter_t *w)
+{
+    ms_waits_t *ws = w->app->waits;
+    entry_waits_t *e = w->entry;
+
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        ws->all = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+
+    if (w->e_prev != NULL)
+        w->e_prev->e_next = w->e_next;
+    else
+        e->head = w->e_next;
+    if (w->e_next != NULL)
+        w->e_next->e_prev = w->e_prev;
+    if (e->head == NULL) {
+        tdelete(e, &ws->entries, compare_entries);
+        free(e->id);
+        free(e);
+    }
+
+    uv_timer_stop(&w->timer);
+    uv_close((uv_handle_t *)&w->timer, on_waiter_closed);
+}
+
+
+static void on_timeout(uv_timer_t *t)
+{
+    waiter_t *w = t->data;
+    char msg[120];
+
+    snprintf(msg, sizeof(msg),
+             "the cache did not reach version %" PRIu64 " in time",
+             w->min_version);
+    if (!ms_session_closed(w->session))
+        ms_handlers_answer_error(w->session, w->req_id, MS_ETIMEOUT, msg);
+    waiter_end(w);
+}
+
+
+void ms_waits_add(ms_app_t *app, ms_session_t *s, uint64_t req_id,
+                  ms_kind_t kind, const char *id, size_t len,
+                  uint64_t min_version, uint64_t timeout_ms)
+{
+    ms_waits_t *ws = waits_of(app);
+    waiter_t *w = ms_calloc(1, sizeof(*w));
+    entry_waits_t *e = entry_find_or_add(ws, kind, id, len);
+
+    w->app = app;
+    w->session = s;
+    w->req_id = req_id;
+    w->min_version = min_version;
+    w->entry = e;
+    ms_session_hold(s);
+    uv_timer_init(app->loop, &w->timer);
+    w->timer.data = w;
+    uv_timer_start(&w->timer, on_timeout, timeout_ms, 0);
+
+    w->next = ws->all;
+    if (ws->all != NULL)
+        ws->all->prev = w;
+    ws->all = w;
+    w->e_next = e->head;
+    if (e->head != NULL)
+        e->head->e_prev = w;
+    e->head = w;
+}
+
+
+void ms_waits_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
+                            size_t len, uint64_t version)
+{
+    entry_waits_t *e;
+    waiter_t *w, *next;
+
+    if (app->waits == NULL || app->waits->all == NULL)
+        return;
+    e = entry_find(app->waits, kind, id, len);
+
+    /* Ending the last waiter frees e: read the next one first. */
+    for (w = e != NULL ? e->head : NULL; w != NULL; w = next) {
+        next = w->e_next;
+        if (version < w->min_version)
+            continue;
+        if (!ms_session_closed(w->session))
+            ms_handlers_answer_get(app, w->session, w->req_id, kind, id,
+                                   len);
+        waiter_end(w);
+    }
+}
+
+
+void ms_waits_session_closed(ms_app_t *app, ms_session_t *s)
+{
+    waiter_t *w, *next;
+
+    if (app->waits == NULL)
+        return;
+    for (w = app->waits->all; w != NULL; w = next) {
+        next = w->next;
+        if (w->session == s)
+            waiter_end(w);
+    }
+}
+
+
+void ms_waits_close(ms_app_t *app)
+{
+    if (app->waits == NULL)
+        return;
+    while (app->waits->all != NULL)
+        waiter_end(app->waits->all);
+    free(app->waits);
+    app->waits = NULL;
+}

@@ -1,0 +1,35 @@
+/*
+ * waits.h - reads waiting for a version: a get with minVersion that the
+ * cache cannot answer yet is parked here, indexed by entry, until the
+ * mirror or the write pipeline applies that version of the entry, or its
+ * timeout passes. Loop thread only.
+ */
+#ifndef MS_WAITS_H
+#define MS_WAITS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "app.h"
+#include "server.h"
+
+/*
+ * Parks request req_id of session s until entry kind/id reaches
+ * min_version (then the read is answered from the cache) or timeout_ms
+ * passes (then it fails with timeout). Holds the session meanwhile.
+ */
+void ms_waits_add(ms_app_t *app, ms_session_t *s, uint64_t req_id,
+                  ms_kind_t kind, const char *id, size_t len,
+                  uint64_t min_version, uint64_t timeout_ms);
+
+/* The cache took version of entry kind/id: answers the reads it meets. */
+void ms_waits_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
+                            size_t len, uint64_t version);
+
+/* Drops the reads of a session that closed. */
+void ms_waits_session_closed(ms_app_t *app, ms_session_t *s);
+
+/* Drops every read (at shutdown). Memory goes with the timers' closing. */
+void ms_waits_close(ms_app_t *app);
+
+#endif
