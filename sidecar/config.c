@@ -55,6 +55,9 @@ static const char usage_text[] =
     "                         [MESHSYNC_MAX_ID_BYTES, 256]\n"
     "  --merge-retries N      compare-and-set attempts per merge\n"
     "                         [MESHSYNC_MERGE_RETRIES, 64]\n"
+    "  --redis-timeout-ms N   a Redis command unanswered this long cuts the\n"
+    "                         link; its writes fail with timeout\n"
+    "                         [MESHSYNC_REDIS_TIMEOUT_MS, 5000]\n"
     "  -h, --help             show this help and exit\n"
     "  -V, --version          show the version and exit\n"
     "\n"
@@ -74,7 +77,8 @@ enum {
     OPT_MAX_VALUE,
     OPT_MAX_DEPTH,
     OPT_MAX_ID,
-    OPT_MERGE_RETRIES
+    OPT_MERGE_RETRIES,
+    OPT_REDIS_TIMEOUT
 };
 
 /* Option and environment names, in one table so the two never drift. */
@@ -96,6 +100,7 @@ static const struct {
     {OPT_MAX_DEPTH, "max-depth", "MESHSYNC_MAX_DEPTH"},
     {OPT_MAX_ID, "max-id-bytes", "MESHSYNC_MAX_ID_BYTES"},
     {OPT_MERGE_RETRIES, "merge-retries", "MESHSYNC_MERGE_RETRIES"},
+    {OPT_REDIS_TIMEOUT, "redis-timeout-ms", "MESHSYNC_REDIS_TIMEOUT_MS"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -209,6 +214,11 @@ static int apply(ms_config_t *cfg, int opt, const char *name, const char *v)
             return -1;
         cfg->merge_retries = (unsigned)n;
         return 0;
+    case OPT_REDIS_TIMEOUT:
+        if (parse_number(name, v, 10, 10, 3600000, &n) < 0)
+            return -1;
+        cfg->redis_timeout = (unsigned)n;
+        return 0;
     }
     return -1;
 }
@@ -230,6 +240,7 @@ static void set_defaults(ms_config_t *cfg)
     cfg->max_depth = MS_VALUE_DEFAULT_MAX_DEPTH;
     cfg->max_id = 256;
     cfg->merge_retries = 64;
+    cfg->redis_timeout = 5000;
 
     if (gethostname(host, sizeof(host)) != 0)
         strcpy(host, "meshsyncd");

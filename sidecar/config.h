@@ -31,6 +31,7 @@ typedef struct ms_config_s {
     int max_depth;          /* nesting of a value */
     size_t max_id;          /* bytes of a connection id or room name */
     unsigned merge_retries; /* compare-and-set attempts per merge */
+    unsigned redis_timeout; /* ms a Redis command may take */
 } ms_config_t;
 
 /*

@@ -65,6 +65,7 @@ static int start_redis(daemon_t *d)
         .channel = d->app.layout.channel,
         .backoff_min_ms = 100,
         .backoff_max_ms = 5000,
+        .command_timeout_ms = cfg->redis_timeout,
     };
     ms_redis_callbacks_t cb = {
         .arg = &d->app,

@@ -25,6 +25,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <hiredis/async.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,7 @@ static const char *const script_body[MS_SCRIPT_COUNT] = {
 
 #define DEFAULT_PORT 6379
 #define DEFAULT_BACKOFF_MIN 100
+#define DEFAULT_COMMAND_TIMEOUT 5000
 #define DEFAULT_BACKOFF_MAX 5000
 #define HOST_MAX 253
 #define SHA_LEN 40
@@ -101,11 +103,18 @@ struct ms_redis_s {
     uint64_t rng;
     bool live;
     bool closing;
+    unsigned command_timeout;  /* ms a command may wait for its reply */
+    bool timed_out;            /* the cmd link is being cut for that */
+    bool watchdog_closed;
+    uv_timer_t watchdog;       /* looks for commands past the timeout */
+    struct request_s *oldest, *newest; /* commands in flight, oldest first */
 };
 
 /* A command in flight. Scripts keep their arguments for the EVAL retry. */
 typedef struct request_s {
     ms_redis_t *r;
+    struct request_s *next, *prev; /* in r's in-flight list */
+    uint64_t sent;      /* uv_now() when sent */
     ms_redis_reply_cb cb;
     void *arg;
     int script;         /* ms_script_t, or -1 for a plain command */
@@ -119,6 +128,7 @@ typedef struct request_s {
 static void link_connect(link_t *l);
 static void link_handshake(link_t *l);
 static void link_timer_cb(uv_timer_t *t);
+static void watchdog_cb(uv_timer_t *t);
 
 
 /* --- URLs ------------------------------------------------------------- */
@@ -305,7 +315,7 @@ static void redis_update_live(ms_redis_t *r)
 static void redis_maybe_free(ms_redis_t *r)
 {
     if (!r->closing || !r->cmd.timer_closed || !r->sub.timer_closed ||
-        r->cmd.ac != NULL || r->sub.ac != NULL)
+        !r->watchdog_closed || r->cmd.ac != NULL || r->sub.ac != NULL)
         return;
 
     if (r->password != NULL) {
@@ -462,6 +472,8 @@ static void disconnect_cb(const redisAsyncContext *ac, int status)
     link_t *l = ac->data;
 
     (void)status;
+    if (l == &l->r->cmd)
+        l->r->timed_out = false;
     l->ac = NULL;
     link_lost(l, ac->c.errstr);
     link_retry(l);
@@ -645,6 +657,22 @@ static void link_init(ms_redis_t *r, link_t *l, const char *name)
 }
 
 
+/* Checks often enough that a command is cut within 25% of its timeout. */
+static uint64_t watchdog_period(const ms_redis_t *r)
+{
+    return r->command_timeout / 4 > 10 ? r->command_timeout / 4 : 10;
+}
+
+
+static void watchdog_close_cb(uv_handle_t *h)
+{
+    ms_redis_t *r = h->data;
+
+    r->watchdog_closed = true;
+    redis_maybe_free(r);
+}
+
+
 int ms_redis_new(uv_loop_t *loop, const ms_redis_options_t *opt,
                  const ms_redis_callbacks_t *cb, ms_redis_t **out,
                  ms_error_t *err)
@@ -676,6 +704,13 @@ int ms_redis_new(uv_loop_t *loop, const ms_redis_options_t *opt,
     if (r->rng == 0)
         r->rng = 1;
 
+    r->command_timeout = opt->command_timeout_ms ? opt->command_timeout_ms
+                                                 : DEFAULT_COMMAND_TIMEOUT;
+    uv_timer_init(loop, &r->watchdog);
+    r->watchdog.data = r;
+    uv_timer_start(&r->watchdog, watchdog_cb, watchdog_period(r),
+                   watchdog_period(r));
+
     link_init(r, &r->cmd, "cmd");
     link_init(r, &r->sub, "sub");
     link_connect(&r->cmd);
@@ -699,10 +734,65 @@ static bool cmd_usable(ms_redis_t *r)
 }
 
 
+static void inflight_add(ms_redis_t *r, request_t *req)
+{
+    req->sent = uv_now(r->loop);
+    req->next = NULL;
+    req->prev = r->newest;
+    if (r->newest != NULL)
+        r->newest->next = req;
+    else
+        r->oldest = req;
+    r->newest = req;
+}
+
+
+static void inflight_remove(ms_redis_t *r, request_t *req)
+{
+    if (req->prev != NULL)
+        req->prev->next = req->next;
+    else
+        r->oldest = req->next;
+    if (req->next != NULL)
+        req->next->prev = req->prev;
+    else
+        r->newest = req->prev;
+    req->next = req->prev = NULL;
+}
+
+
+static bool request_send(ms_redis_t *r, request_t *req);
+
 static void request_finish(request_t *req, redisReply *reply, int err)
 {
     req->cb(req->arg, reply, err);
     free(req);
+}
+
+
+/*
+ * Redis answers a connection's commands in order, so the oldest command
+ * in flight tells whether Redis has stopped answering (paused, swapping,
+ * a network that drops everything). Then the link is cut: every command
+ * in flight fails with timeout, and the link reconnects as after a drop.
+ */
+static void watchdog_cb(uv_timer_t *t)
+{
+    ms_redis_t *r = t->data;
+    redisAsyncContext *ac = r->cmd.ac;
+    uint64_t age;
+
+    if (r->oldest == NULL || ac == NULL || r->cmd.state != LINK_UP ||
+        r->timed_out)
+        return;
+    age = uv_now(r->loop) - r->oldest->sent;
+    if (age < r->command_timeout)
+        return;
+    ms_log_warn("redis command timed out", "link=cmd waited_ms=%" PRIu64,
+                age);
+    r->timed_out = true;
+    link_lost(&r->cmd, "command timed out");
+    redisAsyncFree(ac);
 }
 
 
@@ -721,9 +811,10 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
     ms_redis_t *r = req->r;
     redisReply *rep = reply;
 
+    inflight_remove(r, req);
     if (rep == NULL) {
         link_lost(&r->cmd, ac->c.errstr);
-        request_finish(req, NULL, MS_EUNAVAIL);
+        request_finish(req, NULL, r->timed_out ? MS_ETIMEOUT : MS_EUNAVAIL);
         return;
     }
 
@@ -733,12 +824,21 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
         req->argvlen[0] = 4;
         req->argv[1] = script_body[req->script];
         req->argvlen[1] = strlen(req->argv[1]);
-        if (!cmd_usable(r) || !link_send(&r->cmd, reply_cb, req, req->argc,
-                                         req->argv, req->argvlen))
+        if (!cmd_usable(r) || !request_send(r, req))
             request_finish(req, NULL, MS_EUNAVAIL);
         return;
     }
     request_finish(req, rep, 0);
+}
+
+
+static bool request_send(ms_redis_t *r, request_t *req)
+{
+    if (!link_send(&r->cmd, reply_cb, req, req->argc, req->argv,
+                   req->argvlen))
+        return false;
+    inflight_add(r, req);
+    return true;
 }
 
 
@@ -755,10 +855,17 @@ int ms_redis_command(ms_redis_t *r, int argc, const char **argv,
     req->cb = cb;
     req->arg = arg;
     req->script = -1;
-    if (!link_send(&r->cmd, reply_cb, req, argc, argv, argvlen)) {
+    req->argc = argc;
+    req->argv = argv;
+    req->argvlen = (size_t *)argvlen;
+
+    /* hiredis copies the arguments: the caller's are not kept. */
+    if (!request_send(r, req)) {
         free(req);
         return MS_EUNAVAIL;
     }
+    req->argv = NULL;
+    req->argvlen = NULL;
     return 0;
 }
 
@@ -816,8 +923,7 @@ int ms_redis_script(ms_redis_t *r, ms_script_t script, int nkeys, int argc,
     req->cb = cb;
     req->arg = arg;
     req->script = (int)script;
-    if (!link_send(&r->cmd, reply_cb, req, req->argc, req->argv,
-                   req->argvlen)) {
+    if (!request_send(r, req)) {
         free(req);
         return MS_EUNAVAIL;
     }
@@ -854,6 +960,7 @@ void ms_redis_close(ms_redis_t *r)
 
     r->closing = true;
     r->live = false;
+    uv_close((uv_handle_t *)&r->watchdog, watchdog_close_cb);
     link_close(&r->cmd);
     link_close(&r->sub);
 }

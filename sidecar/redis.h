@@ -6,7 +6,9 @@
  * Each link connects by itself and, after a drop, reconnects with
  * exponential backoff and jitter. A command issued while the command link
  * is down fails at once with MS_EUNAVAIL; commands pending when it drops
- * are answered with a NULL reply and MS_EUNAVAIL. Nothing is queued.
+ * are answered with a NULL reply and MS_EUNAVAIL. A command unanswered
+ * past the timeout cuts the command link: every command pending on it is
+ * answered with a NULL reply and MS_ETIMEOUT. Nothing is queued.
  *
  * Scripts (schema/<name>.lua, compiled in) are loaded with SCRIPT LOAD on
  * every connect and called with EVALSHA; a NOSCRIPT reply makes the call
@@ -35,8 +37,9 @@ typedef enum {
 /*
  * A command's answer: reply is hiredis's (freed after the callback
  * returns) and err is 0, or reply is NULL and err MS_EUNAVAIL (link
- * dropped or daemon shutting down). An error reply from Redis arrives as
- * a REDIS_REPLY_ERROR with err 0.
+ * dropped or daemon shutting down) or MS_ETIMEOUT (Redis stopped
+ * answering). An error reply from Redis arrives as a REDIS_REPLY_ERROR
+ * with err 0.
  */
 typedef void (*ms_redis_reply_cb)(void *arg, redisReply *reply, int err);
 
@@ -58,6 +61,8 @@ typedef struct ms_redis_options_s {
     const char *channel;   /* the change channel to subscribe to */
     unsigned backoff_min_ms; /* first reconnect delay (0: 100) */
     unsigned backoff_max_ms; /* cap on the delay (0: 5000) */
+    unsigned command_timeout_ms; /* a reply later than this cuts the
+                                    command link (0: 5000) */
 } ms_redis_options_t;
 
 /*

@@ -405,11 +405,14 @@ static void on_script_reply(void *arg, redisReply *reply, int status)
     uint64_t version = 0;
     ms_error_t err = {0, ""};
 
-    (void)status;
-    if (reply == NULL) {
+    if (reply == NULL && status == MS_ETIMEOUT) {
+        ms_error_set(&err, MS_ETIMEOUT,
+                     "Redis did not answer in time; the write may or may "
+                     "not have been made");
+    } else if (reply == NULL) {
         ms_error_set(&err, MS_EUNAVAIL,
-                     "Redis connection lost; the write may not have been "
-                     "made");
+                     "Redis connection lost; the write may or may not have "
+                     "been made");
     } else if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 &&
                reply_uint(reply->element[0]) == 1) {
         version = reply_uint(reply->element[1]);
