@@ -805,13 +805,37 @@ static int want_min(meshsync_t *ms, request_t *req, uint64_t min_version,
     return 0;
 }
 
-/* Both conn gets; min NULL reads at once, else waits for *min. */
-static int conn_get(meshsync_t *ms, const char *conn, const uint64_t *min,
-                    int wait_ms, meshsync_format_t format,
-                    meshsync_value_t *out)
+/* What a conn call and a room call differ in; the rest is shared. */
+typedef struct entry_kind_s {
+    const char *key; /* the request field naming the id */
+    const char *get_op;
+    const char *set_op;
+    const char *remove_op;
+    int need_id; /* a room has no bound default, so NULL is refused */
+} entry_kind_t;
+
+static const entry_kind_t CONN = {"conn", "conn.get", "conn.set",
+                                  "conn.close", 0};
+static const entry_kind_t ROOM = {"room", "room.get", "room.set",
+                                  "room.delete", 1};
+
+static int begin_entry(meshsync_t *ms, const entry_kind_t *kind,
+                       const char *id)
 {
-    request_t req = {.op = "conn.get", .key = "conn", .target = conn};
     int rc = begin_call(ms);
+
+    if (rc == 0 && kind->need_id)
+        rc = need_id(ms, id, kind->key);
+    return rc;
+}
+
+/* Every get; min NULL reads at once, else waits for *min. */
+static int entry_get(meshsync_t *ms, const entry_kind_t *kind,
+                     const char *id, const uint64_t *min, int wait_ms,
+                     meshsync_format_t format, meshsync_value_t *out)
+{
+    request_t req = {.op = kind->get_op, .key = kind->key, .target = id};
+    int rc = begin_entry(ms, kind, id);
 
     if (rc == 0 && min != NULL)
         rc = want_min(ms, &req, *min, wait_ms);
@@ -819,106 +843,84 @@ static int conn_get(meshsync_t *ms, const char *conn, const uint64_t *min,
         rc = call_get(ms, &req, format, out);
     else if (out != NULL)
         memset(out, 0, sizeof(*out));
+    return status(rc);
+}
+
+static int entry_set(meshsync_t *ms, const entry_kind_t *kind,
+                     const char *id, meshsync_format_t format,
+                     const char *data, size_t len,
+                     meshsync_strategy_t strategy, uint64_t *version)
+{
+    request_t req = {.op = kind->set_op, .key = kind->key, .target = id};
+    int rc = begin_entry(ms, kind, id);
+
+    if (rc == 0)
+        rc = call_set(ms, &req, format, data, len, strategy, version);
+    return status(rc);
+}
+
+static int entry_remove(meshsync_t *ms, const entry_kind_t *kind,
+                        const char *id, uint64_t *version)
+{
+    request_t req = {.op = kind->remove_op,
+                     .key = kind->key,
+                     .target = id,
+                     .want = WANT_VERSION};
+    int rc = begin_entry(ms, kind, id);
+
+    if (rc == 0)
+        rc = call_version(ms, &req, version);
     return status(rc);
 }
 
 int meshsync_conn_get(meshsync_t *ms, const char *conn,
                       meshsync_format_t format, meshsync_value_t *out)
 {
-    return conn_get(ms, conn, NULL, -1, format, out);
+    return entry_get(ms, &CONN, conn, NULL, -1, format, out);
 }
 
 int meshsync_conn_get_min(meshsync_t *ms, const char *conn,
                           uint64_t min_version, int timeout_ms,
                           meshsync_format_t format, meshsync_value_t *out)
 {
-    return conn_get(ms, conn, &min_version, timeout_ms, format, out);
+    return entry_get(ms, &CONN, conn, &min_version, timeout_ms, format, out);
 }
 
 int meshsync_conn_set(meshsync_t *ms, const char *conn,
                       meshsync_format_t format, const char *data, size_t len,
                       meshsync_strategy_t strategy, uint64_t *version)
 {
-    request_t req = {.op = "conn.set", .key = "conn", .target = conn};
-    int rc = begin_call(ms);
-
-    if (rc == 0)
-        rc = call_set(ms, &req, format, data, len, strategy, version);
-    return status(rc);
+    return entry_set(ms, &CONN, conn, format, data, len, strategy, version);
 }
 
 int meshsync_conn_close(meshsync_t *ms, const char *conn, uint64_t *version)
 {
-    request_t req = {.op = "conn.close",
-                     .key = "conn",
-                     .target = conn,
-                     .want = WANT_VERSION};
-    int rc = begin_call(ms);
-
-    if (rc == 0)
-        rc = call_version(ms, &req, version);
-    return status(rc);
-}
-
-/* Both room gets, as conn_get(). */
-static int room_get(meshsync_t *ms, const char *room, const uint64_t *min,
-                    int wait_ms, meshsync_format_t format,
-                    meshsync_value_t *out)
-{
-    request_t req = {.op = "room.get", .key = "room", .target = room};
-    int rc = begin_call(ms);
-
-    if (rc == 0)
-        rc = need_id(ms, room, "room");
-    if (rc == 0 && min != NULL)
-        rc = want_min(ms, &req, *min, wait_ms);
-    if (rc == 0)
-        rc = call_get(ms, &req, format, out);
-    else if (out != NULL)
-        memset(out, 0, sizeof(*out));
-    return status(rc);
+    return entry_remove(ms, &CONN, conn, version);
 }
 
 int meshsync_room_get(meshsync_t *ms, const char *room,
                       meshsync_format_t format, meshsync_value_t *out)
 {
-    return room_get(ms, room, NULL, -1, format, out);
+    return entry_get(ms, &ROOM, room, NULL, -1, format, out);
 }
 
 int meshsync_room_get_min(meshsync_t *ms, const char *room,
                           uint64_t min_version, int timeout_ms,
                           meshsync_format_t format, meshsync_value_t *out)
 {
-    return room_get(ms, room, &min_version, timeout_ms, format, out);
+    return entry_get(ms, &ROOM, room, &min_version, timeout_ms, format, out);
 }
 
 int meshsync_room_set(meshsync_t *ms, const char *room,
                       meshsync_format_t format, const char *data, size_t len,
                       meshsync_strategy_t strategy, uint64_t *version)
 {
-    request_t req = {.op = "room.set", .key = "room", .target = room};
-    int rc = begin_call(ms);
-
-    if (rc == 0)
-        rc = need_id(ms, room, "room");
-    if (rc == 0)
-        rc = call_set(ms, &req, format, data, len, strategy, version);
-    return status(rc);
+    return entry_set(ms, &ROOM, room, format, data, len, strategy, version);
 }
 
 int meshsync_room_delete(meshsync_t *ms, const char *room, uint64_t *version)
 {
-    request_t req = {.op = "room.delete",
-                     .key = "room",
-                     .target = room,
-                     .want = WANT_VERSION};
-    int rc = begin_call(ms);
-
-    if (rc == 0)
-        rc = need_id(ms, room, "room");
-    if (rc == 0)
-        rc = call_version(ms, &req, version);
-    return status(rc);
+    return entry_remove(ms, &ROOM, room, version);
 }
 
 void meshsync_value_free(meshsync_value_t *v)

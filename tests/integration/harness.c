@@ -1,7 +1,8 @@
 /*
  * harness.c - the integration-test helpers of harness.h: temporary
- * directories, redis-server and meshsyncd processes, raw frames and CLI
- * runs. Test process only, single-threaded.
+ * directories, redis-server and meshsyncd processes, libmeshsync clients,
+ * raw requests and replies, and CLI runs. Test process only,
+ * single-threaded.
  *
  * Waiting for a process to end uses a pidfd (poll() until it exits);
  * waiting for redis-server to come up retries a connect a bounded number
@@ -13,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -49,7 +51,7 @@ struct harness_s {
 
 /* --- processes -------------------------------------------------------- */
 
-static int64_t now_ms(void)
+int64_t harness_now_ms(void)
 {
     struct timespec ts;
 
@@ -60,7 +62,7 @@ static int64_t now_ms(void)
 
 static int left_ms(int64_t deadline)
 {
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - harness_now_ms();
 
     return left > 0 ? (int)left : 0;
 }
@@ -77,7 +79,7 @@ static void pause_ms(int ms)
 /* Reaps pid if it ends within timeout_ms: true with *status. */
 static bool wait_exit(pid_t pid, int timeout_ms, int *status)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = harness_now_ms() + timeout_ms;
     int fd = pidfd_open(pid, 0);
 
     if (fd >= 0) {
@@ -263,6 +265,23 @@ void harness_path(const harness_t *h, const char *name, char *out,
 }
 
 
+int harness_setup_redis(void **state)
+{
+    harness_t *h = harness_new();
+
+    harness_redis_start(h, NULL);
+    *state = h;
+    return 0;
+}
+
+
+int harness_teardown(void **state)
+{
+    harness_free(*state);
+    return 0;
+}
+
+
 /* --- redis-server ----------------------------------------------------- */
 
 static redisContext *redis_try_connect(const harness_t *h)
@@ -304,7 +323,7 @@ redisContext *harness_redis_start(harness_t *h, const char *const *extra)
         "--daemonize", "no", "--dir", h->dir};
     size_t n = 15;
     char log[HARNESS_PATH_MAX];
-    int64_t deadline = now_ms() + HARNESS_TIMEOUT_MS;
+    int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
     int fd, status;
 
     if (h->redis_pid > 0)
@@ -323,7 +342,7 @@ redisContext *harness_redis_start(harness_t *h, const char *const *extra)
         fail_msg("harness: fork: %s", strerror(errno));
 
     /* Waiting for a process to come up: retry, bounded in count and time. */
-    for (int i = 0; i < REDIS_START_TRIES && now_ms() < deadline; i++) {
+    for (int i = 0; i < REDIS_START_TRIES && harness_now_ms() < deadline; i++) {
         h->redis = redis_try_connect(h);
         if (h->redis != NULL)
             return h->redis;
@@ -407,17 +426,62 @@ void harness_redis_kill(harness_t *h)
 }
 
 
+static redisReply *vcommand(redisContext *c, const char *fmt, va_list ap)
+{
+    redisReply *rep = redisvCommand(c, fmt, ap);
+
+    if (rep == NULL)
+        fail_msg("harness: redis command failed: %s", c->errstr);
+    return rep;
+}
+
+
 redisReply *harness_command(redisContext *c, const char *fmt, ...)
 {
     redisReply *rep;
     va_list ap;
 
     va_start(ap, fmt);
-    rep = redisvCommand(c, fmt, ap);
+    rep = vcommand(c, fmt, ap);
     va_end(ap);
-    if (rep == NULL)
-        fail_msg("harness: redis command failed: %s", c->errstr);
     return rep;
+}
+
+
+long long harness_redis_int(redisContext *c, const char *fmt, ...)
+{
+    redisReply *rep;
+    long long v = 0;
+    va_list ap;
+
+    va_start(ap, fmt);
+    rep = vcommand(c, fmt, ap);
+    va_end(ap);
+    if (rep->type == REDIS_REPLY_INTEGER)
+        v = rep->integer;
+    else if (rep->type == REDIS_REPLY_STRING)
+        v = strtoll(rep->str, NULL, 10);
+    else if (rep->type != REDIS_REPLY_NIL)
+        fail_msg("harness: %s: not a number (reply type %d)", fmt, rep->type);
+    freeReplyObject(rep);
+    return v;
+}
+
+
+char *harness_redis_hget(harness_t *h, const char *key, const char *field)
+{
+    redisReply *rep = harness_command(h->redis, "HGET %s %s", key, field);
+    char *s = NULL;
+
+    if (rep->type == REDIS_REPLY_STRING) {
+        s = strdup(rep->str);
+        if (s == NULL)
+            fail_msg("harness: out of memory");
+    } else if (rep->type != REDIS_REPLY_NIL) {
+        fail_msg("harness: HGET %s %s: reply type %d", key, field, rep->type);
+    }
+    freeReplyObject(rep);
+    return s;
 }
 
 
@@ -495,7 +559,7 @@ static void daemon_read(harness_daemon_t *d, int timeout_ms)
 bool harness_daemon_wait_log(harness_daemon_t *d, const char *needle,
                              int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = harness_now_ms() + timeout_ms;
 
     for (;;) {
         const char *hit = d->log ? strstr(d->log + d->log_mark, needle)
@@ -506,7 +570,7 @@ bool harness_daemon_wait_log(harness_daemon_t *d, const char *needle,
             d->log_mark = (size_t)(eol + 1 - d->log);
             return true;
         }
-        if (d->err_fd < 0 || now_ms() >= deadline)
+        if (d->err_fd < 0 || harness_now_ms() >= deadline)
             return false;
         daemon_read(d, left_ms(deadline));
     }
@@ -536,9 +600,9 @@ harness_daemon_t *harness_daemon_start(harness_t *h, const char *name,
 /* Reads the daemon's output to EOF and reaps it, within timeout_ms. */
 static bool daemon_reap(harness_daemon_t *d, int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = harness_now_ms() + timeout_ms;
 
-    while (d->err_fd >= 0 && now_ms() < deadline)
+    while (d->err_fd >= 0 && harness_now_ms() < deadline)
         daemon_read(d, left_ms(deadline));
     if (!wait_exit(d->pid, left_ms(deadline), &d->status))
         return false;
@@ -580,6 +644,45 @@ void harness_daemon_kill(harness_daemon_t *d)
 }
 
 
+void harness_daemon_expect_log_clean(harness_daemon_t *d)
+{
+    const char *log = harness_daemon_log(d);
+
+    if (strstr(log, "Sanitizer") != NULL ||
+        strstr(log, "runtime error") != NULL)
+        fail_msg("sanitizer report in meshsyncd's log:\n%s", log);
+}
+
+
+void harness_daemon_stop_clean(harness_daemon_t *d)
+{
+    harness_daemon_stop(d);
+    harness_daemon_expect_log_clean(d);
+}
+
+
+/* --- libmeshsync ------------------------------------------------------ */
+
+meshsync_t *harness_client_open(const harness_daemon_t *d)
+{
+    meshsync_t *ms = meshsync_connect(d->socket);
+
+    assert_non_null(ms);
+    if (meshsync_errcode(ms) != NULL)
+        fail_msg("connect %s: %s", d->socket, meshsync_errmsg(ms));
+    return ms;
+}
+
+
+void harness_call_ok(const meshsync_t *ms, int rc, const char *what,
+                     int line)
+{
+    if (rc != 0)
+        fail_msg("line %d: %s failed: %s: %s", line, what,
+                 meshsync_errcode(ms), meshsync_errmsg(ms));
+}
+
+
 /* --- raw protocol ----------------------------------------------------- */
 
 int harness_unix_connect(const char *path)
@@ -608,7 +711,7 @@ int harness_unix_connect(const char *path)
 
 int harness_send_raw(int fd, const void *buf, size_t len)
 {
-    int64_t deadline = now_ms() + HARNESS_TIMEOUT_MS;
+    int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
     const char *p = buf;
 
     while (len > 0) {
@@ -667,7 +770,7 @@ static int recv_exact(int fd, char *buf, size_t n, int64_t deadline)
 
 int harness_frame_recv(int fd, char **body, size_t *len, int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = harness_now_ms() + timeout_ms;
     unsigned char hdr[4];
     size_t n;
     int rc;
@@ -699,7 +802,7 @@ int harness_frame_recv(int fd, char **body, size_t *len, int timeout_ms)
 
 bool harness_wait_closed(int fd, int timeout_ms)
 {
-    int64_t deadline = now_ms() + timeout_ms;
+    int64_t deadline = harness_now_ms() + timeout_ms;
     char buf[4096];
 
     for (;;) {
@@ -735,6 +838,26 @@ void harness_request_begin(msgpack_packer *pk, msgpack_sbuffer *sb,
     msgpack_pack_uint64(pk, id);
     harness_pack_str(pk, "op");
     harness_pack_str(pk, op);
+}
+
+
+void harness_request_send(int fd, const msgpack_sbuffer *sb)
+{
+    if (harness_frame_send(fd, sb->data, sb->size) != 0)
+        fail_msg("harness: cannot send a %zu-byte request", sb->size);
+}
+
+
+void harness_ping_send(int fd, uint64_t id)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    harness_request_begin(&pk, &sb, id, "ping", 0);
+    harness_request_send(fd, &sb);
+    msgpack_sbuffer_destroy(&sb);
 }
 
 
@@ -780,6 +903,72 @@ bool harness_obj_is_str(const msgpack_object *o, const char *s)
 }
 
 
+void harness_reply_recv(int fd, int timeout_ms, harness_reply_t *r)
+{
+    size_t len;
+
+    if (harness_frame_recv(fd, &r->body, &len, timeout_ms) != 1)
+        fail_msg("harness: no reply within %d ms", timeout_ms);
+    harness_unpack_map(r->body, len, &r->u);
+}
+
+
+void harness_reply_free(harness_reply_t *r)
+{
+    msgpack_unpacked_destroy(&r->u);
+    free(r->body);
+}
+
+
+/* A reply's unsigned integer under key; fails the test if there is none. */
+static uint64_t reply_u64(const msgpack_object *reply, const char *key)
+{
+    const msgpack_object *o = harness_map_get(reply, key);
+
+    if (o == NULL || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        fail_msg("harness: reply without an unsigned \"%s\"", key);
+    return o->via.u64;
+}
+
+
+uint64_t harness_reply_id(const msgpack_object *reply)
+{
+    return reply_u64(reply, "id");
+}
+
+
+uint64_t harness_reply_version(const msgpack_object *reply)
+{
+    return reply_u64(reply, "version");
+}
+
+
+void harness_reply_check_ok(const msgpack_object *reply)
+{
+    const msgpack_object *ok = harness_map_get(reply, "ok");
+    const msgpack_object *code;
+
+    if (ok != NULL && ok->type == MSGPACK_OBJECT_BOOLEAN && ok->via.boolean)
+        return;
+
+    code = harness_map_get(harness_map_get(reply, "error"), "code");
+    if (code != NULL && code->type == MSGPACK_OBJECT_STR)
+        fail_msg("request %" PRIu64 " failed: %.*s", harness_reply_id(reply),
+                 (int)code->via.str.size, code->via.str.ptr);
+    else
+        fail_msg("request %" PRIu64 " failed: ?", harness_reply_id(reply));
+}
+
+
+void harness_reply_recv_ok(int fd, uint64_t id, int timeout_ms,
+                           harness_reply_t *r)
+{
+    harness_reply_recv(fd, timeout_ms, r);
+    assert_int_equal(harness_reply_id(&r->u.data), id);
+    harness_reply_check_ok(&r->u.data);
+}
+
+
 /* --- running programs ------------------------------------------------- */
 
 /* One step of a run: feeds stdin and reads stdout/stderr if ready. */
@@ -820,7 +1009,7 @@ void harness_run(const char *path, const char *const *args,
                  const char *const *env, const char *in, size_t in_len,
                  harness_run_t *out)
 {
-    int64_t deadline = now_ms() + HARNESS_TIMEOUT_MS;
+    int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
     char *argv[ARGV_MAX] = {(char *)path};
     size_t n = 1, caps[2] = {0, 0};
     int pin[2] = {-1, -1}, pout[2], perr[2], status;

@@ -45,6 +45,8 @@
 #include <hiredis/hiredis.h>
 #include <msgpack.h>
 
+#include "meshsync.h"
+
 /* The default bound on waits for processes, sockets and replies. */
 #define HARNESS_TIMEOUT_MS 10000
 
@@ -85,6 +87,17 @@ const char *harness_dir(const harness_t *h);
 void harness_path(const harness_t *h, const char *name, char *out,
                   size_t size);
 
+/*
+ * cmocka fixtures for the example above: harness_setup_redis() stores a
+ * new harness with redis-server running in *state; harness_teardown()
+ * frees it.
+ */
+int harness_setup_redis(void **state);
+int harness_teardown(void **state);
+
+/* CLOCK_MONOTONIC in milliseconds, for a test's own deadlines. */
+int64_t harness_now_ms(void);
+
 /* --- redis-server ----------------------------------------------------- */
 
 /*
@@ -120,6 +133,19 @@ void harness_redis_kill(harness_t *h);
  * is returned as such. The caller frees it with freeReplyObject().
  */
 redisReply *harness_command(redisContext *c, const char *fmt, ...);
+
+/*
+ * Runs a command whose answer is a number: an integer reply, or a string
+ * holding one (GET, HGET). Returns it, or 0 for a nil reply; any other
+ * reply fails the test.
+ */
+long long harness_redis_int(redisContext *c, const char *fmt, ...);
+
+/*
+ * HGET key field on h's server: a copy of the string (the caller frees it
+ * with free()), or NULL for nil; any other reply fails the test.
+ */
+char *harness_redis_hget(harness_t *h, const char *key, const char *field);
 
 /* --- meshsyncd -------------------------------------------------------- */
 
@@ -163,6 +189,29 @@ int harness_daemon_signal(harness_daemon_t *d, int sig);
 /* SIGKILL and reap (for fault tests). */
 void harness_daemon_kill(harness_daemon_t *d);
 
+/* Fails the test if the daemon's stderr so far holds a sanitizer report. */
+void harness_daemon_expect_log_clean(harness_daemon_t *d);
+
+/* harness_daemon_stop(), then harness_daemon_expect_log_clean(). */
+void harness_daemon_stop_clean(harness_daemon_t *d);
+
+/* --- libmeshsync ------------------------------------------------------ */
+
+/*
+ * Connects a client to the daemon's socket, failing the test unless it
+ * is connected. The caller frees it with meshsync_free().
+ */
+meshsync_t *harness_client_open(const harness_daemon_t *d);
+
+/*
+ * HARNESS_CALL_OK(ms, meshsync_...(ms, ...)) fails the test unless the
+ * call returns 0, naming the call, its line and the handle's error.
+ */
+#define HARNESS_CALL_OK(ms, call)                                              \
+    harness_call_ok((ms), (call), #call, __LINE__)
+void harness_call_ok(const meshsync_t *ms, int rc, const char *what,
+                     int line);
+
 /* --- raw protocol ----------------------------------------------------- */
 
 /* Connects to a Unix stream socket; returns the fd, or -1 with errno. */
@@ -194,6 +243,12 @@ void harness_request_begin(msgpack_packer *pk, msgpack_sbuffer *sb,
                            uint64_t id, const char *op, size_t nmore);
 void harness_pack_str(msgpack_packer *pk, const char *s);
 
+/* Sends sb's data as one frame, failing the test if it cannot. */
+void harness_request_send(int fd, const msgpack_sbuffer *sb);
+
+/* Sends {"id": id, "op": "ping"} the same way. */
+void harness_ping_send(int fd, uint64_t id);
+
 /*
  * Unpacks a frame body into u, failing the test unless it is exactly
  * one map. The caller destroys u with msgpack_unpacked_destroy().
@@ -206,6 +261,35 @@ const msgpack_object *harness_map_get(const msgpack_object *map,
 
 /* True if o is a string equal to s. */
 bool harness_obj_is_str(const msgpack_object *o, const char *s);
+
+/* A reply's frame and the map unpacked from it (pointing into body). */
+typedef struct harness_reply_s {
+    char *body;
+    msgpack_unpacked u;
+} harness_reply_t;
+
+/*
+ * Reads one reply within timeout_ms into r, failing the test if none
+ * comes or it is not exactly one map. Free with harness_reply_free().
+ */
+void harness_reply_recv(int fd, int timeout_ms, harness_reply_t *r);
+void harness_reply_free(harness_reply_t *r);
+
+/* A reply map's "id", failing the test unless it is an unsigned integer. */
+uint64_t harness_reply_id(const msgpack_object *reply);
+
+/* Fails the test, naming the id and error code, unless "ok" is true. */
+void harness_reply_check_ok(const msgpack_object *reply);
+
+/* A reply map's "version", failing the test unless it is unsigned. */
+uint64_t harness_reply_version(const msgpack_object *reply);
+
+/*
+ * harness_reply_recv(), then fails the test unless the reply carries id
+ * and "ok" is true. Free r with harness_reply_free().
+ */
+void harness_reply_recv_ok(int fd, uint64_t id, int timeout_ms,
+                           harness_reply_t *r);
 
 /* --- the command-line client ------------------------------------------ */
 

@@ -11,7 +11,6 @@
  */
 #include "harness.h"
 
-#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,46 +76,32 @@ static void other_served(world_t *w)
 {
     meshsync_value_t v;
 
-    if (meshsync_ping(w->other) != 0 ||
-        meshsync_room_get(w->other, "keep", MESHSYNC_JSON, &v) != 0)
-        fail_msg("second client: %s: %s", meshsync_errcode(w->other),
-                 meshsync_errmsg(w->other));
+    HARNESS_CALL_OK(w->other, meshsync_ping(w->other));
+    HARNESS_CALL_OK(w->other, meshsync_room_get(w->other, "keep",
+                                                MESHSYNC_JSON, &v));
     assert_string_equal(v.data, "{\"k\":1}");
     meshsync_value_free(&v);
-}
-
-/* Reads one reply and unpacks it into u; the caller frees *body after. */
-static void recv_reply(int fd, char **body, msgpack_unpacked *u)
-{
-    size_t len;
-
-    if (harness_frame_recv(fd, body, &len, WAIT_MS) != 1)
-        fail_msg("no reply");
-    harness_unpack_map(*body, len, u);
 }
 
 static void check_id(const msgpack_object *reply, uint64_t id)
 {
     const msgpack_object *o = harness_map_get(reply, "id");
 
-    assert_non_null(o);
-    if (id == NO_ID && o->type != MSGPACK_OBJECT_NIL)
+    if (id != NO_ID)
+        assert_int_equal(harness_reply_id(reply), id);
+    else if (o == NULL || o->type != MSGPACK_OBJECT_NIL)
         fail_msg("reply id is not nil");
-    if (id != NO_ID &&
-        (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 != id))
-        fail_msg("reply does not carry id %" PRIu64, id);
 }
 
 /* Reads an error reply: its id (or nil for NO_ID) and its code. */
 static void expect_error(int fd, uint64_t id, const char *code)
 {
     const msgpack_object *ok, *err, *c, *m;
-    msgpack_unpacked u;
-    char *body;
+    harness_reply_t r;
 
-    recv_reply(fd, &body, &u);
-    ok = harness_map_get(&u.data, "ok");
-    err = harness_map_get(&u.data, "error");
+    harness_reply_recv(fd, WAIT_MS, &r);
+    ok = harness_map_get(&r.u.data, "ok");
+    err = harness_map_get(&r.u.data, "error");
     c = harness_map_get(err, "code");
     m = harness_map_get(err, "message");
     assert_true(ok != NULL && ok->type == MSGPACK_OBJECT_BOOLEAN &&
@@ -128,38 +113,24 @@ static void expect_error(int fd, uint64_t id, const char *code)
                  code);
     assert_true(m != NULL && m->type == MSGPACK_OBJECT_STR &&
                 m->via.str.size > 0);
-    check_id(&u.data, id);
-    msgpack_unpacked_destroy(&u);
-    free(body);
+    check_id(&r.u.data, id);
+    harness_reply_free(&r);
 }
 
 static void expect_ok(int fd, uint64_t id)
 {
-    const msgpack_object *ok;
-    msgpack_unpacked u;
-    char *body;
+    harness_reply_t r;
 
-    recv_reply(fd, &body, &u);
-    check_id(&u.data, id);
-    ok = harness_map_get(&u.data, "ok");
-    if (ok == NULL || ok->type != MSGPACK_OBJECT_BOOLEAN || !ok->via.boolean)
-        fail_msg("request %" PRIu64 " failed", id);
-    msgpack_unpacked_destroy(&u);
-    free(body);
+    harness_reply_recv_ok(fd, id, WAIT_MS, &r);
+    harness_reply_free(&r);
 }
 
 /* The connection still answers a ping, and the other client is served. */
 static void still_usable(world_t *w, int fd)
 {
     uint64_t id = w->next_id++;
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    harness_request_begin(&pk, &sb, id, "ping", 0);
-    assert_int_equal(harness_frame_send(fd, sb.data, sb.size), 0);
-    msgpack_sbuffer_destroy(&sb);
+    harness_ping_send(fd, id);
     expect_ok(fd, id);
     other_served(w);
 }
@@ -182,20 +153,9 @@ static void refused(world_t *w, int fd, uint64_t id, const char *code)
 /* Sends the request in w->sb, which must succeed: one valid write. */
 static void accepted_write(world_t *w, int fd, uint64_t id)
 {
-    assert_int_equal(harness_frame_send(fd, w->sb.data, w->sb.size), 0);
+    harness_request_send(fd, &w->sb);
     expect_ok(fd, id);
     w->writes++;
-}
-
-static void stop_clean(harness_daemon_t *d)
-{
-    const char *log;
-
-    harness_daemon_stop(d);
-    log = harness_daemon_log(d);
-    if (strstr(log, "Sanitizer") != NULL ||
-        strstr(log, "runtime error") != NULL)
-        fail_msg("sanitizer report in meshsyncd's log:\n%s", log);
 }
 
 static int group_setup(void **state)
@@ -207,9 +167,7 @@ static int group_setup(void **state)
     w->h = harness_new();
     harness_redis_start(w->h, NULL);
     w->d = harness_daemon_start(w->h, "a", NULL, NULL);
-    w->other = meshsync_connect(w->d->socket);
-    assert_non_null(w->other);
-    assert_null(meshsync_errcode(w->other));
+    w->other = harness_client_open(w->d);
     assert_int_equal(meshsync_room_set(w->other, "keep", MESHSYNC_JSON,
                                        "{\"k\":1}", 7, MESHSYNC_REPLACE, &v),
                      0);
@@ -384,13 +342,13 @@ static void test_bad_request_id(void **state)
     /* The largest id is an id like any other. */
     pack_ping_with_id(w);
     msgpack_pack_uint64(&w->pk, UINT64_MAX);
-    assert_int_equal(harness_frame_send(fd, w->sb.data, w->sb.size), 0);
+    harness_request_send(fd, &w->sb);
     expect_ok(fd, UINT64_MAX);
 
     /* id 0 too. */
     pack_ping_with_id(w);
     msgpack_pack_uint64(&w->pk, 0);
-    assert_int_equal(harness_frame_send(fd, w->sb.data, w->sb.size), 0);
+    harness_request_send(fd, &w->sb);
     expect_ok(fd, 0);
     close(fd);
 }
@@ -742,10 +700,9 @@ static void test_depth_limit_through_library(void **state)
     world_t *w = *state;
     harness_daemon_t *d = harness_daemon_start(
         w->h, "shallow", (const char *const[]){"--max-depth", "4", NULL}, NULL);
-    meshsync_t *ms = meshsync_connect(d->socket);
+    meshsync_t *ms = harness_client_open(d);
     const char *deep = "{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":1}}}}}";
 
-    assert_null(meshsync_errcode(ms));
     assert_int_equal(meshsync_room_set(ms, "bad-shallow", MESHSYNC_JSON, deep,
                                        strlen(deep), MESHSYNC_REPLACE, NULL),
                      -1);
@@ -754,23 +711,10 @@ static void test_depth_limit_through_library(void **state)
                  meshsync_errmsg(ms));
     assert_int_equal(meshsync_ping(ms), 0);
     meshsync_free(ms);
-    stop_clean(d);
+    harness_daemon_stop_clean(d);
 }
 
 /* --- nothing refused reached Redis ------------------------------------ */
-
-/* An integer reply's value (or a string's, as GET gives); frees r. */
-static long long reply_int(redisReply *r)
-{
-    long long v = -1;
-
-    if (r->type == REDIS_REPLY_INTEGER)
-        v = r->integer;
-    else if (r->type == REDIS_REPLY_STRING)
-        v = strtoll(r->str, NULL, 10);
-    freeReplyObject(r);
-    return v;
-}
 
 static void test_no_partial_writes(void **state)
 {
@@ -782,33 +726,31 @@ static void test_no_partial_writes(void **state)
     /* Mesh's keys and meshsync's: exactly the valid writes. */
     for (int i = 0; i < w->nrooms; i++) {
         snprintf(key, sizeof(key), "mesh:roommeta:%s", w->rooms[i]);
-        assert_int_equal(reply_int(harness_command(c, "EXISTS %s", key)), 1);
+        assert_int_equal(harness_redis_int(c, "EXISTS %s", key), 1);
     }
     for (int i = 0; i < w->nconns; i++)
-        assert_int_equal(
-            reply_int(harness_command(c, "HEXISTS mesh:connection-meta %s",
-                                      w->conns[i])),
-            1);
+        assert_int_equal(harness_redis_int(c,
+                                           "HEXISTS mesh:connection-meta %s",
+                                           w->conns[i]),
+                         1);
     r = harness_command(c, "KEYS mesh:roommeta:*");
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
     assert_int_equal(r->elements, w->nrooms);
     freeReplyObject(r);
-    assert_int_equal(reply_int(harness_command(c, "HLEN mesh:connection-meta")),
+    assert_int_equal(harness_redis_int(c, "HLEN mesh:connection-meta"),
                      w->nconns);
-    assert_int_equal(
-        reply_int(harness_command(c, "HLEN mesh:meshsync:versions:room")),
-        w->nrooms);
-    assert_int_equal(
-        reply_int(harness_command(c, "HLEN mesh:meshsync:versions:conn")),
-        w->nconns);
-    assert_int_equal(reply_int(harness_command(c, "DBSIZE")), 4 + w->nrooms);
+    assert_int_equal(harness_redis_int(c, "HLEN mesh:meshsync:versions:room"),
+                     w->nrooms);
+    assert_int_equal(harness_redis_int(c, "HLEN mesh:meshsync:versions:conn"),
+                     w->nconns);
+    assert_int_equal(harness_redis_int(c, "DBSIZE"), 4 + w->nrooms);
 
     /* The sequence counts the valid writes only. */
-    assert_int_equal(reply_int(harness_command(c, "GET mesh:meshsync:seq")),
+    assert_int_equal(harness_redis_int(c, "GET mesh:meshsync:seq"),
                      w->writes);
 
     other_served(w);
-    stop_clean(w->d);
+    harness_daemon_stop_clean(w->d);
 }
 
 int main(void)

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "meshsync.h"
@@ -129,27 +128,19 @@ static void pipe_write(pipe_t *p)
         p->sent += (size_t)n;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * Sends every pipe's requests and reads until each has all its replies,
  * on all sockets at once, within PUMP_MS.
  */
 static void pump(pipe_t *pipes, size_t n)
 {
-    int64_t deadline = now_ms() + PUMP_MS;
+    int64_t deadline = harness_now_ms() + PUMP_MS;
     struct pollfd pfd[4];
     size_t done = 0;
 
     assert_true(n <= 4);
     while (done < n) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - harness_now_ms();
 
         if (left <= 0)
             fail_msg("pipelined replies missing after %d ms", PUMP_MS);
@@ -183,68 +174,15 @@ typedef struct reply_s {
 /* Unpacks reply i of p, which must be ok; free with reply_free(). */
 static void reply_ok(const pipe_t *p, size_t i, reply_t *r)
 {
-    const msgpack_object *id;
-    const msgpack_object *ok;
-
     harness_unpack_map(p->replies[i], p->reply_lens[i], &r->u);
-    id = harness_map_get(&r->u.data, "id");
-    ok = harness_map_get(&r->u.data, "ok");
-    assert_true(id != NULL && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER);
-    r->id = id->via.u64;
-    if (ok == NULL || ok->type != MSGPACK_OBJECT_BOOLEAN || !ok->via.boolean) {
-        const msgpack_object *e = harness_map_get(&r->u.data, "error");
-        const msgpack_object *c = harness_map_get(e, "code");
-
-        fail_msg(
-            "request %" PRIu64 " failed: %.*s", r->id,
-            c != NULL && c->type == MSGPACK_OBJECT_STR ? (int)c->via.str.size
-                                                       : 1,
-            c != NULL && c->type == MSGPACK_OBJECT_STR ? c->via.str.ptr : "?");
-    }
+    r->id = harness_reply_id(&r->u.data);
+    harness_reply_check_ok(&r->u.data);
     r->version = harness_map_get(&r->u.data, "version");
 }
 
 static void reply_free(reply_t *r)
 {
     msgpack_unpacked_destroy(&r->u);
-}
-
-/* --- helpers ---------------------------------------------------------- */
-
-static meshsync_t *open_client(const harness_daemon_t *d)
-{
-    meshsync_t *ms = meshsync_connect(d->socket);
-
-    assert_non_null(ms);
-    if (meshsync_errcode(ms) != NULL)
-        fail_msg("connect %s: %s", d->socket, meshsync_errmsg(ms));
-    return ms;
-}
-
-static void stop_clean(harness_daemon_t *d)
-{
-    const char *log;
-
-    harness_daemon_stop(d);
-    log = harness_daemon_log(d);
-    if (strstr(log, "Sanitizer") != NULL ||
-        strstr(log, "runtime error") != NULL)
-        fail_msg("sanitizer report in meshsyncd's log:\n%s", log);
-}
-
-static int setup(void **state)
-{
-    harness_t *h = harness_new();
-
-    harness_redis_start(h, NULL);
-    *state = h;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    harness_free(*state);
-    return 0;
 }
 
 /* --- 1,000 merges on one connection ----------------------------------- */
@@ -307,16 +245,16 @@ static uint64_t check_write_replies(const pipe_t *p, uint64_t first_id)
 
     assert_non_null(seen);
     for (size_t i = 0; i < p->nreplies; i++) {
+        uint64_t version;
         reply_t r;
 
         reply_ok(p, i, &r);
         assert_true(r.id >= first_id && r.id < first_id + p->want);
         assert_int_equal(seen[r.id - first_id], 0);
         seen[r.id - first_id] = 1;
-        assert_true(r.version != NULL &&
-                    r.version->type == MSGPACK_OBJECT_POSITIVE_INTEGER);
-        if (r.version->via.u64 > max)
-            max = r.version->via.u64;
+        version = harness_reply_version(&r.u.data);
+        if (version > max)
+            max = version;
         reply_free(&r);
     }
     free(seen);
@@ -325,13 +263,11 @@ static uint64_t check_write_replies(const pipe_t *p, uint64_t first_id)
 
 static void expect_cached(const harness_daemon_t *d, uint64_t version)
 {
-    meshsync_t *ms = open_client(d);
+    meshsync_t *ms = harness_client_open(d);
     meshsync_value_t v;
 
-    if (meshsync_conn_get_min(ms, "hot", version, WAIT_MS, MESHSYNC_JSON, &v) !=
-        0)
-        fail_msg("%s: %s: %s", d->socket, meshsync_errcode(ms),
-                 meshsync_errmsg(ms));
+    HARNESS_CALL_OK(ms, meshsync_conn_get_min(ms, "hot", version, WAIT_MS,
+                                              MESHSYNC_JSON, &v));
     assert_int_equal(v.version, version);
     assert_int_equal(v.stale, 0);
     expect_hot_value(v.data, d->socket);
@@ -347,7 +283,7 @@ static void test_concurrent_merges(void **state)
     pipe_t pipes[2];
     msgpack_sbuffer sb;
     uint64_t max_a, max_b, max;
-    redisReply *r;
+    char *hot;
 
     pipe_init(&pipes[0], da->socket, HOT_WRITES);
     pipe_init(&pipes[1], db->socket, HOT_WRITES);
@@ -364,23 +300,22 @@ static void test_concurrent_merges(void **state)
     max = max_a > max_b ? max_a : max_b;
 
     /* Every write got its own version from the one sequence. */
-    r = harness_command(harness_redis(h), "GET mesh:meshsync:seq");
-    assert_int_equal(r->type, REDIS_REPLY_STRING);
-    assert_int_equal(strtoull(r->str, NULL, 10), 2 * HOT_WRITES);
-    freeReplyObject(r);
+    assert_int_equal(harness_redis_int(harness_redis(h),
+                                       "GET mesh:meshsync:seq"),
+                     2 * HOT_WRITES);
     assert_int_equal(max, 2 * HOT_WRITES);
 
-    r = harness_command(harness_redis(h), "HGET mesh:connection-meta hot");
-    assert_int_equal(r->type, REDIS_REPLY_STRING);
-    expect_hot_value(r->str, "redis");
-    freeReplyObject(r);
+    hot = harness_redis_hget(h, "mesh:connection-meta", "hot");
+    assert_non_null(hot);
+    expect_hot_value(hot, "redis");
+    free(hot);
     expect_cached(da, max);
     expect_cached(db, max);
 
     pipe_free(&pipes[0]);
     pipe_free(&pipes[1]);
-    stop_clean(da);
-    stop_clean(db);
+    harness_daemon_stop_clean(da);
+    harness_daemon_stop_clean(db);
 }
 
 /* --- a burst on one socket -------------------------------------------- */
@@ -442,7 +377,6 @@ static void test_burst(void **state)
     harness_daemon_t *d = harness_daemon_start(h, "a", NULL, NULL);
     char *seen = calloc(BURST + 1, 1);
     msgpack_sbuffer sb;
-    redisReply *r;
     pipe_t p;
 
     assert_non_null(seen);
@@ -467,21 +401,23 @@ static void test_burst(void **state)
     }
 
     /* Each set's reply came after Redis had it. */
-    r = harness_command(harness_redis(h), "GET mesh:meshsync:seq");
-    assert_int_equal(strtoull(r->str, NULL, 10), (BURST + 2) / 3);
-    freeReplyObject(r);
+    assert_int_equal(harness_redis_int(harness_redis(h),
+                                       "GET mesh:meshsync:seq"),
+                     (BURST + 2) / 3);
 
     free(seen);
     pipe_free(&p);
-    stop_clean(d);
+    harness_daemon_stop_clean(d);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_concurrent_merges, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_burst, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_merges,
+                                        harness_setup_redis,
+                                        harness_teardown),
+        cmocka_unit_test_setup_teardown(test_burst, harness_setup_redis,
+                                        harness_teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

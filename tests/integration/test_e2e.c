@@ -26,25 +26,6 @@ typedef enum { CONN = 0, ROOM = 1 } kind_t;
 
 /* --- helpers ---------------------------------------------------------- */
 
-#define CALL_OK(ms, call) call_ok((ms), (call), #call, __LINE__)
-
-static void call_ok(const meshsync_t *ms, int rc, const char *what, int line)
-{
-    if (rc != 0)
-        fail_msg("line %d: %s failed: %s: %s", line, what, meshsync_errcode(ms),
-                 meshsync_errmsg(ms));
-}
-
-static meshsync_t *open_client(const harness_daemon_t *d)
-{
-    meshsync_t *ms = meshsync_connect(d->socket);
-
-    assert_non_null(ms);
-    if (meshsync_errcode(ms) != NULL)
-        fail_msg("connect %s: %s", d->socket, meshsync_errmsg(ms));
-    return ms;
-}
-
 /* Fails unless got and want are equal JSON values. */
 static void assert_json(const char *got, const char *want)
 {
@@ -64,13 +45,26 @@ static uint64_t set_json(meshsync_t *ms, kind_t kind, const char *id,
     uint64_t version = 0;
 
     if (kind == ROOM)
-        CALL_OK(ms, meshsync_room_set(ms, id, MESHSYNC_JSON, json, strlen(json),
-                                      s, &version));
+        HARNESS_CALL_OK(ms, meshsync_room_set(ms, id, MESHSYNC_JSON, json,
+                                              strlen(json), s, &version));
     else
-        CALL_OK(ms, meshsync_conn_set(ms, id, MESHSYNC_JSON, json, strlen(json),
-                                      s, &version));
+        HARNESS_CALL_OK(ms, meshsync_conn_set(ms, id, MESHSYNC_JSON, json,
+                                              strlen(json), s, &version));
     assert_true(version > 0);
     return version;
+}
+
+/* Reads an entry in format into *v, waiting for min when it is not 0. */
+static void get_min(meshsync_t *ms, kind_t kind, const char *id,
+                    uint64_t min, meshsync_format_t format,
+                    meshsync_value_t *v)
+{
+    if (kind == ROOM)
+        HARNESS_CALL_OK(ms, meshsync_room_get_min(ms, id, min, WAIT_MS,
+                                                  format, v));
+    else
+        HARNESS_CALL_OK(ms, meshsync_conn_get_min(ms, id, min, WAIT_MS,
+                                                  format, v));
 }
 
 /*
@@ -82,12 +76,7 @@ static void expect_get(meshsync_t *ms, kind_t kind, const char *id,
 {
     meshsync_value_t v;
 
-    if (kind == ROOM)
-        CALL_OK(ms,
-                meshsync_room_get_min(ms, id, min, WAIT_MS, MESHSYNC_JSON, &v));
-    else
-        CALL_OK(ms,
-                meshsync_conn_get_min(ms, id, min, WAIT_MS, MESHSYNC_JSON, &v));
+    get_min(ms, kind, id, min, MESHSYNC_JSON, &v);
     assert_json(v.data, want);
     if (version != ANY_VERSION)
         assert_int_equal(v.version, version);
@@ -114,71 +103,29 @@ static void expect_redis(harness_t *h, kind_t kind, const char *id,
 {
     const char *field;
     char key[512];
-    redisReply *r;
+    char *got;
 
     mesh_key(kind, id, key, sizeof(key), &field);
-    r = harness_command(harness_redis(h), "HGET %s %s", key, field);
-    if (want == NULL && r->type != REDIS_REPLY_NIL)
-        fail_msg("%s %s still holds %s", key, field, r->str);
-    if (want != NULL &&
-        (r->type != REDIS_REPLY_STRING || strcmp(r->str, want) != 0))
+    got = harness_redis_hget(h, key, field);
+    if (want == NULL && got != NULL)
+        fail_msg("%s %s still holds %s", key, field, got);
+    if (want != NULL && (got == NULL || strcmp(got, want) != 0))
         fail_msg("%s %s holds %s, want %s", key, field,
-                 r->type == REDIS_REPLY_STRING ? r->str : "(none)", want);
-    freeReplyObject(r);
+                 got != NULL ? got : "(none)", want);
+    free(got);
 
     /* A deleted room leaves no key behind at all. */
-    if (want == NULL && kind == ROOM) {
-        r = harness_command(harness_redis(h), "EXISTS %s", key);
-        assert_int_equal(r->integer, 0);
-        freeReplyObject(r);
-    }
+    if (want == NULL && kind == ROOM)
+        assert_int_equal(
+            harness_redis_int(harness_redis(h), "EXISTS %s", key), 0);
 }
 
 /* The version meshsync recorded for an entry in Redis (0 when none). */
 static uint64_t redis_version(harness_t *h, kind_t kind, const char *id)
 {
-    redisReply *r =
-        harness_command(harness_redis(h), "HGET mesh:meshsync:versions:%s %s",
-                        kind == ROOM ? "room" : "conn", id);
-    uint64_t v = 0;
-
-    if (r->type == REDIS_REPLY_STRING)
-        v = strtoull(r->str, NULL, 10);
-    else
-        assert_int_equal(r->type, REDIS_REPLY_NIL);
-    freeReplyObject(r);
-    return v;
-}
-
-static void expect_log_clean(harness_daemon_t *d)
-{
-    const char *log = harness_daemon_log(d);
-
-    if (strstr(log, "Sanitizer") != NULL ||
-        strstr(log, "runtime error") != NULL)
-        fail_msg("sanitizer report in meshsyncd's log:\n%s", log);
-}
-
-/* SIGTERM, exit status 0, socket removed, no sanitizer report. */
-static void stop_clean(harness_daemon_t *d)
-{
-    harness_daemon_stop(d);
-    expect_log_clean(d);
-}
-
-static int setup(void **state)
-{
-    harness_t *h = harness_new();
-
-    harness_redis_start(h, NULL);
-    *state = h;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    harness_free(*state);
-    return 0;
+    return (uint64_t)harness_redis_int(harness_redis(h),
+                                       "HGET mesh:meshsync:versions:%s %s",
+                                       kind == ROOM ? "room" : "conn", id);
 }
 
 /* --- Mesh's examples -------------------------------------------------- */
@@ -187,8 +134,8 @@ static void test_conn_examples(void **state)
 {
     harness_t *h = *state;
     harness_daemon_t *d = harness_daemon_start(h, "a", NULL, NULL);
-    meshsync_t *ms = open_client(d);
-    meshsync_t *own = open_client(d);
+    meshsync_t *ms = harness_client_open(d);
+    meshsync_t *own = harness_client_open(d);
     const char *full = "{\"userId\":\"user123\",\"role\":\"moderator\","
                        "\"preferences\":{\"language\":\"en\","
                        "\"theme\":\"dark\"}}";
@@ -225,14 +172,14 @@ static void test_conn_examples(void **state)
     assert_int_equal(redis_version(h, CONN, "conn123"), v4);
 
     /* Own metadata: hello, then get without an id. */
-    CALL_OK(own, meshsync_hello(own, "conn123"));
-    CALL_OK(own, meshsync_conn_get(own, NULL, MESHSYNC_JSON, &v));
+    HARNESS_CALL_OK(own, meshsync_hello(own, "conn123"));
+    HARNESS_CALL_OK(own, meshsync_conn_get(own, NULL, MESHSYNC_JSON, &v));
     assert_json(v.data, full);
     assert_int_equal(v.version, v4);
     meshsync_value_free(&v);
 
     /* Closing the bound connection removes its metadata everywhere. */
-    CALL_OK(own, meshsync_conn_close(own, NULL, &vc));
+    HARNESS_CALL_OK(own, meshsync_conn_close(own, NULL, &vc));
     assert_true(vc > v4);
     expect_get(ms, CONN, "conn123", 0, "null", vc);
     expect_redis(h, CONN, "conn123", NULL);
@@ -240,14 +187,14 @@ static void test_conn_examples(void **state)
 
     meshsync_free(own);
     meshsync_free(ms);
-    stop_clean(d);
+    harness_daemon_stop_clean(d);
 }
 
 static void test_room_examples(void **state)
 {
     harness_t *h = *state;
     harness_daemon_t *d = harness_daemon_start(h, "a", NULL, NULL);
-    meshsync_t *ms = open_client(d);
+    meshsync_t *ms = harness_client_open(d);
     const char *topic = "{\"topic\":\"Updated Topic\",\"createdBy\":"
                         "\"user123\"}";
     const char *deep = "{\"topic\":\"Updated Topic\",\"createdBy\":"
@@ -291,7 +238,7 @@ static void test_room_examples(void **state)
 
     /* room.delete removes it, and its version field. */
     set_json(ms, ROOM, "lobby", "{\"topic\":\"last\"}", MESHSYNC_REPLACE);
-    CALL_OK(ms, meshsync_room_delete(ms, "lobby", &v[7]));
+    HARNESS_CALL_OK(ms, meshsync_room_delete(ms, "lobby", &v[7]));
     expect_get(ms, ROOM, "lobby", 0, "null", v[7]);
     expect_redis(h, ROOM, "lobby", NULL);
     assert_int_equal(redis_version(h, ROOM, "lobby"), 0);
@@ -299,7 +246,7 @@ static void test_room_examples(void **state)
     for (int i = 1; i < 8; i++)
         assert_true(v[i] > v[i - 1]);
     meshsync_free(ms);
-    stop_clean(d);
+    harness_daemon_stop_clean(d);
 }
 
 /* --- two sidecars ----------------------------------------------------- */
@@ -319,48 +266,7 @@ static void send_wait_get(int fd, uint64_t id, const char *room, uint64_t min)
     msgpack_pack_uint64(&pk, min);
     harness_pack_str(&pk, "timeout");
     msgpack_pack_uint64(&pk, 30000);
-    assert_int_equal(harness_frame_send(fd, sb.data, sb.size), 0);
-    msgpack_sbuffer_destroy(&sb);
-}
-
-/* A reply and the frame its objects point into. */
-typedef struct reply_s {
-    char *body;
-    msgpack_unpacked u;
-} reply_t;
-
-static void reply_free(reply_t *r)
-{
-    msgpack_unpacked_destroy(&r->u);
-    free(r->body);
-}
-
-/* Reads one reply and checks its id and ok; free it with reply_free(). */
-static void recv_ok(int fd, uint64_t id, reply_t *r)
-{
-    const msgpack_object *o;
-    size_t len;
-
-    assert_int_equal(harness_frame_recv(fd, &r->body, &len, WAIT_MS), 1);
-    harness_unpack_map(r->body, len, &r->u);
-    o = harness_map_get(&r->u.data, "id");
-    assert_non_null(o);
-    assert_int_equal(o->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
-    assert_int_equal(o->via.u64, id);
-    o = harness_map_get(&r->u.data, "ok");
-    assert_true(o != NULL && o->type == MSGPACK_OBJECT_BOOLEAN &&
-                o->via.boolean);
-}
-
-static void send_ping(int fd, uint64_t id)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    harness_request_begin(&pk, &sb, id, "ping", 0);
-    assert_int_equal(harness_frame_send(fd, sb.data, sb.size), 0);
+    harness_request_send(fd, &sb);
     msgpack_sbuffer_destroy(&sb);
 }
 
@@ -369,11 +275,11 @@ static void test_two_sidecars(void **state)
     harness_t *h = *state;
     harness_daemon_t *da = harness_daemon_start(h, "a", NULL, NULL);
     harness_daemon_t *db = harness_daemon_start(h, "b", NULL, NULL);
-    meshsync_t *a = open_client(da);
-    meshsync_t *b = open_client(db);
+    meshsync_t *a = harness_client_open(da);
+    meshsync_t *b = harness_client_open(db);
     uint64_t v1, v2, vd, vw;
     meshsync_value_t v;
-    reply_t r;
+    harness_reply_t r;
     int fd;
 
     /* A write through A, read back through B with its version. */
@@ -386,9 +292,9 @@ static void test_two_sidecars(void **state)
 
     v1 = set_json(a, CONN, "xconn", "{\"userId\":\"u\"}", MESHSYNC_REPLACE);
     expect_get(b, CONN, "xconn", v1, "{\"userId\":\"u\"}", v1);
-    CALL_OK(a, meshsync_conn_close(a, "xconn", &vd));
+    HARNESS_CALL_OK(a, meshsync_conn_close(a, "xconn", &vd));
     expect_get(b, CONN, "xconn", vd, "null", vd);
-    CALL_OK(a, meshsync_room_delete(a, "xroom", &vd));
+    HARNESS_CALL_OK(a, meshsync_room_delete(a, "xroom", &vd));
     expect_get(b, ROOM, "xroom", vd, "null", vd);
 
     /* A version that never comes: timeout, and the handle stays usable. */
@@ -397,7 +303,7 @@ static void test_two_sidecars(void **state)
         -1);
     assert_string_equal(meshsync_errcode(b), "timeout");
     assert_null(v.data);
-    CALL_OK(b, meshsync_ping(b));
+    HARNESS_CALL_OK(b, meshsync_ping(b));
 
     /* A wait longer than the handle's timeout: the library waits it out. */
     meshsync_set_timeout(b, 1000);
@@ -405,7 +311,7 @@ static void test_two_sidecars(void **state)
         meshsync_room_get_min(b, "xroom", vd + 1000, 1500, MESHSYNC_JSON, &v),
         -1);
     assert_string_equal(meshsync_errcode(b), "timeout");
-    CALL_OK(b, meshsync_ping(b));
+    HARNESS_CALL_OK(b, meshsync_ping(b));
     assert_int_equal(
         meshsync_room_get_min(b, "xroom", 1, 60001, MESHSYNC_JSON, &v), -1);
     assert_string_equal(meshsync_errcode(b), "invalid_request");
@@ -417,23 +323,22 @@ static void test_two_sidecars(void **state)
     fd = harness_unix_connect(db->socket);
     assert_true(fd >= 0);
     send_wait_get(fd, 7, "later", vd + 1);
-    send_ping(fd, 8);
-    recv_ok(fd, 8, &r);
-    reply_free(&r);
+    harness_ping_send(fd, 8);
+    harness_reply_recv_ok(fd, 8, WAIT_MS, &r);
+    harness_reply_free(&r);
     vw = set_json(a, ROOM, "later", "{\"late\":true}", MESHSYNC_REPLACE);
-    recv_ok(fd, 7, &r);
-    assert_non_null(harness_map_get(&r.u.data, "version"));
-    assert_int_equal(harness_map_get(&r.u.data, "version")->via.u64, vw);
+    harness_reply_recv_ok(fd, 7, WAIT_MS, &r);
+    assert_int_equal(harness_reply_version(&r.u.data), vw);
     assert_non_null(harness_map_get(&r.u.data, "value"));
     assert_int_equal(harness_map_get(&r.u.data, "value")->type,
                      MSGPACK_OBJECT_MAP);
-    reply_free(&r);
+    harness_reply_free(&r);
     close(fd);
 
     meshsync_free(a);
     meshsync_free(b);
-    stop_clean(da);
-    stop_clean(db);
+    harness_daemon_stop_clean(da);
+    harness_daemon_stop_clean(db);
 }
 
 /* --- Redis written by others ------------------------------------------ */
@@ -453,7 +358,7 @@ static void test_preloaded_values(void **state)
                                     "{\"topic\":\"pre\",\"s\":{\"a\":1}}"));
 
     d = harness_daemon_start(h, "a", NULL, NULL);
-    ms = open_client(d);
+    ms = harness_client_open(d);
     expect_get(ms, CONN, "pre-conn", 0, "{\"userId\":\"pre\",\"n\":1}", 0);
     expect_get(ms, ROOM, "pre-room", 0, "{\"topic\":\"pre\",\"s\":{\"a\":1}}",
                0);
@@ -470,14 +375,14 @@ static void test_preloaded_values(void **state)
                  "{\"topic\":\"pre\",\"s\":{\"a\":1,\"b\":2}}");
 
     meshsync_free(ms);
-    stop_clean(d);
+    harness_daemon_stop_clean(d);
 }
 
 static void test_script_flush(void **state)
 {
     harness_t *h = *state;
     harness_daemon_t *d = harness_daemon_start(h, "a", NULL, NULL);
-    meshsync_t *ms = open_client(d);
+    meshsync_t *ms = harness_client_open(d);
     redisReply *r;
     uint64_t v1, v2;
 
@@ -496,7 +401,7 @@ static void test_script_flush(void **state)
                  "{\"a\":1,\"s\":{\"x\":1,\"y\":2},\"b\":2}");
 
     meshsync_free(ms);
-    stop_clean(d);
+    harness_daemon_stop_clean(d);
 }
 
 /* --- exact integers --------------------------------------------------- */
@@ -511,12 +416,7 @@ static void expect_text(meshsync_t *ms, kind_t kind, const char *id,
 {
     meshsync_value_t v;
 
-    if (kind == ROOM)
-        CALL_OK(ms,
-                meshsync_room_get_min(ms, id, min, WAIT_MS, MESHSYNC_JSON, &v));
-    else
-        CALL_OK(ms,
-                meshsync_conn_get_min(ms, id, min, WAIT_MS, MESHSYNC_JSON, &v));
+    get_min(ms, kind, id, min, MESHSYNC_JSON, &v);
     assert_string_equal(v.data, want);
     assert_int_equal(v.len, strlen(want));
     meshsync_value_free(&v);
@@ -530,8 +430,7 @@ static void expect_big_msgpack(meshsync_t *ms, uint64_t min)
     msgpack_unpacked u;
     size_t off = 0;
 
-    CALL_OK(ms, meshsync_conn_get_min(ms, "big", min, WAIT_MS, MESHSYNC_MSGPACK,
-                                      &v));
+    get_min(ms, CONN, "big", min, MESHSYNC_MSGPACK, &v);
     msgpack_unpacked_init(&u);
     assert_int_equal(msgpack_unpack_next(&u, v.data, v.len, &off),
                      MSGPACK_UNPACK_SUCCESS);
@@ -551,8 +450,8 @@ static void test_big_integers(void **state)
     harness_t *h = *state;
     harness_daemon_t *da = harness_daemon_start(h, "a", NULL, NULL);
     harness_daemon_t *db = harness_daemon_start(h, "b", NULL, NULL);
-    meshsync_t *a = open_client(da);
-    meshsync_t *b = open_client(db);
+    meshsync_t *a = harness_client_open(da);
+    meshsync_t *b = harness_client_open(db);
     uint64_t vc, vr;
 
     vc = set_json(a, CONN, "big", BIG_JSON, MESHSYNC_REPLACE);
@@ -577,8 +476,8 @@ static void test_big_integers(void **state)
 
     meshsync_free(a);
     meshsync_free(b);
-    stop_clean(da);
-    stop_clean(db);
+    harness_daemon_stop_clean(da);
+    harness_daemon_stop_clean(db);
 }
 
 /* --- the CLI ---------------------------------------------------------- */
@@ -679,7 +578,7 @@ static void test_cli_basics(void **state)
     harness_run_free(&r);
     expect_redis(h, ROOM, "lobby", NULL);
     expect_redis(h, CONN, "c1", NULL);
-    stop_clean(d);
+    harness_daemon_stop_clean(d);
 }
 
 static void test_cli_errors(void **state)
@@ -749,8 +648,8 @@ static void test_cli_errors(void **state)
     cli(none, (const char *[]){"room", "get", "r", NULL}, NULL, 3, "", &r);
     harness_run_free(&r);
 
-    stop_clean(da);
-    stop_clean(db);
+    harness_daemon_stop_clean(da);
+    harness_daemon_stop_clean(db);
 }
 
 /* --- stopping --------------------------------------------------------- */
@@ -759,8 +658,8 @@ static void test_sigterm(void **state)
 {
     harness_t *h = *state;
     harness_daemon_t *d = harness_daemon_start(h, "a", NULL, NULL);
-    meshsync_t *ms = open_client(d);
-    reply_t r;
+    meshsync_t *ms = harness_client_open(d);
+    harness_reply_t r;
     int status;
     int fd;
 
@@ -770,16 +669,16 @@ static void test_sigterm(void **state)
     fd = harness_unix_connect(d->socket);
     assert_true(fd >= 0);
     send_wait_get(fd, 1, "r", 1000000);
-    send_ping(fd, 2);
-    recv_ok(fd, 2, &r);
-    reply_free(&r);
+    harness_ping_send(fd, 2);
+    harness_reply_recv_ok(fd, 2, WAIT_MS, &r);
+    harness_reply_free(&r);
 
     status = harness_daemon_signal(d, SIGTERM);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
     assert_int_equal(access(d->socket, F_OK), -1);
     assert_int_equal(errno, ENOENT);
-    expect_log_clean(d);
+    harness_daemon_expect_log_clean(d);
 
     /* Its clients see the connection end. */
     assert_true(harness_wait_closed(fd, WAIT_MS));
@@ -789,18 +688,22 @@ static void test_sigterm(void **state)
     meshsync_free(ms);
 }
 
+/* Each test with its own harness and redis-server. */
+#define TEST(f)                                                                \
+    cmocka_unit_test_setup_teardown(f, harness_setup_redis, harness_teardown)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_conn_examples, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_room_examples, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_two_sidecars, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_preloaded_values, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_script_flush, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_big_integers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cli_basics, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cli_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sigterm, setup, teardown),
+        TEST(test_conn_examples),
+        TEST(test_room_examples),
+        TEST(test_two_sidecars),
+        TEST(test_preloaded_values),
+        TEST(test_script_flush),
+        TEST(test_big_integers),
+        TEST(test_cli_basics),
+        TEST(test_cli_errors),
+        TEST(test_sigterm),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
