@@ -39,7 +39,7 @@ typedef struct cli_args_s {
     meshsync_strategy_t strategy;
     const char *min_version_arg; /* NULL: a get answers at once */
     uint64_t min_version;
-    int wait_ms; /* -1: the sidecar's default */
+    int wait_ms;    /* -1: the sidecar's default */
     const char *as; /* hello: the connection conn commands default to */
     const char *words[MAX_WORDS];
     int nwords;

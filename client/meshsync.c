@@ -814,13 +814,12 @@ typedef struct entry_kind_s {
     int need_id; /* a room has no bound default, so NULL is refused */
 } entry_kind_t;
 
-static const entry_kind_t CONN = {"conn", "conn.get", "conn.set",
-                                  "conn.close", 0};
-static const entry_kind_t ROOM = {"room", "room.get", "room.set",
-                                  "room.delete", 1};
+static const entry_kind_t CONN = {"conn", "conn.get", "conn.set", "conn.close",
+                                  0};
+static const entry_kind_t ROOM = {"room", "room.get", "room.set", "room.delete",
+                                  1};
 
-static int begin_entry(meshsync_t *ms, const entry_kind_t *kind,
-                       const char *id)
+static int begin_entry(meshsync_t *ms, const entry_kind_t *kind, const char *id)
 {
     int rc = begin_call(ms);
 
@@ -830,9 +829,9 @@ static int begin_entry(meshsync_t *ms, const entry_kind_t *kind,
 }
 
 /* Every get; min NULL reads at once, else waits for *min. */
-static int entry_get(meshsync_t *ms, const entry_kind_t *kind,
-                     const char *id, const uint64_t *min, int wait_ms,
-                     meshsync_format_t format, meshsync_value_t *out)
+static int entry_get(meshsync_t *ms, const entry_kind_t *kind, const char *id,
+                     const uint64_t *min, int wait_ms, meshsync_format_t format,
+                     meshsync_value_t *out)
 {
     request_t req = {.op = kind->get_op, .key = kind->key, .target = id};
     int rc = begin_entry(ms, kind, id);
@@ -846,9 +845,8 @@ static int entry_get(meshsync_t *ms, const entry_kind_t *kind,
     return status(rc);
 }
 
-static int entry_set(meshsync_t *ms, const entry_kind_t *kind,
-                     const char *id, meshsync_format_t format,
-                     const char *data, size_t len,
+static int entry_set(meshsync_t *ms, const entry_kind_t *kind, const char *id,
+                     meshsync_format_t format, const char *data, size_t len,
                      meshsync_strategy_t strategy, uint64_t *version)
 {
     request_t req = {.op = kind->set_op, .key = kind->key, .target = id};

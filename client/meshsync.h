@@ -133,9 +133,8 @@ MESHSYNC_API int meshsync_conn_get_min(meshsync_t *ms, const char *conn,
  * the connection bound by meshsync_hello().
  */
 MESHSYNC_API int meshsync_conn_set(meshsync_t *ms, const char *conn,
-                                   meshsync_format_t format,
-                                   const char *data, size_t len,
-                                   meshsync_strategy_t strategy,
+                                   meshsync_format_t format, const char *data,
+                                   size_t len, meshsync_strategy_t strategy,
                                    uint64_t *version);
 
 /* Removes a connection's metadata (conn NULL: the bound connection). */
@@ -151,9 +150,8 @@ MESHSYNC_API int meshsync_room_get_min(meshsync_t *ms, const char *room,
                                        meshsync_format_t format,
                                        meshsync_value_t *out);
 MESHSYNC_API int meshsync_room_set(meshsync_t *ms, const char *room,
-                                   meshsync_format_t format,
-                                   const char *data, size_t len,
-                                   meshsync_strategy_t strategy,
+                                   meshsync_format_t format, const char *data,
+                                   size_t len, meshsync_strategy_t strategy,
                                    uint64_t *version);
 /* Removes a room's metadata. */
 MESHSYNC_API int meshsync_room_delete(meshsync_t *ms, const char *room,

@@ -31,18 +31,18 @@ typedef struct ms_cache_s ms_cache_t;
 
 /* How a change is checked against the cached version. */
 typedef enum {
-    MS_APPLY_NEWER = 0,   /* apply if version > cached (change events) */
-    MS_APPLY_NOT_OLDER,   /* apply if version >= cached */
-    MS_APPLY_ALWAYS       /* apply whatever is cached (a resync load, once
-                             it has checked the cached version itself) */
+    MS_APPLY_NEWER = 0, /* apply if version > cached (change events) */
+    MS_APPLY_NOT_OLDER, /* apply if version >= cached */
+    MS_APPLY_ALWAYS     /* apply whatever is cached (a resync load, once
+                           it has checked the cached version itself) */
 } ms_apply_mode_t;
 
 typedef struct ms_cache_entry_s {
-    uint64_t version;  /* 0 when the cache has never seen the entry */
-    bool present;      /* false when absent or a tombstone */
-    const char *json;  /* the value as JSON text, NULL unless present */
+    uint64_t version; /* 0 when the cache has never seen the entry */
+    bool present;     /* false when absent or a tombstone */
+    const char *json; /* the value as JSON text, NULL unless present */
     size_t json_len;
-    const char *mp;    /* the value as msgpack, NULL unless present */
+    const char *mp; /* the value as msgpack, NULL unless present */
     size_t mp_len;
 } ms_cache_entry_t;
 
@@ -59,17 +59,17 @@ void ms_cache_close(ms_cache_t *c);
  * Looks an entry up. Returns 0 and fills *e (whose pointers stay valid
  * until the next call on c), or MS_EINTERNAL.
  */
-int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id,
-                 size_t id_len, ms_cache_entry_t *e) MS_MUST_CHECK;
+int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
+                 ms_cache_entry_t *e) MS_MUST_CHECK;
 
 /*
  * Applies a change: json/mp NULL means a delete (a tombstone). Returns 1
  * when applied, 0 when ignored because the cache holds a newer version
  * (or, with MS_APPLY_NEWER, the same one), MS_EINTERNAL on failure.
  */
-int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id,
-                   size_t id_len, uint64_t version, const char *json,
-                   size_t json_len, const char *mp, size_t mp_len,
+int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
+                   uint64_t version, const char *json, size_t json_len,
+                   const char *mp, size_t mp_len,
                    ms_apply_mode_t mode) MS_MUST_CHECK;
 
 /* Groups many applies into one transaction. Not nestable. */

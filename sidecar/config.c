@@ -291,8 +291,8 @@ int ms_config_load(ms_config_t *cfg, int argc, char **argv)
 
     set_defaults(cfg);
     for (size_t i = 0; i < N_SETTINGS; i++)
-        longopts[i] = (struct option){settings[i].flag, required_argument,
-                                      NULL, settings[i].opt};
+        longopts[i] = (struct option){settings[i].flag, required_argument, NULL,
+                                      settings[i].opt};
     longopts[N_SETTINGS] = (struct option){"help", no_argument, NULL, 'h'};
     longopts[N_SETTINGS + 1] =
         (struct option){"version", no_argument, NULL, 'V'};
@@ -320,8 +320,7 @@ int ms_config_load(ms_config_t *cfg, int argc, char **argv)
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "meshsyncd: unexpected argument '%s'\n",
-                argv[optind]);
+        fprintf(stderr, "meshsyncd: unexpected argument '%s'\n", argv[optind]);
         goto usage;
     }
     return validate(cfg);

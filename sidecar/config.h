@@ -13,15 +13,15 @@
 #include "log.h"
 
 #define MS_DEFAULT_SOCKET "/run/meshsync/meshsync.sock"
-#define MS_DEFAULT_REDIS "redis://127.0.0.1:6379"
-#define MS_DEFAULT_CACHE "/var/lib/meshsync/cache.db"
+#define MS_DEFAULT_REDIS  "redis://127.0.0.1:6379"
+#define MS_DEFAULT_CACHE  "/var/lib/meshsync/cache.db"
 #define MS_DEFAULT_PREFIX "mesh"
 
 typedef struct ms_config_s {
     char *socket_path;
-    unsigned socket_mode;   /* permission bits of the socket file */
+    unsigned socket_mode; /* permission bits of the socket file */
     char *redis_url;
-    char *redis_password;   /* NULL for none; never logged */
+    char *redis_password; /* NULL for none; never logged */
     char *cache_path;
     char *prefix;
     char *instance_id;

@@ -11,11 +11,16 @@ static const struct {
     int code;
     const char *name;
 } error_names[] = {
-    {MS_EINVAL, "invalid_request"}, {MS_ETOOLARGE, "too_large"},
-    {MS_EUNKNOWNOP, "unknown_op"},  {MS_ECONFLICT, "conflict"},
-    {MS_EUNAVAIL, "unavailable"},   {MS_ETIMEOUT, "timeout"},
-    {MS_EINTERNAL, "internal"},     {MS_ENOMEM, "internal"},
-    {MS_EIO, "io"},                 {MS_EPROTO, "protocol"},
+    {MS_EINVAL, "invalid_request"},
+    {MS_ETOOLARGE, "too_large"},
+    {MS_EUNKNOWNOP, "unknown_op"},
+    {MS_ECONFLICT, "conflict"},
+    {MS_EUNAVAIL, "unavailable"},
+    {MS_ETIMEOUT, "timeout"},
+    {MS_EINTERNAL, "internal"},
+    {MS_ENOMEM, "internal"},
+    {MS_EIO, "io"},
+    {MS_EPROTO, "protocol"},
 };
 
 #define N_NAMES (sizeof(error_names) / sizeof(error_names[0]))

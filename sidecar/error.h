@@ -31,8 +31,8 @@ enum {
 #define MS_ERRMSG_MAX 200
 
 typedef struct ms_error_s {
-    int code;                  /* one of MS_E*, MS_OK when no error */
-    char msg[MS_ERRMSG_MAX];   /* NUL-terminated, never holds values */
+    int code;                /* one of MS_E*, MS_OK when no error */
+    char msg[MS_ERRMSG_MAX]; /* NUL-terminated, never holds values */
 } ms_error_t;
 
 /* The protocol string for a code: "invalid_request", "too_large", ... */

@@ -30,8 +30,8 @@ uint32_t ms_frame_get_len(const char *p)
 {
     const unsigned char *u = (const unsigned char *)p;
 
-    return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 |
-           (uint32_t)u[2] << 8 | (uint32_t)u[3];
+    return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 |
+           (uint32_t)u[3];
 }
 
 
@@ -120,8 +120,8 @@ static int reader_grow(ms_frame_reader_t *r, size_t need)
 }
 
 
-int ms_frame_reader_space(ms_frame_reader_t *r, size_t suggested,
-                          char **base, size_t *len)
+int ms_frame_reader_space(ms_frame_reader_t *r, size_t suggested, char **base,
+                          size_t *len)
 {
     size_t want;
 
@@ -157,8 +157,7 @@ void ms_frame_reader_commit(ms_frame_reader_t *r, size_t n)
 }
 
 
-int ms_frame_reader_next(ms_frame_reader_t *r, const char **body,
-                         size_t *len)
+int ms_frame_reader_next(ms_frame_reader_t *r, const char **body, size_t *len)
 {
     uint32_t n;
 
@@ -249,8 +248,8 @@ static int check_sized(const unsigned char *p, size_t avail, size_t width,
 }
 
 
-static int check_container(const unsigned char *p, size_t avail,
-                           size_t width, bool map, check_head_t *h)
+static int check_container(const unsigned char *p, size_t avail, size_t width,
+                           bool map, check_head_t *h)
 {
     uint64_t n;
 
@@ -275,8 +274,7 @@ static int check_fixed(size_t size, size_t avail, check_head_t *h)
 
 
 /* Decodes the head at p, which has avail > 0 bytes after it. */
-static int check_head(const unsigned char *p, size_t avail,
-                      check_head_t *h)
+static int check_head(const unsigned char *p, size_t avail, check_head_t *h)
 {
     unsigned char b = p[0];
 
@@ -294,28 +292,44 @@ static int check_head(const unsigned char *p, size_t avail,
         return check_fixed(1 + (size_t)(b & 0x1f), avail, h);
 
     switch (b) {
-    case 0xc4: case 0xc5: case 0xc6: /* bin 8/16/32 */
+    case 0xc4:
+    case 0xc5:
+    case 0xc6: /* bin 8/16/32 */
         return check_sized(p, avail, (size_t)1 << (b - 0xc4), 0, h);
-    case 0xc7: case 0xc8: case 0xc9: /* ext 8/16/32 */
+    case 0xc7:
+    case 0xc8:
+    case 0xc9: /* ext 8/16/32 */
         return check_sized(p, avail, (size_t)1 << (b - 0xc7), 1, h);
     case 0xca: /* float 32 */
         return check_fixed(5, avail, h);
     case 0xcb: /* float 64 */
         return check_fixed(9, avail, h);
-    case 0xcc: case 0xcd: case 0xce: case 0xcf: /* uint 8..64 */
+    case 0xcc:
+    case 0xcd:
+    case 0xce:
+    case 0xcf: /* uint 8..64 */
         return check_fixed(1 + ((size_t)1 << (b - 0xcc)), avail, h);
-    case 0xd0: case 0xd1: case 0xd2: case 0xd3: /* int 8..64 */
+    case 0xd0:
+    case 0xd1:
+    case 0xd2:
+    case 0xd3: /* int 8..64 */
         return check_fixed(1 + ((size_t)1 << (b - 0xd0)), avail, h);
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext */
+    case 0xd4:
+    case 0xd5:
+    case 0xd6:
+    case 0xd7:
+    case 0xd8: /* fixext */
         return check_fixed(2 + ((size_t)1 << (b - 0xd4)), avail, h);
-    case 0xd9: case 0xda: case 0xdb: /* str 8/16/32 */
+    case 0xd9:
+    case 0xda:
+    case 0xdb: /* str 8/16/32 */
         return check_sized(p, avail, (size_t)1 << (b - 0xd9), 0, h);
-    case 0xdc: case 0xdd: /* array 16/32 */
-        return check_container(p, avail, (size_t)2 << (b - 0xdc), false,
-                               h);
-    case 0xde: case 0xdf: /* map 16/32 */
-        return check_container(p, avail, (size_t)2 << (b - 0xde), true,
-                               h);
+    case 0xdc:
+    case 0xdd: /* array 16/32 */
+        return check_container(p, avail, (size_t)2 << (b - 0xdc), false, h);
+    case 0xde:
+    case 0xdf: /* map 16/32 */
+        return check_container(p, avail, (size_t)2 << (b - 0xde), true, h);
     default: /* 0xc1, never used */
         return HEAD_RESERVED;
     }
@@ -327,7 +341,8 @@ static int check_head_error(int rc, size_t pos, ms_error_t *err)
     if (rc == HEAD_RESERVED)
         return ms_error_set(err, MS_EINVAL,
                             "frame is not msgpack: reserved byte 0xc1 "
-                            "at byte %zu", pos);
+                            "at byte %zu",
+                            pos);
     return ms_error_set(err, MS_EINVAL,
                         "frame is not msgpack: truncated at byte %zu", pos);
 }
@@ -373,11 +388,11 @@ int ms_msgpack_check(const char *buf, size_t len, int max_depth,
                 return ms_error_set(err, MS_EINVAL,
                                     "frame is not msgpack: %s at byte %zu "
                                     "declares more elements than the "
-                                    "frame holds", h.kind, at);
+                                    "frame holds",
+                                    h.kind, at);
             if (depth >= max_depth)
                 return ms_error_set(err, MS_ETOOLARGE,
-                                    "nesting deeper than %d levels",
-                                    max_depth);
+                                    "nesting deeper than %d levels", max_depth);
             todo += h.count;
             if (h.count > 0) {
                 stack[depth++] = h.count;
@@ -393,7 +408,8 @@ int ms_msgpack_check(const char *buf, size_t len, int max_depth,
     if (pos != len)
         return ms_error_set(err, MS_EINVAL,
                             "frame is not msgpack: trailing bytes after "
-                            "byte %zu", pos);
+                            "byte %zu",
+                            pos);
     return 0;
 }
 
@@ -421,8 +437,8 @@ static int skip_object(const unsigned char *p, size_t len, size_t *pos)
 static const unsigned char *str_body(const unsigned char *p,
                                      const check_head_t *h, size_t *n)
 {
-    size_t width = p[0] >= 0xd9 && p[0] <= 0xdb ? (size_t)1 << (p[0] - 0xd9)
-                                                : 0;
+    size_t width =
+        p[0] >= 0xd9 && p[0] <= 0xdb ? (size_t)1 << (p[0] - 0xd9) : 0;
 
     if (!((p[0] >= 0xa0 && p[0] <= 0xbf) || width > 0))
         return NULL;

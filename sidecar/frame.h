@@ -24,7 +24,7 @@
 
 #include "error.h"
 
-#define MS_FRAME_HEADER 4
+#define MS_FRAME_HEADER      4
 #define MS_FRAME_DEFAULT_MAX (1024 * 1024)
 
 typedef struct ms_frame_reader_s {
@@ -42,8 +42,8 @@ void ms_frame_reader_free(ms_frame_reader_t *r);
  * Gives a place to read up to *len more bytes into (for a libuv alloc
  * callback); suggested is a hint. Returns 0, or MS_ENOMEM with *base NULL.
  */
-int ms_frame_reader_space(ms_frame_reader_t *r, size_t suggested,
-                          char **base, size_t *len) MS_MUST_CHECK;
+int ms_frame_reader_space(ms_frame_reader_t *r, size_t suggested, char **base,
+                          size_t *len) MS_MUST_CHECK;
 
 /* Records that n bytes were written at the place last given. */
 void ms_frame_reader_commit(ms_frame_reader_t *r, size_t n);

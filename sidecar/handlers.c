@@ -59,8 +59,7 @@ static void pack_id(msgpack_packer *pk, const request_t *rq)
 
 
 /* Starts {id, ok: true, ...} with room for n more fields. */
-static msgpack_packer *reply_ok(ms_session_t *s, const request_t *rq,
-                                size_t n)
+static msgpack_packer *reply_ok(ms_session_t *s, const request_t *rq, size_t n)
 {
     msgpack_packer *pk = ms_session_reply_begin(s);
 
@@ -110,9 +109,8 @@ static bool key_is(const msgpack_object *k, const char *name)
 static int parse_request(const msgpack_object *map, request_t *rq,
                          ms_error_t *err)
 {
-    static const char *names[] = {"op",       "conn",       "room",
-                                  "value",    "strategy",   "minVersion",
-                                  "timeout"};
+    static const char *names[] = {"op",       "conn",       "room",   "value",
+                                  "strategy", "minVersion", "timeout"};
     const msgpack_object **slots[] = {
         &rq->op,       &rq->conn,        &rq->room,   &rq->value,
         &rq->strategy, &rq->min_version, &rq->timeout};
@@ -142,8 +140,7 @@ static int parse_request(const msgpack_object *map, request_t *rq,
     if (id == NULL)
         return ms_error_set(err, MS_EINVAL, "request has no 'id'");
     if (id->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return ms_error_set(err, MS_EINVAL,
-                            "'id' must be an unsigned integer");
+        return ms_error_set(err, MS_EINVAL, "'id' must be an unsigned integer");
     rq->id = id->via.u64;
     rq->has_id = true;
     if (dup != NULL)
@@ -164,9 +161,8 @@ static int check_id(const ms_app_t *app, const msgpack_object *o,
     if (o->via.str.size == 0)
         return ms_error_set(err, MS_EINVAL, "'%s' must not be empty", name);
     if (o->via.str.size > app->cfg->max_id)
-        return ms_error_set(err, MS_ETOOLARGE,
-                            "'%s' is longer than %zu bytes", name,
-                            app->cfg->max_id);
+        return ms_error_set(err, MS_ETOOLARGE, "'%s' is longer than %zu bytes",
+                            name, app->cfg->max_id);
     if (memchr(o->via.str.ptr, '\0', o->via.str.size) != NULL ||
         !ms_utf8_valid(o->via.str.ptr, o->via.str.size))
         return ms_error_set(err, MS_EINVAL,
@@ -180,8 +176,7 @@ static int check_id(const ms_app_t *app, const msgpack_object *o,
  * without one, the connection bound by hello.
  */
 static int target(const ms_app_t *app, ms_session_t *s, const request_t *rq,
-                  ms_kind_t kind, const char **id, size_t *len,
-                  ms_error_t *err)
+                  ms_kind_t kind, const char **id, size_t *len, ms_error_t *err)
 {
     const msgpack_object *o = kind == MS_KIND_ROOM ? rq->room : rq->conn;
     const char *name = kind == MS_KIND_ROOM ? "room" : "conn";
@@ -472,8 +467,8 @@ static void dispatch(ms_app_t *app, ms_session_t *s, const request_t *rq)
     if (op->via.str.size <= 40 &&
         ms_utf8_valid(op->via.str.ptr, op->via.str.size) &&
         memchr(op->via.str.ptr, '\0', op->via.str.size) == NULL)
-        snprintf(msg, sizeof(msg), "unknown op '%.*s'",
-                 (int)op->via.str.size, op->via.str.ptr);
+        snprintf(msg, sizeof(msg), "unknown op '%.*s'", (int)op->via.str.size,
+                 op->via.str.ptr);
     else
         snprintf(msg, sizeof(msg), "unknown op");
     reply_error(s, rq, MS_EUNKNOWNOP, msg);

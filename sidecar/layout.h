@@ -22,14 +22,14 @@
 #include "cache.h"
 
 typedef struct ms_layout_s {
-    char *conn_meta;     /* <prefix>:connection-meta */
-    char *room_prefix;   /* <prefix>:roommeta: */
-    char *room_pattern;  /* room_prefix, glob-escaped, then "*" */
+    char *conn_meta;    /* <prefix>:connection-meta */
+    char *room_prefix;  /* <prefix>:roommeta: */
+    char *room_pattern; /* room_prefix, glob-escaped, then "*" */
     char *seq;
     char *conn_versions;
     char *room_versions;
     char *channel;
-    char *turn_prefix;   /* <prefix>:meshsync:turn: */
+    char *turn_prefix; /* <prefix>:meshsync:turn: */
 } ms_layout_t;
 
 void ms_layout_init(ms_layout_t *l, const char *prefix);

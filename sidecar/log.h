@@ -27,15 +27,15 @@ int ms_log_parse_level(const char *s, ms_log_level_t *out);
 void ms_log_write(ms_log_level_t level, const char *msg, const char *fields,
                   ...) __attribute__((format(printf, 3, 4)));
 
-#define ms_log(level, msg, ...)                                              \
-    do {                                                                     \
-        if ((level) <= ms_log_level)                                         \
-            ms_log_write((level), (msg), __VA_ARGS__);                       \
+#define ms_log(level, msg, ...)                                                \
+    do {                                                                       \
+        if ((level) <= ms_log_level)                                           \
+            ms_log_write((level), (msg), __VA_ARGS__);                         \
     } while (0)
 
 #define ms_log_error(msg, ...) ms_log(MS_LOG_ERROR, msg, __VA_ARGS__)
-#define ms_log_warn(msg, ...) ms_log(MS_LOG_WARN, msg, __VA_ARGS__)
-#define ms_log_info(msg, ...) ms_log(MS_LOG_INFO, msg, __VA_ARGS__)
+#define ms_log_warn(msg, ...)  ms_log(MS_LOG_WARN, msg, __VA_ARGS__)
+#define ms_log_info(msg, ...)  ms_log(MS_LOG_INFO, msg, __VA_ARGS__)
 #define ms_log_debug(msg, ...) ms_log(MS_LOG_DEBUG, msg, __VA_ARGS__)
 
 #endif

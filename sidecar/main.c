@@ -21,7 +21,7 @@ typedef struct daemon_s {
     uv_signal_t sigterm;
     uv_signal_t sigint;
     bool stopping;
-    bool failed;    /* start-up failed: exit 1 once shut down */
+    bool failed; /* start-up failed: exit 1 once shut down */
 } daemon_t;
 
 static void shutdown_daemon(daemon_t *d, const char *why)
@@ -153,8 +153,8 @@ int main(int argc, char **argv)
     ms_log_info("starting",
                 "version=%s socket=\"%s\" cache=\"%s\" prefix=\"%s\" "
                 "instance=\"%s\"",
-                MESHSYNC_VERSION, cfg.socket_path, cfg.cache_path,
-                cfg.prefix, cfg.instance_id);
+                MESHSYNC_VERSION, cfg.socket_path, cfg.cache_path, cfg.prefix,
+                cfg.instance_id);
 
     rc = run(&d);
 

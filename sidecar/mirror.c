@@ -16,23 +16,23 @@
 #include "log.h"
 
 /* The COUNT hint per SCAN/HSCAN batch of a load. */
-#define LOAD_BATCH "500"
+#define LOAD_BATCH    "500"
 #define LOAD_RETRY_MS 1000
 
 typedef enum { PHASE_CONNS = 0, PHASE_ROOMS } phase_t;
 
 struct ms_mirror_s {
-    bool live;          /* the Redis links are up */
-    bool loaded;        /* a load finished since they came up */
+    bool live;   /* the Redis links are up */
+    bool loaded; /* a load finished since they came up */
     bool ready_logged;
-    unsigned gen;       /* counts loads; stale batch replies are dropped */
+    unsigned gen; /* counts loads; stale batch replies are dropped */
     phase_t phase;
     bool have_seq;
-    uint64_t seq;       /* the sequence when the load began */
-    uint64_t started;   /* uv_now() when the load began */
-    uint64_t entries[2];  /* loaded per kind */
-    uint64_t skipped;   /* values that could not be read */
-    uv_timer_t retry;   /* restarts a failed load */
+    uint64_t seq;        /* the sequence when the load began */
+    uint64_t started;    /* uv_now() when the load began */
+    uint64_t entries[2]; /* loaded per kind */
+    uint64_t skipped;    /* values that could not be read */
+    uv_timer_t retry;    /* restarts a failed load */
 };
 
 /* What a batch request carries to its reply. */
@@ -206,8 +206,8 @@ static void on_batch(void *arg, redisReply *r, int status)
     }
     if (!batch_shape_ok(r)) {
         if (r->type == REDIS_REPLY_ERROR)
-            ms_log_error("load script failed", "error=\"%.*s\"",
-                         (int)r->len, r->str);
+            ms_log_error("load script failed", "error=\"%.*s\"", (int)r->len,
+                         r->str);
         load_failed(app, "unexpected reply from load script");
         return;
     }
@@ -231,12 +231,15 @@ static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len)
 {
     const ms_layout_t *l = &app->layout;
     batch_t *b = ms_malloc(sizeof(*b));
-    const char *argv[9] = {
-        l->conn_meta,     l->conn_versions,
-        l->room_versions, l->seq,
-        app->mirror->phase == PHASE_CONNS ? "conn" : "room",
-        cursor,           LOAD_BATCH,
-        l->room_prefix,   l->room_pattern};
+    const char *argv[9] = {l->conn_meta,
+                           l->conn_versions,
+                           l->room_versions,
+                           l->seq,
+                           app->mirror->phase == PHASE_CONNS ? "conn" : "room",
+                           cursor,
+                           LOAD_BATCH,
+                           l->room_prefix,
+                           l->room_pattern};
     size_t argvlen[9];
 
     for (int i = 0; i < 9; i++)
@@ -313,8 +316,7 @@ void ms_mirror_on_message(void *arg, const char *payload, size_t len)
         goto bad;
     if (f[1].via.str.size == 4 && memcmp(f[1].via.str.ptr, "conn", 4) == 0)
         kind = MS_KIND_CONN;
-    else if (f[1].via.str.size == 4 &&
-             memcmp(f[1].via.str.ptr, "room", 4) == 0)
+    else if (f[1].via.str.size == 4 && memcmp(f[1].via.str.ptr, "room", 4) == 0)
         kind = MS_KIND_ROOM;
     else
         goto bad;
@@ -324,8 +326,7 @@ void ms_mirror_on_message(void *arg, const char *payload, size_t len)
                      &e) == 0 &&
         e.version >= f[0].via.u64)
         goto done;
-    apply_value(app, kind, f[2].via.str.ptr, f[2].via.str.size,
-                f[0].via.u64,
+    apply_value(app, kind, f[2].via.str.ptr, f[2].via.str.size, f[0].via.u64,
                 f[3].type == MSGPACK_OBJECT_STR ? f[3].via.str.ptr : NULL,
                 f[3].type == MSGPACK_OBJECT_STR ? f[3].via.str.size : 0,
                 MS_APPLY_NEWER);

@@ -48,13 +48,13 @@ static const char *const script_body[MS_SCRIPT_COUNT] = {
 /* Covers connect(2) and the handshake; a silent host must not stall us. */
 #define CONNECT_TIMEOUT_MS 10000
 
-#define DEFAULT_PORT 6379
-#define DEFAULT_BACKOFF_MIN 100
+#define DEFAULT_PORT            6379
+#define DEFAULT_BACKOFF_MIN     100
 #define DEFAULT_COMMAND_TIMEOUT 5000
-#define DEFAULT_BACKOFF_MAX 5000
-#define HOST_MAX 253
-#define SHA_LEN 40
-#define REASON_MAX 160
+#define DEFAULT_BACKOFF_MAX     5000
+#define HOST_MAX                253
+#define SHA_LEN                 40
+#define REASON_MAX              160
 
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)0)->sun_path)
 
@@ -70,7 +70,7 @@ typedef enum {
     LINK_CONNECTING, /* connect(2) in progress */
     LINK_HANDSHAKE,  /* connected, going through the handshake steps */
     LINK_UP,
-    LINK_DROPPING    /* lost; waiting for hiredis to let go of it */
+    LINK_DROPPING /* lost; waiting for hiredis to let go of it */
 } link_state_t;
 
 /* Handshake steps; the command link loads one script per step from
@@ -82,11 +82,11 @@ typedef struct link_s {
     const char *name;      /* "cmd" or "sub", for logs */
     redisAsyncContext *ac; /* NULL when there is no context */
     link_state_t state;
-    int step;              /* next handshake step */
-    unsigned attempt;      /* failed connects since the link was last up */
-    bool failing;          /* a connect failure was logged at warn */
+    int step;         /* next handshake step */
+    unsigned attempt; /* failed connects since the link was last up */
+    bool failing;     /* a connect failure was logged at warn */
     bool timer_closed;
-    uv_timer_t timer;      /* reconnect delay, or connect timeout */
+    uv_timer_t timer; /* reconnect delay, or connect timeout */
 } link_t;
 
 struct ms_redis_s {
@@ -103,10 +103,10 @@ struct ms_redis_s {
     uint64_t rng;
     bool live;
     bool closing;
-    unsigned command_timeout;  /* ms a command may wait for its reply */
-    bool timed_out;            /* the cmd link is being cut for that */
+    unsigned command_timeout; /* ms a command may wait for its reply */
+    bool timed_out;           /* the cmd link is being cut for that */
     bool watchdog_closed;
-    uv_timer_t watchdog;       /* looks for commands past the timeout */
+    uv_timer_t watchdog;               /* looks for commands past the timeout */
     struct request_s *oldest, *newest; /* commands in flight, oldest first */
 };
 
@@ -114,13 +114,13 @@ struct ms_redis_s {
 typedef struct request_s {
     ms_redis_t *r;
     struct request_s *next, *prev; /* in r's in-flight list */
-    uint64_t sent;      /* uv_now() when sent */
+    uint64_t sent;                 /* uv_now() when sent */
     ms_redis_reply_cb cb;
     void *arg;
-    int script;         /* ms_script_t, or -1 for a plain command */
-    bool retried;       /* already went again as EVAL */
+    int script;   /* ms_script_t, or -1 for a plain command */
+    bool retried; /* already went again as EVAL */
     int argc;
-    const char **argv;  /* points into this allocation */
+    const char **argv; /* points into this allocation */
     size_t *argvlen;
     char nkeys[16];
 } request_t;
@@ -276,9 +276,8 @@ static void clean_reason(const char *in, char *out, size_t size)
     for (; in != NULL && *in != '\0' && n + 1 < size; in++) {
         unsigned char c = (unsigned char)*in;
 
-        out[n++] = (c < 0x20 || c == 0x7f || c == '"' || c == '\\')
-                       ? '\''
-                       : (char)c;
+        out[n++] =
+            (c < 0x20 || c == 0x7f || c == '"' || c == '\\') ? '\'' : (char)c;
     }
     out[n] = '\0';
     if (n == 0)
@@ -300,8 +299,8 @@ static void link_log_failure(link_t *l, const char *reason)
 
 static void redis_update_live(ms_redis_t *r)
 {
-    bool live = !r->closing && r->cmd.state == LINK_UP &&
-                r->sub.state == LINK_UP;
+    bool live =
+        !r->closing && r->cmd.state == LINK_UP && r->sub.state == LINK_UP;
 
     if (live == r->live)
         return;
@@ -533,8 +532,7 @@ static void sub_cb(redisAsyncContext *ac, void *reply, void *privdata)
     } else if (strcasecmp(kind, "message") == 0 && !r->closing &&
                rep->element[2]->type == REDIS_REPLY_STRING &&
                r->cb.on_message != NULL) {
-        r->cb.on_message(r->cb.arg, rep->element[2]->str,
-                         rep->element[2]->len);
+        r->cb.on_message(r->cb.arg, rep->element[2]->str, rep->element[2]->len);
     }
 }
 
@@ -545,15 +543,14 @@ static void sub_cb(redisAsyncContext *ac, void *reply, void *privdata)
  * Sends a command on a live context. hiredis refuses only when the
  * context is going away (the caller's business) or memory ran out.
  */
-static bool link_send(link_t *l, redisCallbackFn *fn, void *privdata,
-                      int argc, const char **argv, const size_t *lens)
+static bool link_send(link_t *l, redisCallbackFn *fn, void *privdata, int argc,
+                      const char **argv, const size_t *lens)
 {
     redisAsyncContext *ac = l->ac;
 
     if (ac == NULL || (ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
         return false;
-    if (redisAsyncCommandArgv(ac, fn, privdata, argc, argv, lens) !=
-        REDIS_OK)
+    if (redisAsyncCommandArgv(ac, fn, privdata, argc, argv, lens) != REDIS_OK)
         ms_oom();
     return true;
 }
@@ -693,10 +690,10 @@ int ms_redis_new(uv_loop_t *loop, const ms_redis_options_t *opt,
     if (opt->password != NULL)
         r->password = ms_strndup(opt->password, strlen(opt->password));
     r->channel = ms_strndup(opt->channel, strlen(opt->channel));
-    r->backoff_min = opt->backoff_min_ms ? opt->backoff_min_ms
-                                         : DEFAULT_BACKOFF_MIN;
-    r->backoff_max = opt->backoff_max_ms ? opt->backoff_max_ms
-                                         : DEFAULT_BACKOFF_MAX;
+    r->backoff_min =
+        opt->backoff_min_ms ? opt->backoff_min_ms : DEFAULT_BACKOFF_MIN;
+    r->backoff_max =
+        opt->backoff_max_ms ? opt->backoff_max_ms : DEFAULT_BACKOFF_MAX;
     if (r->backoff_max < r->backoff_min)
         r->backoff_max = r->backoff_min;
     r->cb = *cb;
@@ -788,8 +785,7 @@ static void watchdog_cb(uv_timer_t *t)
     age = uv_now(r->loop) - r->oldest->sent;
     if (age < r->command_timeout)
         return;
-    ms_log_warn("redis command timed out", "link=cmd waited_ms=%" PRIu64,
-                age);
+    ms_log_warn("redis command timed out", "link=cmd waited_ms=%" PRIu64, age);
     r->timed_out = true;
     link_lost(&r->cmd, "command timed out");
     redisAsyncFree(ac);
@@ -834,8 +830,7 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 
 static bool request_send(ms_redis_t *r, request_t *req)
 {
-    if (!link_send(&r->cmd, reply_cb, req, req->argc, req->argv,
-                   req->argvlen))
+    if (!link_send(&r->cmd, reply_cb, req, req->argc, req->argv, req->argvlen))
         return false;
     inflight_add(r, req);
     return true;
@@ -874,8 +869,8 @@ int ms_redis_command(ms_redis_t *r, int argc, const char **argv,
  * Builds EVALSHA <sha> <nkeys> <args...> in one allocation that keeps the
  * arguments, since hiredis copies them only for the first send.
  */
-static request_t *script_request(ms_redis_t *r, ms_script_t script,
-                                 int nkeys, int argc, const char **argv,
+static request_t *script_request(ms_redis_t *r, ms_script_t script, int nkeys,
+                                 int argc, const char **argv,
                                  const size_t *argvlen)
 {
     size_t n = (size_t)argc + 3, bytes = 0;
@@ -896,8 +891,8 @@ static request_t *script_request(ms_redis_t *r, ms_script_t script,
     req->argv[1] = r->sha[script];
     req->argvlen[1] = SHA_LEN;
     req->argv[2] = req->nkeys;
-    req->argvlen[2] = (size_t)snprintf(req->nkeys, sizeof(req->nkeys), "%d",
-                                       nkeys);
+    req->argvlen[2] =
+        (size_t)snprintf(req->nkeys, sizeof(req->nkeys), "%d", nkeys);
     for (int i = 0; i < argc; i++) {
         memcpy(data, argv[i], argvlen[i]);
         req->argv[i + 3] = data;

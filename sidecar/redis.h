@@ -56,9 +56,9 @@ typedef struct ms_redis_callbacks_s {
 } ms_redis_callbacks_t;
 
 typedef struct ms_redis_options_s {
-    const char *url;       /* redis://host:port[/db], unix:///path[?db=N] */
-    const char *password;  /* NULL for none; sent with AUTH */
-    const char *channel;   /* the change channel to subscribe to */
+    const char *url;         /* redis://host:port[/db], unix:///path[?db=N] */
+    const char *password;    /* NULL for none; sent with AUTH */
+    const char *channel;     /* the change channel to subscribe to */
     unsigned backoff_min_ms; /* first reconnect delay (0: 100) */
     unsigned backoff_max_ms; /* cap on the delay (0: 5000) */
     unsigned command_timeout_ms; /* a reply later than this cuts the

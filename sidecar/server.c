@@ -26,18 +26,18 @@
  * that pipelines without reading cannot grow the daemon's memory.
  */
 #define OUTPUT_HIGH_WATER (8u << 20)
-#define PENDING_MAX 4096
+#define PENDING_MAX       4096
 
 struct ms_server_s {
     ms_app_t *app;
     uv_pipe_t listener;
-    uv_check_t check;     /* flushes replies after I/O callbacks */
-    uv_prepare_t prepare; /* ...and those made by timers, before polling */
+    uv_check_t check;       /* flushes replies after I/O callbacks */
+    uv_prepare_t prepare;   /* ...and those made by timers, before polling */
     ms_session_t *sessions; /* every open session */
     ms_session_t *dirty;    /* sessions with output to send */
     unsigned long next_number;
     int open_handles;
-    bool bound;     /* the socket file is ours to remove */
+    bool bound; /* the socket file is ours to remove */
     bool closing;
 };
 
@@ -45,22 +45,22 @@ struct ms_session_s {
     ms_server_t *server;
     uv_pipe_t pipe;
     ms_frame_reader_t reader;
-    msgpack_sbuffer out;   /* replies not yet handed to uv_write */
+    msgpack_sbuffer out; /* replies not yet handed to uv_write */
     msgpack_packer packer;
     size_t frame_start;
-    size_t in_flight;      /* bytes handed to uv_write, not yet done */
+    size_t in_flight;          /* bytes handed to uv_write, not yet done */
     ms_session_t *next, *prev; /* in server->sessions */
     ms_session_t *next_dirty;
     bool is_dirty;
     bool closed;
     bool close_after_flush;
-    bool eof;              /* the client shut its side; answer, then close */
+    bool eof; /* the client shut its side; answer, then close */
     bool reading;
-    bool handling;         /* inside handle_frames(): no recursion */
+    bool handling; /* inside handle_frames(): no recursion */
     int refs;
-    unsigned pending;      /* requests held by ms_session_hold() */
+    unsigned pending; /* requests held by ms_session_hold() */
     unsigned long number;
-    char *conn;            /* bound by hello, or NULL */
+    char *conn; /* bound by hello, or NULL */
     size_t conn_len;
 };
 
@@ -425,18 +425,17 @@ static int clear_stale_socket(const char *path, ms_error_t *err)
     int fd, rc;
 
     if (lstat(path, &st) != 0)
-        return errno == ENOENT ? 0
-                               : ms_error_set(err, MS_EINTERNAL,
-                                              "cannot stat %s: %s", path,
-                                              strerror(errno));
+        return errno == ENOENT
+                   ? 0
+                   : ms_error_set(err, MS_EINTERNAL, "cannot stat %s: %s", path,
+                                  strerror(errno));
     if (!S_ISSOCK(st.st_mode))
-        return ms_error_set(err, MS_EINTERNAL,
-                            "%s exists and is not a socket", path);
+        return ms_error_set(err, MS_EINTERNAL, "%s exists and is not a socket",
+                            path);
 
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return ms_error_set(err, MS_EINTERNAL, "socket: %s",
-                            strerror(errno));
+        return ms_error_set(err, MS_EINTERNAL, "socket: %s", strerror(errno));
     memset(&addr, 0, sizeof(addr));
     addr.sun_family = AF_UNIX;
     strncpy(addr.sun_path, path, sizeof(addr.sun_path) - 1);
@@ -470,8 +469,7 @@ static int listen_on(ms_server_t *srv, const char *path, ms_error_t *err)
     int rc;
 
     if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-        return ms_error_set(err, MS_EINVAL, "socket path too long: %s",
-                            path);
+        return ms_error_set(err, MS_EINVAL, "socket path too long: %s", path);
     make_parent_dir(path);
     rc = clear_stale_socket(path, err);
     if (rc < 0)
@@ -487,8 +485,8 @@ static int listen_on(ms_server_t *srv, const char *path, ms_error_t *err)
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&srv->listener, 512, on_connection);
     if (rc < 0)
-        return ms_error_set(err, MS_EINTERNAL, "cannot listen on %s: %s",
-                            path, uv_strerror(rc));
+        return ms_error_set(err, MS_EINTERNAL, "cannot listen on %s: %s", path,
+                            uv_strerror(rc));
     return 0;
 }
 
@@ -513,8 +511,8 @@ int ms_server_start(ms_app_t *app, ms_error_t *err)
         ms_server_close(srv);
         return rc;
     }
-    ms_log_info("listening", "socket=\"%s\" mode=%04o",
-                app->cfg->socket_path, app->cfg->socket_mode);
+    ms_log_info("listening", "socket=\"%s\" mode=%04o", app->cfg->socket_path,
+                app->cfg->socket_mode);
     return 0;
 }
 

@@ -34,7 +34,7 @@ typedef struct path_step_s {
 
 typedef struct conv_s {
     int max_depth;
-    int depth; /* containers open above the object being converted */
+    int depth;     /* containers open above the object being converted */
     size_t budget; /* JSON bytes left before the size limit (lower bound) */
     path_step_t steps[MS_VALUE_DEPTH_CAP];
     ms_error_t *err;

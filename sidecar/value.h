@@ -60,9 +60,8 @@ int ms_value_pack(const json_t *v, msgpack_packer *pk) MS_MUST_CHECK;
  * parse with reals instead, as JavaScript would read it. Returns 0,
  * MS_EINVAL (not JSON, or NaN-like input), MS_ETOOLARGE or MS_ENOMEM.
  */
-int ms_value_parse(const char *text, size_t len,
-                   const ms_value_limits_t *lim, json_t **out,
-                   ms_error_t *err) MS_MUST_CHECK;
+int ms_value_parse(const char *text, size_t len, const ms_value_limits_t *lim,
+                   json_t **out, ms_error_t *err) MS_MUST_CHECK;
 
 /*
  * Encodes v as compact JSON text with object keys in insertion order and
@@ -71,8 +70,8 @@ int ms_value_parse(const char *text, size_t len,
  * *text is NUL-terminated, the caller frees it with free(), and *len
  * (optional) is its length.
  */
-int ms_value_dump(const json_t *v, const ms_value_limits_t *lim,
-                  char **text, size_t *len, ms_error_t *err) MS_MUST_CHECK;
+int ms_value_dump(const json_t *v, const ms_value_limits_t *lim, char **text,
+                  size_t *len, ms_error_t *err) MS_MUST_CHECK;
 
 /*
  * Converts JSON text straight to a msgpack buffer (parse + pack), and

@@ -26,8 +26,8 @@ typedef struct entry_waits_s {
 } entry_waits_t;
 
 struct waiter_s {
-    waiter_t *next, *prev;        /* all reads */
-    waiter_t *e_next, *e_prev;    /* this entry's reads */
+    waiter_t *next, *prev;     /* all reads */
+    waiter_t *e_next, *e_prev; /* this entry's reads */
     entry_waits_t *entry;
     ms_app_t *app;
     ms_session_t *session;
@@ -37,7 +37,7 @@ struct waiter_s {
 };
 
 struct ms_waits_s {
-    void *entries;   /* tsearch root of entry_waits_t */
+    void *entries; /* tsearch root of entry_waits_t */
     waiter_t *all;
 };
 
@@ -64,8 +64,8 @@ static ms_waits_t *waits_of(ms_app_t *app)
 }
 
 
-static entry_waits_t *entry_find(ms_waits_t *ws, ms_kind_t kind,
-                                 const char *id, size_t len)
+static entry_waits_t *entry_find(ms_waits_t *ws, ms_kind_t kind, const char *id,
+                                 size_t len)
 {
     entry_waits_t key = {.kind = kind, .id = (char *)id, .len = len};
     entry_waits_t **found = tfind(&key, &ws->entries, compare_entries);
@@ -189,8 +189,7 @@ void ms_waits_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
         if (version < w->min_version)
             continue;
         if (!ms_session_closed(w->session))
-            ms_handlers_answer_get(app, w->session, w->req_id, kind, id,
-                                   len);
+            ms_handlers_answer_get(app, w->session, w->req_id, kind, id, len);
         waiter_end(w);
     }
 }

@@ -23,9 +23,9 @@ typedef struct queue_s {
     ms_kind_t kind;
     char *id;
     size_t id_len;
-    char *hash_key;   /* the Redis hash holding the value */
+    char *hash_key; /* the Redis hash holding the value */
     size_t hash_key_len;
-    char *turn_key;   /* the entry's turn (see schema/write.lua) */
+    char *turn_key; /* the entry's turn (see schema/write.lua) */
     size_t turn_key_len;
     write_t *head, *tail;
 } queue_t;
@@ -35,14 +35,14 @@ struct write_s {
     queue_t *queue;
     write_t *next;
     ms_strategy_t strategy;
-    json_t *update;   /* NULL: delete */
+    json_t *update; /* NULL: delete */
     ms_write_done_cb cb;
     void *arg;
     unsigned attempts;
-    bool have_base;   /* base_* below came from a conflict reply */
-    char *base;       /* JSON text the merge is computed from, or NULL */
+    bool have_base; /* base_* below came from a conflict reply */
+    char *base;     /* JSON text the merge is computed from, or NULL */
     size_t base_len;
-    char *json;       /* JSON text being written, NULL for a delete */
+    char *json; /* JSON text being written, NULL for a delete */
     size_t json_len;
     unsigned waits;   /* times it waited for another sidecar's turn */
     bool has_timer;   /* timer initialised: free w in its close callback */
@@ -57,8 +57,8 @@ struct ms_writes_s {
 
 /* How long a turn lasts, and how long a refused write waits at most
  * before it tries again (it usually goes as soon as the entry changes). */
-#define TURN_MS "100"
-#define TURN_WAIT_MS 10
+#define TURN_MS        "100"
+#define TURN_WAIT_MS   10
 #define TURN_WAITS_MAX 300
 
 static int compare_queues(const void *a, const void *b)
@@ -76,8 +76,8 @@ static int compare_queues(const void *a, const void *b)
 }
 
 
-static queue_t *queue_find_or_add(ms_app_t *app, ms_kind_t kind,
-                                  const char *id, size_t id_len)
+static queue_t *queue_find_or_add(ms_app_t *app, ms_kind_t kind, const char *id,
+                                  size_t id_len)
 {
     queue_t key = {.kind = kind, .id = (char *)id, .id_len = id_len};
     queue_t **found = tfind(&key, &app->writes->queues, compare_queues);
@@ -90,11 +90,11 @@ static queue_t *queue_find_or_add(ms_app_t *app, ms_kind_t kind,
     q->id = ms_strndup(id, id_len);
     q->id_len = id_len;
     if (kind == MS_KIND_ROOM)
-        q->hash_key = ms_layout_key(app->layout.room_prefix, NULL, id,
-                                    id_len, &q->hash_key_len);
-    else
-        q->hash_key = ms_layout_key(app->layout.conn_meta, NULL, "", 0,
+        q->hash_key = ms_layout_key(app->layout.room_prefix, NULL, id, id_len,
                                     &q->hash_key_len);
+    else
+        q->hash_key =
+            ms_layout_key(app->layout.conn_meta, NULL, "", 0, &q->hash_key_len);
     q->turn_key = ms_layout_key(app->layout.turn_prefix,
                                 kind == MS_KIND_ROOM ? "room:" : "conn:", id,
                                 id_len, &q->turn_key_len);
@@ -125,8 +125,7 @@ static void write_free(write_t *w)
 static int write_start(write_t *w, ms_error_t *err);
 
 /* Answers the queue's head and takes it off the queue. */
-static void write_pop(queue_t *q, int code, const char *msg,
-                      uint64_t version)
+static void write_pop(queue_t *q, int code, const char *msg, uint64_t version)
 {
     write_t *w = q->head;
 
@@ -269,12 +268,11 @@ static void apply_written(write_t *w, uint64_t version)
         ms_value_json_to_msgpack(w->json, w->json_len, &app->limits, &mp,
                                  &mp_len, &err) < 0) {
         /* We produced this text ourselves; it always converts. */
-        ms_log_error("written value does not convert", "error=\"%s\"",
-                     err.msg);
+        ms_log_error("written value does not convert", "error=\"%s\"", err.msg);
         return;
     }
-    rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version,
-                        w->json, w->json_len, mp, mp_len, MS_APPLY_NEWER);
+    rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version, w->json,
+                        w->json_len, mp, mp_len, MS_APPLY_NEWER);
     if (rc == 1)
         ms_waits_entry_changed(app, q->kind, q->id, q->id_len, version);
     free(mp);
@@ -357,8 +355,7 @@ static int wait_for_turn(write_t *w, ms_error_t *err)
  * A failed compare-and-set returns the entry's current value: the next
  * attempt merges into that, without waiting for the change event.
  */
-static int retry_after_conflict(write_t *w, redisReply *reply,
-                                ms_error_t *err)
+static int retry_after_conflict(write_t *w, redisReply *reply, ms_error_t *err)
 {
     redisReply *cur = reply->element[1];
     redisReply *reason = reply->element[3];

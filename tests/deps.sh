@@ -5,7 +5,7 @@
 set -euo pipefail
 
 MESHSYNC_PACKAGES=(
-  build-essential cmake pkg-config
+  build-essential cmake pkg-config clang-format
   libuv1-dev libhiredis-dev libmsgpack-dev libsqlite3-dev libjansson-dev
   libcmocka-dev redis-server redis-tools
 )

@@ -30,14 +30,14 @@
 
 /* meshsyncd's options for its socket, cache file and Redis URL. */
 #define DAEMON_OPT_SOCKET "--socket"
-#define DAEMON_OPT_CACHE "--cache"
-#define DAEMON_OPT_REDIS "--redis"
-#define DAEMON_READY "msg=\"ready\""
+#define DAEMON_OPT_CACHE  "--cache"
+#define DAEMON_OPT_REDIS  "--redis"
+#define DAEMON_READY      "msg=\"ready\""
 
-#define REDIS_START_TRIES 1000
+#define REDIS_START_TRIES    1000
 #define REDIS_START_PAUSE_MS 10
-#define FRAME_RECV_MAX (64u * 1024 * 1024)
-#define ARGV_MAX 64
+#define FRAME_RECV_MAX       (64u * 1024 * 1024)
+#define ARGV_MAX             64
 
 struct harness_s {
     char dir[HARNESS_PATH_MAX];
@@ -120,8 +120,8 @@ static int end_process(pid_t pid, int sig, int timeout_ms)
  * Starts path with argv and env entries added. The child's stdin, stdout
  * and stderr become in_fd, out_fd and err_fd (-1: /dev/null).
  */
-static pid_t spawn(const char *path, char *const *argv,
-                   const char *const *env, int in_fd, int out_fd, int err_fd)
+static pid_t spawn(const char *path, char *const *argv, const char *const *env,
+                   int in_fd, int out_fd, int err_fd)
 {
     pid_t pid = fork();
 
@@ -255,8 +255,7 @@ const char *harness_dir(const harness_t *h)
 }
 
 
-void harness_path(const harness_t *h, const char *name, char *out,
-                  size_t size)
+void harness_path(const harness_t *h, const char *name, char *out, size_t size)
 {
     int n = snprintf(out, size, "%s/%s", h->dir, name);
 
@@ -317,10 +316,21 @@ static void redis_fail_started(harness_t *h, const char *why)
 
 redisContext *harness_redis_start(harness_t *h, const char *const *extra)
 {
-    char *argv[ARGV_MAX] = {
-        REDIS_SERVER_PATH, "--port", "0", "--unixsocket", h->redis_sock,
-        "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-        "--daemonize", "no", "--dir", h->dir};
+    char *argv[ARGV_MAX] = {REDIS_SERVER_PATH,
+                            "--port",
+                            "0",
+                            "--unixsocket",
+                            h->redis_sock,
+                            "--unixsocketperm",
+                            "700",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--daemonize",
+                            "no",
+                            "--dir",
+                            h->dir};
     size_t n = 15;
     char log[HARNESS_PATH_MAX];
     int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
@@ -514,8 +524,7 @@ harness_daemon_t *harness_daemon_spawn(harness_t *h, const char *name,
                                    DAEMON_OPT_CACHE, d->cache, NULL});
     if (h->redis_pid > 0)
         argv_add(argv, &n,
-                 (const char *const[]){DAEMON_OPT_REDIS, h->redis_url,
-                                       NULL});
+                 (const char *const[]){DAEMON_OPT_REDIS, h->redis_url, NULL});
     argv_add(argv, &n, args);
 
     if (pipe2(p, O_CLOEXEC) != 0)
@@ -562,8 +571,7 @@ bool harness_daemon_wait_log(harness_daemon_t *d, const char *needle,
     int64_t deadline = harness_now_ms() + timeout_ms;
 
     for (;;) {
-        const char *hit = d->log ? strstr(d->log + d->log_mark, needle)
-                                 : NULL;
+        const char *hit = d->log ? strstr(d->log + d->log_mark, needle) : NULL;
         const char *eol = hit ? strchr(hit, '\n') : NULL;
 
         if (eol != NULL) {
@@ -674,12 +682,11 @@ meshsync_t *harness_client_open(const harness_daemon_t *d)
 }
 
 
-void harness_call_ok(const meshsync_t *ms, int rc, const char *what,
-                     int line)
+void harness_call_ok(const meshsync_t *ms, int rc, const char *what, int line)
 {
     if (rc != 0)
-        fail_msg("line %d: %s failed: %s: %s", line, what,
-                 meshsync_errcode(ms), meshsync_errmsg(ms));
+        fail_msg("line %d: %s failed: %s: %s", line, what, meshsync_errcode(ms),
+                 meshsync_errmsg(ms));
 }
 
 
@@ -829,8 +836,8 @@ void harness_pack_str(msgpack_packer *pk, const char *s)
 }
 
 
-void harness_request_begin(msgpack_packer *pk, msgpack_sbuffer *sb,
-                           uint64_t id, const char *op, size_t nmore)
+void harness_request_begin(msgpack_packer *pk, msgpack_sbuffer *sb, uint64_t id,
+                           const char *op, size_t nmore)
 {
     msgpack_sbuffer_clear(sb);
     msgpack_pack_map(pk, 2 + nmore);
@@ -898,8 +905,8 @@ bool harness_obj_is_str(const msgpack_object *o, const char *s)
 {
     size_t n = strlen(s);
 
-    return o != NULL && o->type == MSGPACK_OBJECT_STR &&
-           o->via.str.size == n && memcmp(o->via.str.ptr, s, n) == 0;
+    return o != NULL && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+           memcmp(o->via.str.ptr, s, n) == 0;
 }
 
 
@@ -1052,8 +1059,8 @@ void harness_run(const char *path, const char *const *args,
         end_process(pid, SIGKILL, HARNESS_TIMEOUT_MS);
         fail_msg("harness: %s did not finish in time", path);
     }
-    out->status = WIFEXITED(status) ? WEXITSTATUS(status)
-                                    : 128 + WTERMSIG(status);
+    out->status =
+        WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (out->out == NULL)
         buf_append(&out->out, &out->out_len, &caps[0], "", 0);
     if (out->err == NULL)

@@ -64,8 +64,8 @@ typedef struct harness_daemon_s {
     char *log;                     /* all of its stderr read so far */
     size_t log_len;
     size_t log_cap;
-    size_t log_mark;               /* see harness_daemon_wait_log() */
-    int status;                    /* waitpid() status once reaped */
+    size_t log_mark; /* see harness_daemon_wait_log() */
+    int status;      /* waitpid() status once reaped */
     struct harness_daemon_s *next;
 } harness_daemon_t;
 
@@ -84,8 +84,7 @@ void harness_free(harness_t *h);
 const char *harness_dir(const harness_t *h);
 
 /* Writes <dir>/<name> into out (fails the test if it does not fit). */
-void harness_path(const harness_t *h, const char *name, char *out,
-                  size_t size);
+void harness_path(const harness_t *h, const char *name, char *out, size_t size);
 
 /*
  * cmocka fixtures for the example above: harness_setup_redis() stores a
@@ -207,10 +206,8 @@ meshsync_t *harness_client_open(const harness_daemon_t *d);
  * HARNESS_CALL_OK(ms, meshsync_...(ms, ...)) fails the test unless the
  * call returns 0, naming the call, its line and the handle's error.
  */
-#define HARNESS_CALL_OK(ms, call)                                              \
-    harness_call_ok((ms), (call), #call, __LINE__)
-void harness_call_ok(const meshsync_t *ms, int rc, const char *what,
-                     int line);
+#define HARNESS_CALL_OK(ms, call) harness_call_ok((ms), (call), #call, __LINE__)
+void harness_call_ok(const meshsync_t *ms, int rc, const char *what, int line);
 
 /* --- raw protocol ----------------------------------------------------- */
 
@@ -239,8 +236,8 @@ bool harness_wait_closed(int fd, int timeout_ms);
  * pairs with pk (harness_pack_str() for strings), then send sb's data
  * with harness_frame_send(). pk must write into sb.
  */
-void harness_request_begin(msgpack_packer *pk, msgpack_sbuffer *sb,
-                           uint64_t id, const char *op, size_t nmore);
+void harness_request_begin(msgpack_packer *pk, msgpack_sbuffer *sb, uint64_t id,
+                           const char *op, size_t nmore);
 void harness_pack_str(msgpack_packer *pk, const char *s);
 
 /* Sends sb's data as one frame, failing the test if it cannot. */
@@ -294,10 +291,10 @@ void harness_reply_recv_ok(int fd, uint64_t id, int timeout_ms,
 /* --- the command-line client ------------------------------------------ */
 
 typedef struct harness_run_s {
-    int status;      /* exit code, or 128 + signal number if killed */
-    char *out;       /* stdout, NUL-terminated */
+    int status; /* exit code, or 128 + signal number if killed */
+    char *out;  /* stdout, NUL-terminated */
     size_t out_len;
-    char *err;       /* stderr, NUL-terminated */
+    char *err; /* stderr, NUL-terminated */
     size_t err_len;
 } harness_run_t;
 

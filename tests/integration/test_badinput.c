@@ -77,8 +77,8 @@ static void other_served(world_t *w)
     meshsync_value_t v;
 
     HARNESS_CALL_OK(w->other, meshsync_ping(w->other));
-    HARNESS_CALL_OK(w->other, meshsync_room_get(w->other, "keep",
-                                                MESHSYNC_JSON, &v));
+    HARNESS_CALL_OK(w->other,
+                    meshsync_room_get(w->other, "keep", MESHSYNC_JSON, &v));
     assert_string_equal(v.data, "{\"k\":1}");
     meshsync_value_free(&v);
 }
@@ -729,8 +729,7 @@ static void test_no_partial_writes(void **state)
         assert_int_equal(harness_redis_int(c, "EXISTS %s", key), 1);
     }
     for (int i = 0; i < w->nconns; i++)
-        assert_int_equal(harness_redis_int(c,
-                                           "HEXISTS mesh:connection-meta %s",
+        assert_int_equal(harness_redis_int(c, "HEXISTS mesh:connection-meta %s",
                                            w->conns[i]),
                          1);
     r = harness_command(c, "KEYS mesh:roommeta:*");
@@ -746,8 +745,7 @@ static void test_no_partial_writes(void **state)
     assert_int_equal(harness_redis_int(c, "DBSIZE"), 4 + w->nrooms);
 
     /* The sequence counts the valid writes only. */
-    assert_int_equal(harness_redis_int(c, "GET mesh:meshsync:seq"),
-                     w->writes);
+    assert_int_equal(harness_redis_int(c, "GET mesh:meshsync:seq"), w->writes);
 
     other_served(w);
     harness_daemon_stop_clean(w->d);

@@ -300,9 +300,9 @@ static void test_concurrent_merges(void **state)
     max = max_a > max_b ? max_a : max_b;
 
     /* Every write got its own version from the one sequence. */
-    assert_int_equal(harness_redis_int(harness_redis(h),
-                                       "GET mesh:meshsync:seq"),
-                     2 * HOT_WRITES);
+    assert_int_equal(
+        harness_redis_int(harness_redis(h), "GET mesh:meshsync:seq"),
+        2 * HOT_WRITES);
     assert_int_equal(max, 2 * HOT_WRITES);
 
     hot = harness_redis_hget(h, "mesh:connection-meta", "hot");
@@ -401,9 +401,9 @@ static void test_burst(void **state)
     }
 
     /* Each set's reply came after Redis had it. */
-    assert_int_equal(harness_redis_int(harness_redis(h),
-                                       "GET mesh:meshsync:seq"),
-                     (BURST + 2) / 3);
+    assert_int_equal(
+        harness_redis_int(harness_redis(h), "GET mesh:meshsync:seq"),
+        (BURST + 2) / 3);
 
     free(seen);
     pipe_free(&p);
@@ -414,8 +414,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_concurrent_merges,
-                                        harness_setup_redis,
-                                        harness_teardown),
+                                        harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_burst, harness_setup_redis,
                                         harness_teardown),
     };

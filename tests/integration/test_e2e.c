@@ -55,16 +55,15 @@ static uint64_t set_json(meshsync_t *ms, kind_t kind, const char *id,
 }
 
 /* Reads an entry in format into *v, waiting for min when it is not 0. */
-static void get_min(meshsync_t *ms, kind_t kind, const char *id,
-                    uint64_t min, meshsync_format_t format,
-                    meshsync_value_t *v)
+static void get_min(meshsync_t *ms, kind_t kind, const char *id, uint64_t min,
+                    meshsync_format_t format, meshsync_value_t *v)
 {
     if (kind == ROOM)
-        HARNESS_CALL_OK(ms, meshsync_room_get_min(ms, id, min, WAIT_MS,
-                                                  format, v));
+        HARNESS_CALL_OK(ms,
+                        meshsync_room_get_min(ms, id, min, WAIT_MS, format, v));
     else
-        HARNESS_CALL_OK(ms, meshsync_conn_get_min(ms, id, min, WAIT_MS,
-                                                  format, v));
+        HARNESS_CALL_OK(ms,
+                        meshsync_conn_get_min(ms, id, min, WAIT_MS, format, v));
 }
 
 /*
@@ -116,8 +115,8 @@ static void expect_redis(harness_t *h, kind_t kind, const char *id,
 
     /* A deleted room leaves no key behind at all. */
     if (want == NULL && kind == ROOM)
-        assert_int_equal(
-            harness_redis_int(harness_redis(h), "EXISTS %s", key), 0);
+        assert_int_equal(harness_redis_int(harness_redis(h), "EXISTS %s", key),
+                         0);
 }
 
 /* The version meshsync recorded for an entry in Redis (0 when none). */
@@ -564,8 +563,8 @@ static void test_cli_basics(void **state)
     cli(s, (const char *[]){"--as", "c1", "conn", "get", NULL}, NULL, 0,
         "{\"userId\":\"u1\",\"role\":\"a\"}\n", &r);
     harness_run_free(&r);
-    cli(s, (const char *[]){"--as", "c1", "conn", "close", NULL}, NULL, 0,
-        NULL, &r);
+    cli(s, (const char *[]){"--as", "c1", "conn", "close", NULL}, NULL, 0, NULL,
+        &r);
     assert_true(cli_version(&r) > v);
     harness_run_free(&r);
     cli(s, (const char *[]){"conn", "get", "c1", NULL}, NULL, 0, "null\n", &r);
@@ -695,14 +694,10 @@ static void test_sigterm(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TEST(test_conn_examples),
-        TEST(test_room_examples),
-        TEST(test_two_sidecars),
-        TEST(test_preloaded_values),
-        TEST(test_script_flush),
-        TEST(test_big_integers),
-        TEST(test_cli_basics),
-        TEST(test_cli_errors),
+        TEST(test_conn_examples), TEST(test_room_examples),
+        TEST(test_two_sidecars),  TEST(test_preloaded_values),
+        TEST(test_script_flush),  TEST(test_big_integers),
+        TEST(test_cli_basics),    TEST(test_cli_errors),
         TEST(test_sigterm),
     };
 

@@ -76,23 +76,32 @@ static redisReply *write_entry_as(redisContext *c, const char *writer,
     bool conn = strcmp(kind, "conn") == 0;
 
     if (conn)
-        snprintf(value_key, sizeof(value_key), "%s:connection-meta",
-                 prefix);
+        snprintf(value_key, sizeof(value_key), "%s:connection-meta", prefix);
     else
-        snprintf(value_key, sizeof(value_key), "%s:roommeta:%s", prefix,
-                 id);
+        snprintf(value_key, sizeof(value_key), "%s:roommeta:%s", prefix, id);
     snprintf(versions, sizeof(versions), "%s:meshsync:versions:%s", prefix,
              kind);
     snprintf(seq, sizeof(seq), "%s:meshsync:seq", prefix);
     snprintf(channel, sizeof(channel), "%s:meshsync:changes", prefix);
-    snprintf(turn, sizeof(turn), "%s:meshsync:turn:%s:%s", prefix, kind,
-             id);
+    snprintf(turn, sizeof(turn), "%s:meshsync:turn:%s:%s", prefix, kind, id);
 
-    const char *argv[] = {"EVAL",  script_write, "4",   value_key,
-                          versions, seq,        turn,  conn ? id : "data",
-                          id,      channel,     kind,  check,
-                          expected ? expected : "",    op,
-                          json ? json : "",     writer, "100"};
+    const char *argv[] = {"EVAL",
+                          script_write,
+                          "4",
+                          value_key,
+                          versions,
+                          seq,
+                          turn,
+                          conn ? id : "data",
+                          id,
+                          channel,
+                          kind,
+                          check,
+                          expected ? expected : "",
+                          op,
+                          json ? json : "",
+                          writer,
+                          "100"};
     return eval_argv(c, 17, argv);
 }
 
@@ -102,13 +111,11 @@ static redisReply *write_entry(redisContext *c, const char *prefix,
                                const char *check, const char *expected,
                                const char *op, const char *json)
 {
-    return write_entry_as(c, "w1", prefix, kind, id, check, expected, op,
-                          json);
+    return write_entry_as(c, "w1", prefix, kind, id, check, expected, op, json);
 }
 
 
-static redisReply *set_conn(redisContext *c, const char *id,
-                            const char *json)
+static redisReply *set_conn(redisContext *c, const char *id, const char *json)
 {
     return write_entry(c, "mesh", "conn", id, "any", NULL, "set", json);
 }
@@ -153,8 +160,7 @@ static void expect_refused(redisReply *rep, const char *current,
 
 
 /* Checks a string reply (NULL: nil) of a command. */
-static void expect_str(redisContext *c, const char *want, const char *fmt,
-                       ...)
+static void expect_str(redisContext *c, const char *want, const char *fmt, ...)
 {
     redisReply *rep;
     va_list ap;
@@ -201,9 +207,8 @@ static redisReply *next_message(redisContext *s)
 
 
 /* Checks a change payload: msgpack [version, kind, id, json|false]. */
-static void expect_change(redisContext *s, long long version,
-                          const char *kind, const char *id,
-                          const char *json)
+static void expect_change(redisContext *s, long long version, const char *kind,
+                          const char *id, const char *json)
 {
     redisReply *msg = next_message(s);
     redisReply *p = msg->element[2];
@@ -239,8 +244,8 @@ static void expect_no_change(harness_t *h, redisContext *s)
 {
     redisReply *msg;
 
-    freeReplyObject(harness_command(harness_redis(h), "PUBLISH %s marker",
-                                    CHANNEL));
+    freeReplyObject(
+        harness_command(harness_redis(h), "PUBLISH %s marker", CHANNEL));
     msg = next_message(s);
     assert_string_equal(msg->element[2]->str, "marker");
     freeReplyObject(msg);
@@ -292,8 +297,8 @@ static void test_write_set_room(void **state)
     harness_t *h = *state;
     redisContext *c = harness_redis(h), *s = subscriber(h);
 
-    expect_written(write_entry(c, "mesh", "room", "lobby", "any", NULL,
-                               "set", "{\"topic\":\"x\"}"),
+    expect_written(write_entry(c, "mesh", "room", "lobby", "any", NULL, "set",
+                               "{\"topic\":\"x\"}"),
                    1);
     expect_str(c, "{\"topic\":\"x\"}", "HGET mesh:roommeta:lobby data");
     expect_str(c, "1", "HGET mesh:meshsync:versions:room lobby");
@@ -311,21 +316,18 @@ static void test_write_del(void **state)
 
     expect_written(set_conn(c, "c1", "1"), 1);
     expect_change(s, 1, "conn", "c1", "1");
-    expect_written(write_entry(c, "mesh", "conn", "c1", "any", NULL, "del",
-                               NULL),
-                   2);
+    expect_written(
+        write_entry(c, "mesh", "conn", "c1", "any", NULL, "del", NULL), 2);
     expect_str(c, NULL, "HGET mesh:connection-meta c1");
     expect_str(c, NULL, "HGET mesh:meshsync:versions:conn c1");
     expect_str(c, "2", "GET mesh:meshsync:seq");
     expect_change(s, 2, "conn", "c1", NULL);
 
-    expect_written(write_entry(c, "mesh", "room", "r", "any", NULL, "set",
-                               "{}"),
-                   3);
+    expect_written(
+        write_entry(c, "mesh", "room", "r", "any", NULL, "set", "{}"), 3);
     expect_change(s, 3, "room", "r", "{}");
-    expect_written(write_entry(c, "mesh", "room", "r", "any", NULL, "del",
-                               NULL),
-                   4);
+    expect_written(
+        write_entry(c, "mesh", "room", "r", "any", NULL, "del", NULL), 4);
     expect_str(c, NULL, "HGET mesh:roommeta:r data");
     expect_change(s, 4, "room", "r", NULL);
     redisFree(s);
@@ -337,14 +339,14 @@ static void test_write_absent(void **state)
     harness_t *h = *state;
     redisContext *c = harness_redis(h), *s = subscriber(h);
 
-    expect_written(write_entry(c, "mesh", "conn", "c1", "absent", NULL,
-                               "set", "{\"v\":1}"),
+    expect_written(write_entry(c, "mesh", "conn", "c1", "absent", NULL, "set",
+                               "{\"v\":1}"),
                    1);
     expect_change(s, 1, "conn", "c1", "{\"v\":1}");
 
     /* Present now: refused with the current value, nothing written. */
-    expect_refused(write_entry(c, "mesh", "conn", "c1", "absent", NULL,
-                               "set", "{\"v\":2}"),
+    expect_refused(write_entry(c, "mesh", "conn", "c1", "absent", NULL, "set",
+                               "{\"v\":2}"),
                    "{\"v\":1}", 1);
     expect_str(c, "{\"v\":1}", "HGET mesh:connection-meta c1");
     expect_str(c, "1", "GET mesh:meshsync:seq");
@@ -352,9 +354,9 @@ static void test_write_absent(void **state)
 
     /* A value written by hand has no version: refused with version 0. */
     freeReplyObject(harness_command(c, "HSET mesh:roommeta:r data 7"));
-    expect_refused(write_entry(c, "mesh", "room", "r", "absent", NULL,
-                               "set", "8"),
-                   "7", 0);
+    expect_refused(
+        write_entry(c, "mesh", "room", "r", "absent", NULL, "set", "8"), "7",
+        0);
     expect_str(c, "7", "HGET mesh:roommeta:r data");
     expect_str(c, "1", "GET mesh:meshsync:seq");
     expect_no_change(h, s);
@@ -368,9 +370,9 @@ static void test_write_equal(void **state)
     redisContext *c = harness_redis(h), *s = subscriber(h);
 
     /* Nothing stored: an expected value does not match. */
-    expect_refused(write_entry(c, "mesh", "conn", "c1", "equal", "{}",
-                               "set", "{\"a\":1}"),
-                   NULL, 0);
+    expect_refused(
+        write_entry(c, "mesh", "conn", "c1", "equal", "{}", "set", "{\"a\":1}"),
+        NULL, 0);
     expect_str(c, NULL, "HGET mesh:connection-meta c1");
     expect_str(c, NULL, "GET mesh:meshsync:seq");
     expect_no_change(h, s);
@@ -379,24 +381,24 @@ static void test_write_equal(void **state)
     expect_change(s, 1, "conn", "c1", "{\"a\":1}");
 
     /* Same JSON meaning, other text: the check is on the exact text. */
-    expect_refused(write_entry(c, "mesh", "conn", "c1", "equal",
-                               "{\"a\": 1}", "set", "{\"a\":2}"),
+    expect_refused(write_entry(c, "mesh", "conn", "c1", "equal", "{\"a\": 1}",
+                               "set", "{\"a\":2}"),
                    "{\"a\":1}", 1);
     expect_str(c, "{\"a\":1}", "HGET mesh:connection-meta c1");
     expect_str(c, "1", "GET mesh:meshsync:seq");
     expect_no_change(h, s);
 
-    expect_written(write_entry(c, "mesh", "conn", "c1", "equal",
-                               "{\"a\":1}", "set", "{\"a\":2}"),
+    expect_written(write_entry(c, "mesh", "conn", "c1", "equal", "{\"a\":1}",
+                               "set", "{\"a\":2}"),
                    2);
     expect_str(c, "{\"a\":2}", "HGET mesh:connection-meta c1");
     expect_str(c, "2", "HGET mesh:meshsync:versions:conn c1");
     expect_change(s, 2, "conn", "c1", "{\"a\":2}");
 
     /* A checked delete. */
-    expect_written(write_entry(c, "mesh", "conn", "c1", "equal",
-                               "{\"a\":2}", "del", NULL),
-                   3);
+    expect_written(
+        write_entry(c, "mesh", "conn", "c1", "equal", "{\"a\":2}", "del", NULL),
+        3);
     expect_str(c, NULL, "HGET mesh:connection-meta c1");
     expect_change(s, 3, "conn", "c1", NULL);
     redisFree(s);
@@ -497,7 +499,7 @@ static redisReply *load_batch(redisContext *c, const char *prefix,
     glob_escape(rooms, pattern, sizeof(pattern) - 1);
     strcat(pattern, "*");
 
-    const char *argv[] = {"EVAL", script_load, "4",   k1,    k2,     k3,
+    const char *argv[] = {"EVAL", script_load, "4",    k1,    k2,    k3,
                           k4,     what,        cursor, count, rooms, pattern};
     return eval_argv(c, 12, argv);
 }
@@ -527,8 +529,7 @@ static void load_all(redisContext *c, const char *prefix, const char *what,
                 out->e = realloc(out->e, out->cap * sizeof(entry_t));
                 assert_non_null(out->e);
             }
-            assert_int_equal(flat->element[j + 2]->type,
-                             REDIS_REPLY_INTEGER);
+            assert_int_equal(flat->element[j + 2]->type, REDIS_REPLY_INTEGER);
             out->e[out->n].id = strdup(flat->element[j]->str);
             out->e[out->n].json = strdup(flat->element[j + 1]->str);
             out->e[out->n].version = flat->element[j + 2]->integer;
@@ -555,8 +556,8 @@ static void entries_free(entries_t *es)
 
 
 /* Checks that id was loaded (at least once) with json and version. */
-static void expect_entry(const entries_t *es, const char *id,
-                         const char *json, long long version)
+static void expect_entry(const entries_t *es, const char *id, const char *json,
+                         long long version)
 {
     for (size_t i = 0; i < es->n; i++) {
         if (strcmp(es->e[i].id, id) == 0) {
@@ -595,9 +596,8 @@ static void test_load_conns(void **state)
     expect_written(set_conn(c, "c2", "2"), 2);
     expect_written(set_conn(c, "c1", "{\"a\":3}"), 3);
     freeReplyObject(harness_command(c, "HSET mesh:connection-meta hand 9"));
-    expect_written(write_entry(c, "mesh", "room", "r1", "any", NULL, "set",
-                               "{}"),
-                   4);
+    expect_written(
+        write_entry(c, "mesh", "room", "r1", "any", NULL, "set", "{}"), 4);
 
     load_all(c, "mesh", "conn", "100", &es);
     assert_int_equal(es.seq, 4);
@@ -621,12 +621,11 @@ static void test_load_rooms(void **state)
     redisContext *c = harness_redis(h);
     entries_t es;
 
-    expect_written(write_entry(c, "mesh", "room", "r1", "any", NULL, "set",
-                               "{\"n\":1}"),
-                   1);
-    expect_written(write_entry(c, "mesh", "room", "a:b", "any", NULL, "set",
-                               "[]"),
-                   2);
+    expect_written(
+        write_entry(c, "mesh", "room", "r1", "any", NULL, "set", "{\"n\":1}"),
+        1);
+    expect_written(
+        write_entry(c, "mesh", "room", "a:b", "any", NULL, "set", "[]"), 2);
     expect_written(set_conn(c, "c1", "1"), 3);
     freeReplyObject(harness_command(c, "HSET mesh:roommeta:hand data 5"));
 
@@ -648,8 +647,7 @@ static void test_load_glob_names(void **state)
 {
     harness_t *h = *state;
     redisContext *c = harness_redis(h);
-    static const char *prefixes[] = {"m*sh", "m?sh", "m[e]sh", "mesh",
-                                     "m\\sh"};
+    static const char *prefixes[] = {"m*sh", "m?sh", "m[e]sh", "mesh", "m\\sh"};
     static const char *rooms[] = {"r*", "r?", "r[1]", "r\\", "r"};
     entries_t es;
     long long v = 0;
@@ -658,8 +656,8 @@ static void test_load_glob_names(void **state)
     for (size_t p = 0; p < 5; p++) {
         for (size_t r = 0; r < 5; r++) {
             snprintf(json, sizeof(json), "\"%zu/%zu\"", p, r);
-            expect_written(write_entry(c, prefixes[p], "room", rooms[r],
-                                       "any", NULL, "set", json),
+            expect_written(write_entry(c, prefixes[p], "room", rooms[r], "any",
+                                       NULL, "set", json),
                            1 + (long long)r);
         }
     }
@@ -691,11 +689,13 @@ static void test_load_many_conns(void **state)
 
     /* Every third one is versioned; the rest were written by hand. */
     for (int i = 0; i < N; i++) {
-        redisAppendCommand(c, "HSET mesh:connection-meta conn-%d {\"i\":%d}",
-                           i, i);
+        redisAppendCommand(c, "HSET mesh:connection-meta conn-%d {\"i\":%d}", i,
+                           i);
         if (i % 3 == 0)
-            redisAppendCommand(c, "HSET mesh:meshsync:versions:conn "
-                                  "conn-%d %d", i, i + 1);
+            redisAppendCommand(c,
+                               "HSET mesh:meshsync:versions:conn "
+                               "conn-%d %d",
+                               i, i + 1);
     }
     for (int i = 0; i < N + (N + 2) / 3; i++) {
         void *r;
@@ -765,7 +765,7 @@ static void test_load_many_rooms(void **state)
 /* --- redis.c on a loop ------------------------------------------------ */
 
 #define MAX_EVENTS 64
-#define MAX_REQS 32
+#define MAX_REQS   32
 
 typedef struct uvt_s uvt_t;
 
@@ -776,8 +776,8 @@ typedef struct rec_s {
     int type;          /* reply type, -1 for NULL */
     long long ints[2]; /* first two integers of an array reply */
     char str[128];
-    bool close;        /* ms_redis_close() from this callback */
-    bool resend;       /* try a command from this callback */
+    bool close;  /* ms_redis_close() from this callback */
+    bool resend; /* try a command from this callback */
     int resend_rc;
 } rec_t;
 
@@ -787,16 +787,16 @@ struct uvt_s {
     uv_timer_t watchdog;
     bool expired;
     ms_redis_t *r;
-    bool closed;         /* ms_redis_close() has been called */
-    int late_calls;      /* link callbacks after close: must stay 0 */
+    bool closed;    /* ms_redis_close() has been called */
+    int late_calls; /* link callbacks after close: must stay 0 */
     bool states[MAX_EVENTS];
     int nstates;
     char msgs[MAX_EVENTS][128];
     size_t msg_lens[MAX_EVENTS];
     int nmsgs;
     rec_t recs[MAX_REQS];
-    bool close_on_down;  /* ms_redis_close() from on_state(false) */
-    bool finished;       /* uvt_finish() closed the loop */
+    bool close_on_down; /* ms_redis_close() from on_state(false) */
+    bool finished;      /* uvt_finish() closed the loop */
 };
 
 
@@ -926,13 +926,15 @@ static bool link_live(uvt_t *t, int want)
 static ms_redis_t *uvt_redis(uvt_t *t, const char *url, const char *pass,
                              bool close_on_message)
 {
-    ms_redis_options_t opt = {.url = url, .password = pass,
-                              .channel = CHANNEL, .backoff_min_ms = 5,
+    ms_redis_options_t opt = {.url = url,
+                              .password = pass,
+                              .channel = CHANNEL,
+                              .backoff_min_ms = 5,
                               .backoff_max_ms = 100};
-    ms_redis_callbacks_t cb = {.arg = t, .on_state = on_state,
-                               .on_message = close_on_message
-                                                 ? on_message_close
-                                                 : on_message};
+    ms_redis_callbacks_t cb = {.arg = t,
+                               .on_state = on_state,
+                               .on_message = close_on_message ? on_message_close
+                                                              : on_message};
     ms_error_t err = {0};
 
     assert_int_equal(ms_redis_new(&t->loop, &opt, &cb, &t->r, &err), 0);
@@ -1009,13 +1011,20 @@ static int script_call(uvt_t *t, int i, const char *id, const char *json)
     const char *argv[] = {"mesh:connection-meta",
                           "mesh:meshsync:versions:conn",
                           "mesh:meshsync:seq",
-                          id, id, CHANNEL, "conn", "any", "", "set", json};
+                          id,
+                          id,
+                          CHANNEL,
+                          "conn",
+                          "any",
+                          "",
+                          "set",
+                          json};
     size_t lens[11];
 
     for (int k = 0; k < 11; k++)
         lens[k] = strlen(argv[k]);
-    return ms_redis_script(t->r, MS_SCRIPT_WRITE, 3, 11, argv, lens,
-                           reply_cb, &t->recs[i]);
+    return ms_redis_script(t->r, MS_SCRIPT_WRITE, 3, 11, argv, lens, reply_cb,
+                           &t->recs[i]);
 }
 
 
@@ -1081,8 +1090,8 @@ static void test_link_script(void **state)
 
     assert_int_equal(script_call(t, 0, "c1", "{\"a\":1}"), 0);
     assert_int_equal(command(t, 1, "HGET", "mesh:connection-meta", "c1"), 0);
-    assert_int_equal(ms_redis_script(t->r, MS_SCRIPT_WRITE, 5, 1, bad,
-                                     bad_len, reply_cb, &t->recs[2]),
+    assert_int_equal(ms_redis_script(t->r, MS_SCRIPT_WRITE, 5, 1, bad, bad_len,
+                                     reply_cb, &t->recs[2]),
                      0);
     assert_true(run_until(t, answered, 3, WAIT_MS));
     expect_rec(&t->recs[0], 0, REDIS_REPLY_ARRAY);
@@ -1103,9 +1112,9 @@ static void test_link_script(void **state)
         size_t off = 0;
 
         msgpack_unpacked_init(&u);
-        assert_int_equal(msgpack_unpack_next(&u, t->msgs[0], t->msg_lens[0],
-                                             &off),
-                         MSGPACK_UNPACK_SUCCESS);
+        assert_int_equal(
+            msgpack_unpack_next(&u, t->msgs[0], t->msg_lens[0], &off),
+            MSGPACK_UNPACK_SUCCESS);
         assert_int_equal(u.data.type, MSGPACK_OBJECT_ARRAY);
         assert_int_equal(u.data.via.array.ptr[0].via.u64, 1);
         assert_true(harness_obj_is_str(&u.data.via.array.ptr[2], "c1"));
@@ -1113,8 +1122,8 @@ static void test_link_script(void **state)
     }
 
     /* Payloads are binary: a NUL inside must come through. */
-    freeReplyObject(harness_command(c, "PUBLISH %s %b", CHANNEL, "x\0y",
-                                    (size_t)3));
+    freeReplyObject(
+        harness_command(c, "PUBLISH %s %b", CHANNEL, "x\0y", (size_t)3));
     assert_true(run_until(t, has_msgs, 2, WAIT_MS));
     assert_int_equal(t->msg_lens[1], 3);
     assert_memory_equal(t->msgs[1], "x\0y", 3);
@@ -1344,8 +1353,7 @@ static void test_link_restart(void **state)
     assert_int_equal(command(t, 0, "PING", NULL, NULL), MS_EUNAVAIL);
     harness_redis_start(t->h, NULL);
     go_live(t);
-    rep = harness_command(harness_redis(t->h), "SCRIPT LOAD %s",
-                          script_load);
+    rep = harness_command(harness_redis(t->h), "SCRIPT LOAD %s", script_load);
     snprintf(sha, sizeof(sha), "%s", rep->str);
     freeReplyObject(rep);
 
@@ -1377,17 +1385,18 @@ static void test_link_auth_db(void **state)
 {
     uvt_t *t = *state, *t2 = calloc(1, sizeof(*t2));
     char url[HARNESS_PATH_MAX + 16];
-    ms_redis_options_t opt = {.password = "wrong", .channel = CHANNEL,
-                              .backoff_min_ms = 5, .backoff_max_ms = 20};
-    ms_redis_callbacks_t cb = {.arg = t2, .on_state = on_state,
-                               .on_message = on_message};
+    ms_redis_options_t opt = {.password = "wrong",
+                              .channel = CHANNEL,
+                              .backoff_min_ms = 5,
+                              .backoff_max_ms = 20};
+    ms_redis_callbacks_t cb = {
+        .arg = t2, .on_state = on_state, .on_message = on_message};
     ms_redis_t *r2;
     redisContext *c;
 
     assert_non_null(t2);
-    c = harness_redis_start(t->h,
-                            (const char *const[]){"--requirepass",
-                                                  "s3cret", NULL});
+    c = harness_redis_start(
+        t->h, (const char *const[]){"--requirepass", "s3cret", NULL});
     freeReplyObject(harness_command(c, "AUTH s3cret"));
     snprintf(url, sizeof(url), "%s?db=3", harness_redis_url(t->h));
     opt.url = url;
@@ -1434,9 +1443,9 @@ static void test_link_tcp(void **state)
     redisContext *c;
 
     snprintf(port, sizeof(port), "%d", free_port());
-    c = harness_redis_start(t->h, (const char *const[]){"--port", port,
-                                                        "--bind",
-                                                        "127.0.0.1", NULL});
+    c = harness_redis_start(
+        t->h,
+        (const char *const[]){"--port", port, "--bind", "127.0.0.1", NULL});
     snprintf(url, sizeof(url), "redis://127.0.0.1:%s/2", port);
     uvt_redis(t, url, NULL, false);
     go_live(t);
@@ -1451,18 +1460,39 @@ static void test_link_tcp(void **state)
 
 static void test_url_check(void **state)
 {
-    static const char *good[] = {
-        "redis://localhost", "redis://localhost:6380", "redis://h:1/0",
-        "redis://10.0.0.1:7000/15", "redis://[::1]:7000", "redis://[::1]",
-        "redis://my-host.example.com/3", "redis://h/",
-        "unix:///run/redis.sock", "unix:///tmp/r.sock?db=2"};
-    static const char *bad[] = {
-        "", "localhost:6379", "http://h", "rediss://h", "redis://",
-        "redis://:pw@h", "redis://user:secret@h:1", "redis://h:0",
-        "redis://h:65536", "redis://h:x", "redis://h:", "redis://h/x",
-        "redis://h/1/2", "redis://[::1", "redis://[nothex]:1",
-        "redis://h?db=1", "redis://h h", "unix://", "unix://rel/path",
-        "unix:///", "unix:///p?db=", "unix:///p?db=x", "unix:///p?x=1"};
+    static const char *good[] = {"redis://localhost",
+                                 "redis://localhost:6380",
+                                 "redis://h:1/0",
+                                 "redis://10.0.0.1:7000/15",
+                                 "redis://[::1]:7000",
+                                 "redis://[::1]",
+                                 "redis://my-host.example.com/3",
+                                 "redis://h/",
+                                 "unix:///run/redis.sock",
+                                 "unix:///tmp/r.sock?db=2"};
+    static const char *bad[] = {"",
+                                "localhost:6379",
+                                "http://h",
+                                "rediss://h",
+                                "redis://",
+                                "redis://:pw@h",
+                                "redis://user:secret@h:1",
+                                "redis://h:0",
+                                "redis://h:65536",
+                                "redis://h:x",
+                                "redis://h:",
+                                "redis://h/x",
+                                "redis://h/1/2",
+                                "redis://[::1",
+                                "redis://[nothex]:1",
+                                "redis://h?db=1",
+                                "redis://h h",
+                                "unix://",
+                                "unix://rel/path",
+                                "unix:///",
+                                "unix:///p?db=",
+                                "unix:///p?db=x",
+                                "unix:///p?x=1"};
     ms_error_t err;
 
     (void)state;
@@ -1543,8 +1573,8 @@ int main(void)
                                         teardown_uvt),
         cmocka_unit_test_setup_teardown(test_link_close_in_reply, setup_uvt,
                                         teardown_uvt),
-        cmocka_unit_test_setup_teardown(test_link_close_in_message,
-                                        setup_uvt, teardown_uvt),
+        cmocka_unit_test_setup_teardown(test_link_close_in_message, setup_uvt,
+                                        teardown_uvt),
         cmocka_unit_test_setup_teardown(test_link_close_in_state, setup_uvt,
                                         teardown_uvt),
         cmocka_unit_test_setup_teardown(test_link_restart, setup_uvt_bare,

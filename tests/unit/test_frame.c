@@ -72,8 +72,8 @@ static int drain(ms_frame_reader_t *r, bytes_t *out)
  * Feeds data in reads of at most chunk bytes (also capped by the room the
  * reader offers), draining after each; returns the frames seen.
  */
-static int feed(ms_frame_reader_t *r, const char *data, size_t n,
-                size_t chunk, bytes_t *out)
+static int feed(ms_frame_reader_t *r, const char *data, size_t n, size_t chunk,
+                bytes_t *out)
 {
     size_t off = 0;
     int frames = 0;
@@ -223,8 +223,7 @@ static void test_reader_huge_declared_length(void **state)
         size_t room;
 
         assert_int_equal(ms_frame_reader_next(&r, &body, &len), 0);
-        assert_int_equal(ms_frame_reader_space(&r, 1 << 30, &base, &room),
-                         0);
+        assert_int_equal(ms_frame_reader_space(&r, 1 << 30, &base, &room), 0);
         assert_true(room <= MS_FRAME_DEFAULT_MAX + MS_FRAME_HEADER);
         base[0] = header[i];
         ms_frame_reader_commit(&r, 1);
@@ -444,40 +443,64 @@ typedef struct sample_s {
     size_t len;
 } sample_t;
 
-#define SAMPLE(lit) {lit, sizeof(lit) - 1}
+#define SAMPLE(lit)                                                            \
+    {                                                                          \
+        lit, sizeof(lit) - 1                                                   \
+    }
 
 static const sample_t every_type[] = {
-    SAMPLE("\x00"), SAMPLE("\x7f"),                   /* positive fixint */
-    SAMPLE("\xe0"), SAMPLE("\xff"),                   /* negative fixint */
-    SAMPLE("\x80"), SAMPLE("\x81\xa1k\x01"),          /* fixmap */
-    SAMPLE("\x90"), SAMPLE("\x92\x01\xc0"),           /* fixarray */
-    SAMPLE("\xa0"), SAMPLE("\xa3" "abc"),             /* fixstr */
-    SAMPLE("\xc0"), SAMPLE("\xc2"), SAMPLE("\xc3"),   /* nil false true */
-    SAMPLE("\xc4\x00"), SAMPLE("\xc4\x02xy"),         /* bin 8 */
-    SAMPLE("\xc5\x00\x01z"),                          /* bin 16 */
-    SAMPLE("\xc6\x00\x00\x00\x01z"),                  /* bin 32 */
-    SAMPLE("\xc7\x00\x05"), SAMPLE("\xc7\x01\x05z"),  /* ext 8 */
-    SAMPLE("\xc8\x00\x01\xfbz"),                      /* ext 16 */
-    SAMPLE("\xc9\x00\x00\x00\x01\x01z"),              /* ext 32 */
-    SAMPLE("\xca\x3f\x80\x00\x00"),                   /* float 32 */
-    SAMPLE("\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00"),   /* float 64 */
-    SAMPLE("\xcc\xff"), SAMPLE("\xcd\xff\xff"),       /* uint 8, 16 */
-    SAMPLE("\xce\xff\xff\xff\xff"),                   /* uint 32 */
-    SAMPLE("\xcf\xff\xff\xff\xff\xff\xff\xff\xff"),   /* uint 64 */
-    SAMPLE("\xd0\x80"), SAMPLE("\xd1\x80\x00"),       /* int 8, 16 */
-    SAMPLE("\xd2\x80\x00\x00\x00"),                   /* int 32 */
-    SAMPLE("\xd3\x80\x00\x00\x00\x00\x00\x00\x00"),   /* int 64 */
-    SAMPLE("\xd4\x01" "a"), SAMPLE("\xd5\x01" "ab"),     /* fixext 1, 2 */
-    SAMPLE("\xd6\x01" "abcd"),                        /* fixext 4 */
-    SAMPLE("\xd7\x01" "abcdefgh"),                    /* fixext 8 */
-    SAMPLE("\xd8\x01" "abcdefghijklmnop"),            /* fixext 16 */
-    SAMPLE("\xd9\x00"), SAMPLE("\xd9\x02hi"),         /* str 8 */
-    SAMPLE("\xda\x00\x02hi"),                         /* str 16 */
-    SAMPLE("\xdb\x00\x00\x00\x02hi"),                 /* str 32 */
-    SAMPLE("\xdc\x00\x00"), SAMPLE("\xdc\x00\x02\x01\x02"), /* array 16 */
-    SAMPLE("\xdd\x00\x00\x00\x01\xc0"),               /* array 32 */
-    SAMPLE("\xde\x00\x00"), SAMPLE("\xde\x00\x01\x01\x02"), /* map 16 */
-    SAMPLE("\xdf\x00\x00\x00\x01\xa0\xc0"),           /* map 32 */
+    SAMPLE("\x00"),
+    SAMPLE("\x7f"), /* positive fixint */
+    SAMPLE("\xe0"),
+    SAMPLE("\xff"), /* negative fixint */
+    SAMPLE("\x80"),
+    SAMPLE("\x81\xa1k\x01"), /* fixmap */
+    SAMPLE("\x90"),
+    SAMPLE("\x92\x01\xc0"), /* fixarray */
+    SAMPLE("\xa0"),
+    SAMPLE("\xa3"
+           "abc"), /* fixstr */
+    SAMPLE("\xc0"),
+    SAMPLE("\xc2"),
+    SAMPLE("\xc3"), /* nil false true */
+    SAMPLE("\xc4\x00"),
+    SAMPLE("\xc4\x02xy"),            /* bin 8 */
+    SAMPLE("\xc5\x00\x01z"),         /* bin 16 */
+    SAMPLE("\xc6\x00\x00\x00\x01z"), /* bin 32 */
+    SAMPLE("\xc7\x00\x05"),
+    SAMPLE("\xc7\x01\x05z"),                        /* ext 8 */
+    SAMPLE("\xc8\x00\x01\xfbz"),                    /* ext 16 */
+    SAMPLE("\xc9\x00\x00\x00\x01\x01z"),            /* ext 32 */
+    SAMPLE("\xca\x3f\x80\x00\x00"),                 /* float 32 */
+    SAMPLE("\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00"), /* float 64 */
+    SAMPLE("\xcc\xff"),
+    SAMPLE("\xcd\xff\xff"),                         /* uint 8, 16 */
+    SAMPLE("\xce\xff\xff\xff\xff"),                 /* uint 32 */
+    SAMPLE("\xcf\xff\xff\xff\xff\xff\xff\xff\xff"), /* uint 64 */
+    SAMPLE("\xd0\x80"),
+    SAMPLE("\xd1\x80\x00"),                         /* int 8, 16 */
+    SAMPLE("\xd2\x80\x00\x00\x00"),                 /* int 32 */
+    SAMPLE("\xd3\x80\x00\x00\x00\x00\x00\x00\x00"), /* int 64 */
+    SAMPLE("\xd4\x01"
+           "a"),
+    SAMPLE("\xd5\x01"
+           "ab"), /* fixext 1, 2 */
+    SAMPLE("\xd6\x01"
+           "abcd"), /* fixext 4 */
+    SAMPLE("\xd7\x01"
+           "abcdefgh"), /* fixext 8 */
+    SAMPLE("\xd8\x01"
+           "abcdefghijklmnop"), /* fixext 16 */
+    SAMPLE("\xd9\x00"),
+    SAMPLE("\xd9\x02hi"),             /* str 8 */
+    SAMPLE("\xda\x00\x02hi"),         /* str 16 */
+    SAMPLE("\xdb\x00\x00\x00\x02hi"), /* str 32 */
+    SAMPLE("\xdc\x00\x00"),
+    SAMPLE("\xdc\x00\x02\x01\x02"),     /* array 16 */
+    SAMPLE("\xdd\x00\x00\x00\x01\xc0"), /* array 32 */
+    SAMPLE("\xde\x00\x00"),
+    SAMPLE("\xde\x00\x01\x01\x02"),         /* map 16 */
+    SAMPLE("\xdf\x00\x00\x00\x01\xa0\xc0"), /* map 32 */
 };
 
 #define N_EVERY_TYPE (sizeof(every_type) / sizeof(every_type[0]))
@@ -529,8 +552,8 @@ static void pack_complex(msgpack_sbuffer *sb)
     msgpack_pack_ext_with_body(&pk, "abcd", 4, 7);
     msgpack_pack_ext_with_body(&pk, "abc", 3, -1);
     msgpack_pack_str_with_body(&pk, "", 0);
-    msgpack_pack_str_with_body(&pk,
-                               "a string longer than thirty-one bytes", 37);
+    msgpack_pack_str_with_body(&pk, "a string longer than thirty-one bytes",
+                               37);
     msgpack_pack_str_with_body(&pk, "nested", 6);
     msgpack_pack_map(&pk, 1);
     msgpack_pack_str_with_body(&pk, "a", 1);
@@ -575,12 +598,10 @@ static void test_check_reserved_byte(void **state)
     (void)state;
     assert_int_equal(ms_msgpack_check("\xc1", 1, 32, &err), MS_EINVAL);
     assert_non_null(strstr(err.msg, "0xc1"));
-    assert_int_equal(ms_msgpack_check("\x92\x01\xc1", 3, 32, &err),
-                     MS_EINVAL);
+    assert_int_equal(ms_msgpack_check("\x92\x01\xc1", 3, 32, &err), MS_EINVAL);
     assert_string_equal(err.msg,
                         "frame is not msgpack: reserved byte 0xc1 at byte 2");
-    assert_int_equal(ms_msgpack_check("\x81\xc1\x01", 3, 32, &err),
-                     MS_EINVAL);
+    assert_int_equal(ms_msgpack_check("\x81\xc1\x01", 3, 32, &err), MS_EINVAL);
 
     /* As a string's content it is just a byte. */
     assert_int_equal(ms_msgpack_check("\xa1\xc1", 2, 32, &err), 0);
@@ -596,15 +617,13 @@ static void test_check_trailing_bytes(void **state)
     assert_int_equal(ms_msgpack_check("\x01\x02", 2, 32, &err), MS_EINVAL);
     assert_string_equal(err.msg,
                         "frame is not msgpack: trailing bytes after byte 1");
-    assert_int_equal(ms_msgpack_check("\x91\x01\x00", 3, 32, &err),
-                     MS_EINVAL);
+    assert_int_equal(ms_msgpack_check("\x91\x01\x00", 3, 32, &err), MS_EINVAL);
     assert_int_equal(ms_msgpack_check("\x80\x80", 2, 32, &err), MS_EINVAL);
 
     msgpack_sbuffer_init(&sb);
     pack_complex(&sb);
     pack_complex(&sb);
-    assert_int_equal(ms_msgpack_check(sb.data, sb.size, 32, &err),
-                     MS_EINVAL);
+    assert_int_equal(ms_msgpack_check(sb.data, sb.size, 32, &err), MS_EINVAL);
     assert_non_null(strstr(err.msg, "trailing"));
     msgpack_sbuffer_destroy(&sb);
 }
@@ -643,10 +662,10 @@ static void test_check_counts_beyond_bytes(void **state)
     }
 
     /* One byte per element is enough; two per map entry. */
-    assert_int_equal(ms_msgpack_check("\xdc\x00\x03\x01\x02\x03", 6, 32,
-                                      &err), 0);
-    assert_int_equal(ms_msgpack_check("\xde\x00\x02\x01\x02\x03\x04", 7, 32,
-                                      &err), 0);
+    assert_int_equal(ms_msgpack_check("\xdc\x00\x03\x01\x02\x03", 6, 32, &err),
+                     0);
+    assert_int_equal(
+        ms_msgpack_check("\xde\x00\x02\x01\x02\x03\x04", 7, 32, &err), 0);
 }
 
 
@@ -697,8 +716,7 @@ static void test_check_depth(void **state)
     /* Empty containers count; siblings do not add up. */
     assert_int_equal(ms_msgpack_check("\x91\x90", 2, 1, &err), MS_ETOOLARGE);
     assert_int_equal(ms_msgpack_check("\x91\x90", 2, 2, &err), 0);
-    assert_int_equal(ms_msgpack_check("\x93\x90\x91\x90\x80", 5, 3, &err),
-                     0);
+    assert_int_equal(ms_msgpack_check("\x93\x90\x91\x90\x80", 5, 3, &err), 0);
     assert_int_equal(ms_msgpack_check("\x93\x90\x91\x90\x80", 5, 2, &err),
                      MS_ETOOLARGE);
     assert_int_equal(ms_msgpack_check("\x01", 1, 0, &err), 0);
@@ -743,19 +761,35 @@ static void fuzz_pack(uint64_t *seed, msgpack_packer *pk, int depth)
     uint32_t n = (uint32_t)(x >> 32) % 4;
 
     switch ((x >> 8) % (depth > 0 ? 12 : 9)) {
-    case 0: msgpack_pack_nil(pk); break;
-    case 1: msgpack_pack_true(pk); break;
-    case 2: msgpack_pack_int64(pk, (int64_t)fuzz_next(seed) >> (x % 64));
+    case 0:
+        msgpack_pack_nil(pk);
         break;
-    case 3: msgpack_pack_uint64(pk, fuzz_next(seed) >> (x % 64)); break;
-    case 4: msgpack_pack_double(pk, 0.5); break;
-    case 5: msgpack_pack_float(pk, 0.5f); break;
-    case 6: msgpack_pack_str_with_body(pk, "abcdefgh", n * 2); break;
-    case 7: msgpack_pack_bin_with_body(pk, "abcdefgh", n * 2); break;
-    case 8: msgpack_pack_ext_with_body(pk, "abcdefghijklmnop", 1u << n,
-                                       (int8_t)x);
+    case 1:
+        msgpack_pack_true(pk);
         break;
-    case 9: case 10:
+    case 2:
+        msgpack_pack_int64(pk, (int64_t)fuzz_next(seed) >> (x % 64));
+        break;
+    case 3:
+        msgpack_pack_uint64(pk, fuzz_next(seed) >> (x % 64));
+        break;
+    case 4:
+        msgpack_pack_double(pk, 0.5);
+        break;
+    case 5:
+        msgpack_pack_float(pk, 0.5f);
+        break;
+    case 6:
+        msgpack_pack_str_with_body(pk, "abcdefgh", n * 2);
+        break;
+    case 7:
+        msgpack_pack_bin_with_body(pk, "abcdefgh", n * 2);
+        break;
+    case 8:
+        msgpack_pack_ext_with_body(pk, "abcdefghijklmnop", 1u << n, (int8_t)x);
+        break;
+    case 9:
+    case 10:
         msgpack_pack_array(pk, n);
         for (uint32_t i = 0; i < n; i++)
             fuzz_pack(seed, pk, depth - 1);
@@ -852,7 +886,10 @@ static void test_map_uint(void **state)
     deep[n++] = 0x83;
     memcpy(deep + n, "\xa2op\xa1x", 5);
     n += 5;
-    memcpy(deep + n, "\xa4" "deep", 5);
+    memcpy(deep + n,
+           "\xa4"
+           "deep",
+           5);
     n += 5;
     for (int i = 0; i < 40; i++)
         deep[n++] = 0x91;
@@ -865,9 +902,9 @@ static void test_map_uint(void **state)
     assert_int_equal(ms_msgpack_map_uint((char *)deep, n, "nope", &v), 0);
 
     /* uint 64 and a key that is itself a container. */
-    static const unsigned char wide[] = {
-        0x82, 0x91, 0x01, 0x02, 0xa2, 'i', 'd',
-        0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    static const unsigned char wide[] = {0x82, 0x91, 0x01, 0x02, 0xa2, 'i',
+                                         'd',  0xcf, 0xff, 0xff, 0xff, 0xff,
+                                         0xff, 0xff, 0xff, 0xff};
     assert_int_equal(
         ms_msgpack_map_uint((const char *)wide, sizeof(wide), "id", &v), 1);
     assert_true(v == UINT64_MAX);
@@ -876,14 +913,12 @@ static void test_map_uint(void **state)
     assert_int_equal(ms_msgpack_map_uint("\x91\x01", 2, "id", &v), 0);
     assert_int_equal(ms_msgpack_map_uint("\x81\xa2id\xff", 5, "id", &v), 0);
     assert_int_equal(ms_msgpack_map_uint("\x81\xa2id", 4, "id", &v), 0);
-    assert_int_equal(ms_msgpack_map_uint("\x81\xa2id\xcd\x01", 6, "id", &v),
-                     0);
+    assert_int_equal(ms_msgpack_map_uint("\x81\xa2id\xcd\x01", 6, "id", &v), 0);
     assert_int_equal(ms_msgpack_map_uint("", 0, "id", &v), 0);
 
     /* A map declaring more entries than it holds ends the search. */
     assert_int_equal(
-        ms_msgpack_map_uint("\xdf\xff\xff\xff\xff\xa1x\x01", 8, "id", &v),
-        0);
+        ms_msgpack_map_uint("\xdf\xff\xff\xff\xff\xa1x\x01", 8, "id", &v), 0);
 }
 
 

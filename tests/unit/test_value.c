@@ -939,8 +939,7 @@ static void test_element_budget(void **state)
         items[i].type = MSGPACK_OBJECT_NIL;
     arr.via.array.ptr = items;
     arr.via.array.size = 2000;
-    assert_int_equal(ms_value_from_msgpack(&arr, &lim, &v, &err),
-                     MS_ETOOLARGE);
+    assert_int_equal(ms_value_from_msgpack(&arr, &lim, &v, &err), MS_ETOOLARGE);
     assert_null(v);
     assert_non_null(strstr(err.msg, "too large as JSON"));
 
