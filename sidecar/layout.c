@@ -85,6 +85,20 @@ const char *ms_layout_versions(const ms_layout_t *l, ms_kind_t kind)
 }
 
 
+int ms_entry_compare(ms_kind_t ka, const char *a, size_t alen, ms_kind_t kb,
+                     const char *b, size_t blen)
+{
+    int c;
+
+    if (ka != kb)
+        return ka < kb ? -1 : 1;
+    c = memcmp(a, b, alen < blen ? alen : blen);
+    if (c != 0)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+
 const char *ms_kind_name(ms_kind_t kind)
 {
     return kind == MS_KIND_CONN ? "conn" : "room";

@@ -46,6 +46,13 @@ const char *ms_layout_versions(const ms_layout_t *l, ms_kind_t kind);
 char *ms_layout_key(const char *head, const char *middle, const char *id,
                     size_t id_len, size_t *len);
 
+/*
+ * Orders entries by kind, then id bytes: the comparison for trees keyed
+ * by entry (strcmp-like result).
+ */
+int ms_entry_compare(ms_kind_t ka, const char *a, size_t alen, ms_kind_t kb,
+                     const char *b, size_t blen);
+
 /* "conn" or "room": the kind's name in change events. */
 const char *ms_kind_name(ms_kind_t kind);
 

@@ -44,15 +44,8 @@ struct ms_waits_s {
 static int compare_entries(const void *a, const void *b)
 {
     const entry_waits_t *x = a, *y = b;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c;
 
-    if (x->kind != y->kind)
-        return x->kind < y->kind ? -1 : 1;
-    c = memcmp(x->id, y->id, n);
-    if (c != 0)
-        return c;
-    return x->len < y->len ? -1 : x->len > y->len;
+    return ms_entry_compare(x->kind, x->id, x->len, y->kind, y->id, y->len);
 }
 
 

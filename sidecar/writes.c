@@ -1,6 +1,7 @@
 /*
  * writes.c - the write pipeline (see writes.h). Entry points:
- * ms_writes_init(), ms_writes_submit(), ms_writes_free(). Loop thread.
+ * ms_writes_init(), ms_writes_submit(), ms_writes_entry_changed(),
+ * ms_writes_close() and ms_writes_free(). Loop thread.
  *
  * Each entry with writes under way has a queue, found through a tsearch()
  * tree keyed by (kind, id). Only the queue's head is in flight.
@@ -44,9 +45,9 @@ struct write_s {
     size_t base_len;
     char *json; /* JSON text being written, NULL for a delete */
     size_t json_len;
-    unsigned waits;   /* times it waited for another sidecar's turn */
-    bool has_timer;   /* timer initialised: free w in its close callback */
-    uv_timer_t timer; /* ends a wait for another sidecar's turn */
+    unsigned turn_waits; /* times it waited for another sidecar's turn */
+    bool has_timer;      /* timer initialised: free w in its close callback */
+    uv_timer_t timer;    /* ends a wait for another sidecar's turn */
     write_t *next_waiting, *prev_waiting;
 };
 
@@ -64,15 +65,9 @@ struct ms_writes_s {
 static int compare_queues(const void *a, const void *b)
 {
     const queue_t *x = a, *y = b;
-    size_t n = x->id_len < y->id_len ? x->id_len : y->id_len;
-    int c;
 
-    if (x->kind != y->kind)
-        return x->kind < y->kind ? -1 : 1;
-    c = memcmp(x->id, y->id, n);
-    if (c != 0)
-        return c;
-    return x->id_len < y->id_len ? -1 : x->id_len > y->id_len;
+    return ms_entry_compare(x->kind, x->id, x->id_len, y->kind, y->id,
+                            y->id_len);
 }
 
 
@@ -333,7 +328,7 @@ static int wait_for_turn(write_t *w, ms_error_t *err)
 {
     ms_writes_t *ws = w->app->writes;
 
-    if (++w->waits > TURN_WAITS_MAX)
+    if (++w->turn_waits > TURN_WAITS_MAX)
         return ms_error_set(err, MS_ECONFLICT,
                             "another sidecar kept the entry's turn too long");
     if (!w->has_timer) {
