@@ -32,6 +32,10 @@ struct ms_mirror_s {
     uint64_t started;    /* uv_now() when the load began */
     uint64_t entries[2]; /* loaded per kind */
     uint64_t skipped;    /* values that could not be read */
+    uint64_t high;       /* the highest version Redis is known to have
+                            handed out (events, loads, our writes) */
+    uint64_t last_event; /* the channel's last version since links up */
+    unsigned rebuilds;   /* times the sequence was seen going back */
     uv_timer_t retry;    /* restarts a failed load */
 };
 
@@ -130,10 +134,13 @@ static int check_sequence(ms_app_t *app, uint64_t seq)
 
     if (held < 0)
         return -1;
-    if ((uint64_t)held <= seq)
+    if ((uint64_t)held <= seq) {
+        ms_mirror_saw_version(app, seq);
         return 0;
+    }
     ms_log_warn("Redis sequence went back, rebuilding the cache",
                 "seq=%" PRIu64 " cached=%" PRId64, seq, held);
+    app->mirror->high = seq;
     return ms_cache_clear(app->cache);
 }
 
@@ -275,6 +282,26 @@ static void load_start(ms_app_t *app)
 }
 
 
+void ms_mirror_rebuild(ms_app_t *app, uint64_t seq)
+{
+    ms_mirror_t *m = app->mirror;
+    int64_t held = ms_cache_max_version(app->cache);
+
+    ms_log_warn("Redis sequence went back, rebuilding the cache",
+                "seq=%" PRIu64 " cached=%" PRId64, seq, held);
+    if (m != NULL) {
+        m->high = seq;
+        m->last_event = 0;
+        m->rebuilds++;
+    }
+    if (ms_cache_clear(app->cache) < 0 || m == NULL || !m->live)
+        return;
+
+    /* A load under way read versions from before the reset: start over. */
+    load_start(app);
+}
+
+
 void ms_mirror_on_state(void *arg, bool live)
 {
     ms_app_t *app = arg;
@@ -288,7 +315,43 @@ void ms_mirror_on_state(void *arg, bool live)
         return;
     }
     m->loaded = false;
+    m->last_event = 0;
     m->gen++;
+}
+
+
+void ms_mirror_saw_version(ms_app_t *app, uint64_t version)
+{
+    if (app->mirror != NULL && version > app->mirror->high)
+        app->mirror->high = version;
+}
+
+
+uint64_t ms_mirror_high(const ms_app_t *app)
+{
+    return app->mirror != NULL ? app->mirror->high : 0;
+}
+
+
+unsigned ms_mirror_rebuilds(const ms_app_t *app)
+{
+    return app->mirror != NULL ? app->mirror->rebuilds : 0;
+}
+
+
+/*
+ * Writes take their versions from one INCR inside the same script that
+ * publishes, so the channel carries strictly increasing versions. One
+ * that does not increase means the sequence started over.
+ */
+static void check_event_order(ms_app_t *app, uint64_t version)
+{
+    ms_mirror_t *m = app->mirror;
+
+    if (m->last_event != 0 && version <= m->last_event)
+        ms_mirror_rebuild(app, version);
+    m->last_event = version;
+    ms_mirror_saw_version(app, version);
 }
 
 
@@ -320,6 +383,7 @@ void ms_mirror_on_message(void *arg, const char *payload, size_t len)
         kind = MS_KIND_ROOM;
     else
         goto bad;
+    check_event_order(app, f[0].via.u64);
 
     /* Our own writes come back here too; skip converting them again. */
     if (ms_cache_get(app->cache, kind, f[2].via.str.ptr, f[2].via.str.size,

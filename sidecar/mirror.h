@@ -29,6 +29,25 @@ void ms_mirror_close(ms_app_t *app);
 /* True unless the links are live and the load since then is done. */
 bool ms_mirror_stale(const ms_app_t *app);
 
+/*
+ * Redis handed out a version (seq) at or below one the cache holds: its
+ * sequence started over, so it lost its data (FLUSHALL, a restart without
+ * persistence, a failover to a replica that missed writes). Every cached
+ * version is meaningless then: the cache is emptied and loaded again.
+ */
+void ms_mirror_rebuild(ms_app_t *app, uint64_t seq);
+
+/*
+ * The highest version Redis is known to have handed out, and the way to
+ * raise it: a write sent now must get a version above it, or Redis lost
+ * its data.
+ */
+uint64_t ms_mirror_high(const ms_app_t *app);
+void ms_mirror_saw_version(ms_app_t *app, uint64_t version);
+
+/* Counts rebuilds, so a write can tell one happened while it was sent. */
+unsigned ms_mirror_rebuilds(const ms_app_t *app);
+
 /* The Redis link callbacks (ms_redis_callbacks_t, arg is the app). */
 void ms_mirror_on_state(void *arg, bool live);
 void ms_mirror_on_message(void *arg, const char *payload, size_t len);

@@ -16,6 +16,7 @@
 #include "alloc.h"
 #include "waits.h"
 #include "log.h"
+#include "mirror.h"
 
 typedef struct write_s write_t;
 
@@ -40,8 +41,10 @@ struct write_s {
     ms_write_done_cb cb;
     void *arg;
     unsigned attempts;
-    bool have_base; /* base_* below came from a conflict reply */
-    char *base;     /* JSON text the merge is computed from, or NULL */
+    uint64_t floor;    /* the highest version known when last sent */
+    unsigned rebuilds; /* the mirror's rebuild count then */
+    bool have_base;    /* base_* below came from a conflict reply */
+    char *base;        /* JSON text the merge is computed from, or NULL */
     size_t base_len;
     char *json; /* JSON text being written, NULL for a delete */
     size_t json_len;
@@ -241,6 +244,8 @@ static int write_start(write_t *w, ms_error_t *err)
     argvlen[11] = w->json != NULL ? w->json_len : 0;
 
     w->attempts++;
+    w->floor = ms_mirror_high(app);
+    w->rebuilds = ms_mirror_rebuilds(app);
     if (app->redis == NULL ||
         ms_redis_script(app->redis, MS_SCRIPT_WRITE, 4, 14, argv, argvlen,
                         on_script_reply, w) < 0)
@@ -268,6 +273,19 @@ static void apply_written(write_t *w, uint64_t version)
     }
     rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version, w->json,
                         w->json_len, mp, mp_len, MS_APPLY_NEWER);
+
+    /*
+     * Redis's INCR ran after the write was sent, so its version is above
+     * every version known then, unless the sequence started over (and no
+     * rebuild has been made for that meanwhile). After the rebuild the
+     * write goes into the emptied cache.
+     */
+    if (version <= w->floor && w->rebuilds == ms_mirror_rebuilds(app)) {
+        ms_mirror_rebuild(app, version);
+        rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version,
+                            w->json, w->json_len, mp, mp_len, MS_APPLY_NEWER);
+    }
+    ms_mirror_saw_version(app, version);
     if (rc == 1)
         ms_waits_entry_changed(app, q->kind, q->id, q->id_len, version);
     free(mp);
