@@ -455,9 +455,12 @@ static const command_t *check_command(cli_args_t *a)
         return NULL;
     omit_conn(a, c);
     if (a->nwords != c->nwords) {
-        usage_error("expected: meshsync %s%s%s%s", c->noun,
+        usage_error("expected: meshsync %s%s%s%s%s", c->noun,
                     c->verb != NULL ? " " : "", c->verb != NULL ? c->verb : "",
-                    c->args);
+                    c->args,
+                    strcmp(c->noun, "conn") == 0 && c->cmd != CMD_PING
+                        ? " (CONN may be left out after --as CONN)"
+                        : "");
         return NULL;
     }
     if (a->strategy_arg != NULL && c->cmd != CMD_SET) {

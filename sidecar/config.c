@@ -13,6 +13,7 @@
 
 #include "alloc.h"
 #include "frame.h"
+#include "redis.h"
 #include "value.h"
 
 #ifndef MESHSYNC_VERSION
@@ -45,10 +46,10 @@ static const char usage_text[] =
     "                         [MESHSYNC_INSTANCE_ID, hostname-pid]\n"
     "  --log-level LEVEL      error, warn, info or debug\n"
     "                         [MESHSYNC_LOG_LEVEL, info]\n"
-    "  --max-frame-bytes N    largest request frame [MESHSYNC_MAX_FRAME_BYTES,"
-    " 1048576]\n"
-    "  --max-value-bytes N    largest value as JSON [MESHSYNC_MAX_VALUE_BYTES,"
-    " 65536]\n"
+    "  --max-frame-bytes N    largest request frame\n"
+    "                         [MESHSYNC_MAX_FRAME_BYTES, 1048576]\n"
+    "  --max-value-bytes N    largest value as JSON text\n"
+    "                         [MESHSYNC_MAX_VALUE_BYTES, 65536]\n"
     "  --max-depth N          deepest value nesting, 1-31\n"
     "                         [MESHSYNC_MAX_DEPTH, 31]\n"
     "  --max-id-bytes N       longest connection id or room name\n"
@@ -132,6 +133,21 @@ static int parse_number(const char *name, const char *s, int base,
 }
 
 
+static int parse_mode(const char *s, unsigned long *out)
+{
+    char *end;
+
+    errno = 0;
+    *out = strtoul(s, &end, 8);
+    if (errno != 0 || end == s || *end != '\0' || s[0] == '-' || *out > 0777) {
+        fprintf(stderr, "meshsyncd: --socket-mode must be an octal mode "
+                        "from 0 to 0777, such as 0660\n");
+        return -1;
+    }
+    return 0;
+}
+
+
 static int read_password_file(ms_config_t *cfg, const char *path)
 {
     char buf[1024];
@@ -165,7 +181,7 @@ static int apply(ms_config_t *cfg, int opt, const char *name, const char *v)
         set_string(&cfg->socket_path, v);
         return 0;
     case OPT_SOCKET_MODE:
-        if (parse_number(name, v, 8, 0, 0777, &n) < 0)
+        if (parse_mode(v, &n) < 0)
             return -1;
         cfg->socket_mode = (unsigned)n;
         return 0;
@@ -269,10 +285,16 @@ static int load_env(ms_config_t *cfg)
 
 static int validate(const ms_config_t *cfg)
 {
+    ms_error_t err;
+
     if (cfg->socket_path[0] == '\0' || cfg->cache_path[0] == '\0' ||
         cfg->prefix[0] == '\0' || cfg->instance_id[0] == '\0') {
         fprintf(stderr, "meshsyncd: --socket, --cache, --prefix and "
                         "--instance-id must not be empty\n");
+        return -1;
+    }
+    if (ms_redis_url_check(cfg->redis_url, &err) < 0) {
+        fprintf(stderr, "meshsyncd: --redis: %s\n", err.msg);
         return -1;
     }
     if (cfg->max_value > cfg->max_frame) {
@@ -301,8 +323,10 @@ int ms_config_load(ms_config_t *cfg, int argc, char **argv)
     if (load_env(cfg) < 0)
         return -1;
 
+    /* getopt would name the program by its full path: report ourselves. */
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, ":hV", longopts, NULL)) != -1) {
         if (opt == 'h') {
             fputs(usage_text, stdout);
             return 1;
@@ -311,8 +335,12 @@ int ms_config_load(ms_config_t *cfg, int argc, char **argv)
             puts("meshsyncd " MESHSYNC_VERSION);
             return 1;
         }
-        if (opt == '?')
+        if (opt == '?' || opt == ':') {
+            fprintf(stderr, "meshsyncd: %s '%s'\n",
+                    opt == ':' ? "missing value for" : "unknown option",
+                    argv[optind - 1]);
             goto usage;
+        }
         for (size_t i = 0; i < N_SETTINGS; i++) {
             if (settings[i].opt == opt &&
                 apply(cfg, opt, settings[i].flag, optarg) < 0)

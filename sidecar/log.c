@@ -61,3 +61,24 @@ void ms_log_write(ms_log_level_t level, const char *msg, const char *fields,
         /* Nowhere left to report a failing stderr. */
     }
 }
+
+
+char *ms_log_escape(const char *s, size_t len, char *out, size_t size)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len && n + 8 < size; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\')
+            out[n++] = (char)c;
+        else
+            n += (size_t)snprintf(out + n, size - n, "\\x%02x", c);
+        if (i + 1 < len && n + 8 >= size) {
+            memcpy(out + n, "...", 3);
+            n += 3;
+        }
+    }
+    out[n] = '\0';
+    return out;
+}

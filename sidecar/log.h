@@ -8,6 +8,8 @@
 #ifndef MS_LOG_H
 #define MS_LOG_H
 
+#include <stddef.h>
+
 typedef enum {
     MS_LOG_ERROR = 0,
     MS_LOG_WARN,
@@ -26,6 +28,13 @@ int ms_log_parse_level(const char *s, ms_log_level_t *out);
  */
 void ms_log_write(ms_log_level_t level, const char *msg, const char *fields,
                   ...) __attribute__((format(printf, 3, 4)));
+
+/*
+ * Copies s[0..len) into out for a log field: printable ASCII stays, a
+ * quote, a backslash and other bytes become \xNN, and a long text is cut
+ * with "...". out always ends with NUL. Returns out.
+ */
+char *ms_log_escape(const char *s, size_t len, char *out, size_t size);
 
 #define ms_log(level, msg, ...)                                                \
     do {                                                                       \

@@ -66,10 +66,12 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
 
     if (json != NULL && ms_value_json_to_msgpack(json, json_len, &app->limits,
                                                  &mp, &mp_len, &err) < 0) {
+        char shown[80];
+
         app->mirror->skipped++;
         ms_log_warn("unreadable value in Redis, treated as absent",
-                    "kind=%s id_bytes=%zu error=\"%s\"", ms_kind_name(kind),
-                    id_len, err.msg);
+                    "kind=%s id=\"%s\" error=\"%s\"", ms_kind_name(kind),
+                    ms_log_escape(id, id_len, shown, sizeof(shown)), err.msg);
         json = NULL;
         json_len = 0;
     }

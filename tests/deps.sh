@@ -21,8 +21,17 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "meshsync: installing ${missing[*]}"
   sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  # The packaged redis-server service is not used; tests start their own.
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "meshsync: installing packages needs root; run as root or" \
+           "install sudo" >&2
+      exit 1
+    fi
+    sudo="sudo"
+  fi
+  # Debian's redis-server package also starts a system Redis on
+  # 127.0.0.1:6379; meshsync's tests and demo never use it, they start
+  # their own on private Unix sockets.
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     --no-install-recommends "${missing[@]}" >/dev/null
