@@ -285,14 +285,28 @@ static void clean_reason(const char *in, char *out, size_t size)
 }
 
 
+/* The address as logs show it: unix:/path, host:port or [v6]:port. */
+static const char *addr_text(const redis_addr_t *a, char *buf, size_t size)
+{
+    if (a->is_unix)
+        snprintf(buf, size, "unix:%s", a->where);
+    else if (strchr(a->where, ':') != NULL)
+        snprintf(buf, size, "[%s]:%d", a->where, a->port);
+    else
+        snprintf(buf, size, "%s:%d", a->where, a->port);
+    return buf;
+}
+
+
 static void link_log_failure(link_t *l, const char *reason)
 {
-    char why[REASON_MAX];
+    char why[REASON_MAX], addr[SUN_PATH_MAX + HOST_MAX + 16];
 
     /* A server that stays away is reported once, not at every attempt. */
     clean_reason(reason, why, sizeof(why));
     ms_log(l->failing ? MS_LOG_DEBUG : MS_LOG_WARN, "redis connect failed",
-           "link=%s reason=\"%s\"", l->name, why);
+           "link=%s addr=%s reason=\"%s\" retrying=yes", l->name,
+           addr_text(&l->r->addr, addr, sizeof(addr)), why);
     l->failing = true;
 }
 
@@ -329,20 +343,14 @@ static void redis_maybe_free(ms_redis_t *r)
 static void link_up(link_t *l)
 {
     ms_redis_t *r = l->r;
+    char addr[SUN_PATH_MAX + HOST_MAX + 16];
 
     l->state = LINK_UP;
     l->attempt = 0;
     l->failing = false;
     uv_timer_stop(&l->timer);
-    if (r->addr.is_unix)
-        ms_log_info("redis connected", "link=%s addr=unix:%s", l->name,
-                    r->addr.where);
-    else if (strchr(r->addr.where, ':') != NULL)
-        ms_log_info("redis connected", "link=%s addr=[%s]:%d", l->name,
-                    r->addr.where, r->addr.port);
-    else
-        ms_log_info("redis connected", "link=%s addr=%s:%d", l->name,
-                    r->addr.where, r->addr.port);
+    ms_log_info("redis connected", "link=%s addr=%s", l->name,
+                addr_text(&r->addr, addr, sizeof(addr)));
     redis_update_live(r);
 }
 
