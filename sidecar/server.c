@@ -272,7 +272,7 @@ static void handle_frames(ms_session_t *s)
 {
     const char *body;
     size_t len;
-    int rc;
+    int rc = -1;
 
     if (s->handling || s->closed)
         return;
@@ -295,6 +295,14 @@ static void handle_frames(ms_session_t *s)
         ms_handlers_frame(s->server->app, s, body, len);
     }
     s->handling = false;
+
+    /*
+     * After the client's EOF no frame can complete any more: what is left
+     * is at most a partial one. Its buffer goes now, not when the last
+     * reply does; a closed peer is only noticed when a reply fails.
+     */
+    if (s->eof && !s->closed && rc == 0)
+        ms_frame_reader_free(&s->reader);
     session_settle(s);
     ms_session_unref(s);
 }

@@ -1,1 +1,983 @@
-int main(void) { return 0; }
+/*
+ * test_robustness.c - regression tests for what an adversarial review of
+ * meshsyncd found: a Redis command link cut (or a Redis killed) under a
+ * pipeline of writes, a client that never reads, more than 4096 requests
+ * waiting on one session, a client that half-closes, SIGTERM under load,
+ * Redis losing its data, sessions that hang up with minVersion reads
+ * waiting, and a few requests whose errors lost their id or their UTF-8.
+ *
+ * Each test has its own redis-server and meshsyncd. Nothing sleeps: every
+ * wait is for a reply, a log line or a process exit, and every loop is
+ * bounded in count and time. Memory is judged by the daemon's VmRSS.
+ * Single-threaded.
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "meshsync.h"
+
+#define WAIT_MS  10000
+#define REPLY_MS 5000
+
+/* Test 1: a pipeline of writes while Redis drops the command link. */
+#define CUT_WRITES  3000
+#define CUT_ROOMS   20
+#define CUT_VALUE   230
+#define CUT_ROUNDS  10
+#define KILL_ROUNDS 10
+#define CUT_SLEEP   "0.05" /* seconds */
+/* Answers read before the cut, varied so that it lands in new places. */
+#define CUT_BEFORE(round) ((size_t)(1 + (round)*37 % 400))
+
+/* Test 2: a client that asks for a large value many times, never reading. */
+#define BIG_VALUE     65000
+#define SLOW_GETS     2000
+#define RSS_SLACK_KIB (40 * 1024)
+
+/* Test 3: more waiting reads on one session than it may hold. */
+#define WAIT_GETS   6000
+#define WAIT_GET_MS 500
+
+#define HALF_CLOSE_WRITES 100
+
+/* Test 5: SIGTERM while a client streams pings. */
+#define PING_BATCH    2000
+#define SIGTERM_RUNS  3
+#define SIGTERM_AFTER (5 * PING_BATCH) /* answers */
+
+/* Test 7: clients that hang up with a large read waiting. */
+#define HANGUPS      300
+#define HANGUP_FRAME 1000000
+
+/* Under ASan, freed memory the daemon's RSS may still count. */
+#define ASAN_QUARANTINE_MB 8
+
+/* A minVersion no cache reaches. */
+#define HUGE_VERSION (UINT64_C(1) << 62)
+
+typedef struct world_s {
+    harness_t *h;
+    harness_daemon_t *d;
+    msgpack_sbuffer sb; /* one request body */
+    msgpack_packer pk;
+    msgpack_sbuffer pipe; /* request frames, headers included */
+    meshsync_t *ms;       /* a client of d, opened by world_client() */
+} world_t;
+
+/* --- helpers ---------------------------------------------------------- */
+
+static int world_new(void **state, const char *const *args,
+                     const char *const *env)
+{
+    /* DEBUG SLEEP, over the Unix socket only. */
+    static const char *const redis_args[] = {"--enable-debug-command", "local",
+                                             NULL};
+    world_t *w = calloc(1, sizeof(*w));
+
+    assert_non_null(w);
+    w->h = harness_new();
+    harness_redis_start(w->h, redis_args);
+    w->d = harness_daemon_start(w->h, "d", args, env);
+    msgpack_sbuffer_init(&w->sb);
+    msgpack_packer_init(&w->pk, &w->sb, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(&w->pipe);
+    *state = w;
+    return 0;
+}
+
+static int setup(void **state)
+{
+    return world_new(state, NULL, NULL);
+}
+
+/*
+ * For tests that judge the daemon's memory: its sessions are logged, and
+ * under ASan the quarantine of freed blocks is kept small, or RSS would
+ * count memory the daemon has long freed.
+ */
+static int setup_rss(void **state)
+{
+    static const char *const args[] = {"--log-level", "debug", NULL};
+#ifdef __SANITIZE_ADDRESS__
+    static char opts[512];
+    static const char *const env[] = {opts, NULL};
+    const char *old = getenv("ASAN_OPTIONS");
+
+    snprintf(opts, sizeof(opts), "ASAN_OPTIONS=%s%squarantine_size_mb=%d",
+             old != NULL ? old : "", old != NULL && old[0] ? ":" : "",
+             ASAN_QUARANTINE_MB);
+    return world_new(state, args, env);
+#else
+    return world_new(state, args, NULL);
+#endif
+}
+
+static int teardown(void **state)
+{
+    world_t *w = *state;
+
+    meshsync_free(w->ms);
+    harness_free(w->h);
+    msgpack_sbuffer_destroy(&w->sb);
+    msgpack_sbuffer_destroy(&w->pipe);
+    free(w);
+    return 0;
+}
+
+/* The test's library client; teardown frees it, even after a failure. */
+static meshsync_t *world_client(world_t *w)
+{
+    if (w->ms == NULL)
+        w->ms = harness_client_open(w->d);
+    return w->ms;
+}
+
+static int raw_connect(const harness_daemon_t *d)
+{
+    int fd = harness_unix_connect(d->socket);
+
+    assert_true(fd >= 0);
+    return fd;
+}
+
+/* Appends the request in w->sb to w->pipe as one frame. */
+static void pipe_add(world_t *w)
+{
+    size_t n = w->sb.size;
+    char hdr[4] = {(char)(n >> 24), (char)(n >> 16), (char)(n >> 8), (char)n};
+
+    msgpack_sbuffer_write(&w->pipe, hdr, sizeof(hdr));
+    msgpack_sbuffer_write(&w->pipe, w->sb.data, w->sb.size);
+}
+
+static void pipe_send(world_t *w, int fd)
+{
+    assert_int_equal(harness_send_raw(fd, w->pipe.data, w->pipe.size), 0);
+    msgpack_sbuffer_clear(&w->pipe);
+}
+
+static void pack_str_n(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+/* A reply's error code, or NULL when "ok" is true. */
+static const msgpack_object *reply_error_code(const msgpack_object *reply)
+{
+    const msgpack_object *ok = harness_map_get(reply, "ok");
+    const msgpack_object *code;
+
+    assert_non_null(ok);
+    assert_int_equal(ok->type, MSGPACK_OBJECT_BOOLEAN);
+    if (ok->via.boolean)
+        return NULL;
+    code = harness_map_get(harness_map_get(reply, "error"), "code");
+    assert_non_null(code);
+    assert_int_equal(code->type, MSGPACK_OBJECT_STR);
+    return code;
+}
+
+/* Marks id (first..first+n-1) as answered, failing if it already was. */
+static void seen_once(bool *seen, uint64_t first, size_t n, uint64_t id)
+{
+    if (id < first || id - first >= n)
+        fail_msg("reply for unknown id %" PRIu64, id);
+    if (seen[id - first])
+        fail_msg("id %" PRIu64 " answered twice", id);
+    seen[id - first] = true;
+}
+
+/* The daemon's resident memory in KiB, from /proc/<pid>/status. */
+static long rss_kib(const harness_daemon_t *d)
+{
+    char path[64], line[256];
+    long kib = -1;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)d->pid);
+    f = fopen(path, "r");
+    assert_non_null(f);
+    for (int i = 0; i < 256 && fgets(line, sizeof(line), f) != NULL; i++) {
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+            break;
+    }
+    fclose(f);
+    assert_true(kib > 0);
+    return kib;
+}
+
+static void expect_rss_below(const harness_daemon_t *d, long idle_kib,
+                             const char *what)
+{
+    long now = rss_kib(d);
+
+    print_message("  %s: RSS %ld KiB, idle %ld KiB\n", what, now, idle_kib);
+    if (now > idle_kib + RSS_SLACK_KIB)
+        fail_msg("%s: meshsyncd's RSS is %ld KiB, %ld KiB when idle", what, now,
+                 idle_kib);
+}
+
+/* A few round trips: the daemon has run its loop a few times since. */
+static void round_trips(meshsync_t *ms, int n)
+{
+    for (int i = 0; i < n; i++)
+        HARNESS_CALL_OK(ms, meshsync_ping(ms));
+}
+
+/* Strict UTF-8: no overlongs, no surrogates, nothing past U+10FFFF. */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned c = s[i], need, min, cp;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            need = 1, min = 0x80, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            need = 2, min = 0x800, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            need = 3, min = 0x10000, cp = c & 0x07;
+        else
+            return false;
+        if (n - i <= need)
+            return false;
+        for (unsigned k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += need + 1;
+    }
+    return true;
+}
+
+/* --- 1. the command link cut under a pipeline ------------------------- */
+
+/* Queues CUT_WRITES room.set frames over CUT_ROOMS rooms in w->pipe. */
+static void pack_write_pipeline(world_t *w, uint64_t first)
+{
+    char value[CUT_VALUE], room[16];
+
+    memset(value, 'v', sizeof(value));
+    for (uint64_t i = 0; i < CUT_WRITES; i++) {
+        snprintf(room, sizeof(room), "cut-%02u", (unsigned)(i % CUT_ROOMS));
+        harness_request_begin(&w->pk, &w->sb, first + i, "room.set", 2);
+        harness_pack_str(&w->pk, "room");
+        harness_pack_str(&w->pk, room);
+        harness_pack_str(&w->pk, "value");
+        pack_str_n(&w->pk, value, sizeof(value));
+        pipe_add(w);
+    }
+}
+
+/*
+ * Reads n more answers to the pipeline starting at first: each id once
+ * (seen), each ok or "unavailable". Returns how many were unavailable.
+ */
+static size_t read_write_replies(int fd, uint64_t first, bool *seen, size_t n)
+{
+    size_t failed = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        const msgpack_object *code;
+        harness_reply_t r;
+        size_t len;
+
+        if (harness_frame_recv(fd, &r.body, &len, REPLY_MS) != 1)
+            fail_msg("the pipeline from id %" PRIu64 " lost an answer", first);
+        harness_unpack_map(r.body, len, &r.u);
+        seen_once(seen, first, CUT_WRITES, harness_reply_id(&r.u.data));
+        code = reply_error_code(&r.u.data);
+        if (code != NULL && !harness_obj_is_str(code, "unavailable"))
+            fail_msg("write failed with %.*s", (int)code->via.str.size,
+                     code->via.str.ptr);
+        failed += code != NULL;
+        harness_reply_free(&r);
+    }
+    return failed;
+}
+
+/* The daemon noticed, reloaded, and writes work again. */
+static void expect_recovered(world_t *w, meshsync_t *ms)
+{
+    uint64_t v;
+
+    if (!harness_daemon_wait_log(w->d, "msg=\"redis disconnected\"", WAIT_MS))
+        fail_msg("no disconnect logged; log:\n%s", harness_daemon_log(w->d));
+    if (!harness_daemon_wait_log(w->d, "msg=\"resync done\"", WAIT_MS))
+        fail_msg("no resync after the disconnect; log:\n%s",
+                 harness_daemon_log(w->d));
+    HARNESS_CALL_OK(ms, meshsync_room_set(ms, "after-cut", MESHSYNC_JSON, "1",
+                                          1, MESHSYNC_REPLACE, &v));
+    assert_true(v > 0);
+}
+
+/*
+ * CLIENT KILL TYPE normal, cutting the daemon's command link (and the
+ * harness's own; the subscriber is not "normal"). Redis first sleeps a
+ * little in the same batch, so that the daemon's next commands arrive
+ * meanwhile and are still unread when the link goes: Redis then resets
+ * it, where a plain close would be seen as a clean end of stream.
+ */
+static void kill_normal_clients(harness_t *h)
+{
+    redisContext *c = harness_redis_connect(h);
+    redisReply *rep;
+
+    assert_int_equal(redisAppendCommand(c, "DEBUG SLEEP %s", CUT_SLEEP),
+                     REDIS_OK);
+    assert_int_equal(redisAppendCommand(c, "CLIENT KILL TYPE normal"),
+                     REDIS_OK);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(redisGetReply(c, (void **)&rep), REDIS_OK);
+        if (rep->type == REDIS_REPLY_ERROR)
+            fail_msg("Redis: %s", rep->str);
+        assert_true(i == 0 || rep->integer >= 1);
+        freeReplyObject(rep);
+    }
+    redisFree(c);
+}
+
+static void redis_restart(harness_t *h)
+{
+    harness_redis_kill(h);
+    harness_redis_start(h, NULL);
+}
+
+/*
+ * Pipelines CUT_WRITES writes on a new socket, reads the first `before`
+ * answers so that the daemon is streaming commands to Redis, cuts its
+ * link there, and reads the rest.
+ */
+static void pipeline_cut(world_t *w, uint64_t first, size_t before,
+                         void (*cut)(harness_t *))
+{
+    bool seen[CUT_WRITES] = {false};
+    int fd = raw_connect(w->d);
+    size_t failed;
+
+    pack_write_pipeline(w, first);
+    pipe_send(w, fd);
+    failed = read_write_replies(fd, first, seen, before);
+    cut(w->h);
+    failed += read_write_replies(fd, first, seen, CUT_WRITES - before);
+    print_message("  cut after %zu answers: %zu of %d writes unavailable\n",
+                  before, failed, CUT_WRITES);
+    close(fd);
+}
+
+static void test_cmd_link_cut(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ms = world_client(w);
+
+    for (int round = 0; round < CUT_ROUNDS; round++) {
+        pipeline_cut(w, 1 + (uint64_t)round * CUT_WRITES, CUT_BEFORE(round),
+                     kill_normal_clients);
+        expect_recovered(w, ms);
+    }
+    harness_daemon_stop_clean(w->d);
+
+    /* CLIENT KILL cut the harness's own link too: no polite SHUTDOWN. */
+    harness_redis_kill(w->h);
+}
+
+static void test_redis_killed_mid_pipeline(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ms = world_client(w);
+
+    for (int round = 0; round < KILL_ROUNDS; round++) {
+        pipeline_cut(w, 1 + (uint64_t)round * CUT_WRITES, CUT_BEFORE(round),
+                     redis_restart);
+        expect_recovered(w, ms);
+    }
+    harness_daemon_stop_clean(w->d);
+}
+
+/* --- 2. a client that never reads ------------------------------------- */
+
+static void store_big_value(meshsync_t *ms)
+{
+    char *json = malloc(BIG_VALUE + 3);
+    uint64_t v;
+    int rc;
+
+    assert_non_null(json);
+    json[0] = '"';
+    memset(json + 1, 'b', BIG_VALUE);
+    json[BIG_VALUE + 1] = '"';
+    json[BIG_VALUE + 2] = '\0';
+    rc = meshsync_room_set(ms, "big", MESHSYNC_JSON, json, BIG_VALUE + 2,
+                           MESHSYNC_REPLACE, &v);
+    free(json);
+    harness_call_ok(ms, rc, "meshsync_room_set(big)", __LINE__);
+}
+
+/* Reads n replies to room.get "big", each ok with the whole value. */
+static void expect_big_replies(int fd, uint64_t first)
+{
+    const size_t n = SLOW_GETS;
+    bool seen[SLOW_GETS] = {false};
+
+    for (size_t i = 0; i < n; i++) {
+        const msgpack_object *value;
+        harness_reply_t r;
+
+        harness_reply_recv(fd, REPLY_MS, &r);
+        seen_once(seen, first, n, harness_reply_id(&r.u.data));
+        harness_reply_check_ok(&r.u.data);
+        value = harness_map_get(&r.u.data, "value");
+        assert_non_null(value);
+        assert_int_equal(value->type, MSGPACK_OBJECT_STR);
+        assert_int_equal(value->via.str.size, BIG_VALUE);
+        harness_reply_free(&r);
+    }
+}
+
+static void test_slow_reader(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ms = world_client(w);
+    meshsync_value_t v;
+    long idle;
+    int fd;
+
+    store_big_value(ms);
+    HARNESS_CALL_OK(ms, meshsync_room_get(ms, "big", MESHSYNC_JSON, &v));
+    meshsync_value_free(&v);
+    idle = rss_kib(w->d);
+
+    /* All the gets in one send; their replies would be 128 MiB. */
+    fd = raw_connect(w->d);
+    for (uint64_t i = 0; i < SLOW_GETS; i++) {
+        harness_request_begin(&w->pk, &w->sb, 1 + i, "room.get", 1);
+        harness_pack_str(&w->pk, "room");
+        harness_pack_str(&w->pk, "big");
+        pipe_add(w);
+    }
+    pipe_send(w, fd);
+
+    /* The daemon has read those bytes before this ping's. */
+    round_trips(ms, 1);
+    HARNESS_CALL_OK(ms, meshsync_room_get(ms, "big", MESHSYNC_JSON, &v));
+    assert_int_equal(v.len, BIG_VALUE + 2);
+    meshsync_value_free(&v);
+    round_trips(ms, 5);
+    expect_rss_below(w->d, idle, "a client that does not read");
+    round_trips(ms, 1);
+
+    expect_big_replies(fd, 1);
+    close(fd);
+    round_trips(ms, 1);
+    harness_daemon_stop_clean(w->d);
+}
+
+/* --- 3. too many waiting requests on one session ---------------------- */
+
+static void pack_waiting_gets(world_t *w, uint64_t first, size_t n,
+                              uint64_t timeout_ms)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        harness_request_begin(&w->pk, &w->sb, first + i, "room.get", 3);
+        harness_pack_str(&w->pk, "room");
+        harness_pack_str(&w->pk, "never-written");
+        harness_pack_str(&w->pk, "minVersion");
+        msgpack_pack_uint64(&w->pk, HUGE_VERSION);
+        harness_pack_str(&w->pk, "timeout");
+        msgpack_pack_uint64(&w->pk, timeout_ms);
+        pipe_add(w);
+    }
+}
+
+static void test_pending_limit(void **state)
+{
+    world_t *w = *state;
+    const uint64_t ping_id = WAIT_GETS + 1;
+    static bool seen[WAIT_GETS + 1];
+    size_t before_ping = 0, timeouts = 0;
+    bool ping_seen = false;
+    int fd = raw_connect(w->d);
+
+    /* The ping is read only once the session has room again. */
+    memset(seen, 0, sizeof(seen));
+    pack_waiting_gets(w, 1, WAIT_GETS, WAIT_GET_MS);
+    harness_request_begin(&w->pk, &w->sb, ping_id, "ping", 0);
+    pipe_add(w);
+    pipe_send(w, fd);
+
+    for (size_t i = 0; i < WAIT_GETS + 1; i++) {
+        const msgpack_object *code;
+        harness_reply_t r;
+        uint64_t id;
+
+        harness_reply_recv(fd, REPLY_MS, &r);
+        id = harness_reply_id(&r.u.data);
+        seen_once(seen, 1, WAIT_GETS + 1, id);
+        code = reply_error_code(&r.u.data);
+        if (id == ping_id) {
+            assert_null(code);
+            ping_seen = true;
+        } else if (code == NULL || !harness_obj_is_str(code, "timeout")) {
+            fail_msg("waiting get %" PRIu64 " did not time out", id);
+        } else {
+            timeouts++;
+            before_ping += !ping_seen;
+        }
+        harness_reply_free(&r);
+    }
+    assert_int_equal(timeouts, WAIT_GETS);
+    print_message("  %zu timeouts came before the ping\n", before_ping);
+    if (before_ping == 0)
+        fail_msg("the ping was answered before any waiting get ended");
+    close(fd);
+    harness_daemon_stop_clean(w->d);
+}
+
+/* --- 4. a client that half-closes ------------------------------------- */
+
+static void test_half_close(void **state)
+{
+    world_t *w = *state;
+    bool seen[HALF_CLOSE_WRITES] = {false};
+    int fd = raw_connect(w->d);
+    char *body;
+    size_t len;
+
+    for (uint64_t i = 0; i < HALF_CLOSE_WRITES; i++) {
+        harness_request_begin(&w->pk, &w->sb, 1 + i, "room.set", 2);
+        harness_pack_str(&w->pk, "room");
+        harness_pack_str(&w->pk, "half");
+        harness_pack_str(&w->pk, "value");
+        msgpack_pack_uint64(&w->pk, i);
+        pipe_add(w);
+    }
+    pipe_send(w, fd);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+
+    for (size_t i = 0; i < HALF_CLOSE_WRITES; i++) {
+        harness_reply_t r;
+
+        harness_reply_recv(fd, REPLY_MS, &r);
+        seen_once(seen, 1, HALF_CLOSE_WRITES, harness_reply_id(&r.u.data));
+        harness_reply_check_ok(&r.u.data);
+        harness_reply_free(&r);
+    }
+
+    /* Then the daemon closes its side. */
+    assert_int_equal(harness_frame_recv(fd, &body, &len, REPLY_MS), 0);
+    close(fd);
+    assert_int_equal(harness_redis_int(harness_redis(w->h),
+                                       "HGET mesh:meshsync:versions:room "
+                                       "half"),
+                     HALF_CLOSE_WRITES);
+    harness_daemon_stop_clean(w->d);
+}
+
+/* --- 5. SIGTERM under load -------------------------------------------- */
+
+/* A client that keeps PING_BATCH pings under way and reads their answers. */
+typedef struct stream_s {
+    int fd;
+    size_t out_off; /* bytes of w->pipe sent */
+    uint64_t next_id;
+    uint64_t answered;
+    size_t in_len; /* bytes in stream_in, not yet split into frames */
+    bool closed;   /* the daemon ended the connection */
+} stream_t;
+
+/* Pongs are small: a frame never straddles more than this. */
+static char stream_in[256 * 1024];
+
+/* Queues the next batch once the last one is out and few are waiting. */
+static void stream_refill(world_t *w, stream_t *st)
+{
+    if (st->out_off < w->pipe.size ||
+        st->next_id - 1 - st->answered >= 2 * PING_BATCH)
+        return;
+    msgpack_sbuffer_clear(&w->pipe);
+    st->out_off = 0;
+    for (int i = 0; i < PING_BATCH; i++) {
+        harness_request_begin(&w->pk, &w->sb, st->next_id++, "ping", 0);
+        pipe_add(w);
+    }
+}
+
+static void stream_write(world_t *w, stream_t *st)
+{
+    ssize_t n = send(st->fd, w->pipe.data + st->out_off,
+                     w->pipe.size - st->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+    if (n > 0)
+        st->out_off += (size_t)n;
+    else if (n < 0 && errno != EAGAIN && errno != EINTR)
+        st->closed = true;
+}
+
+/* Splits what was read into replies; each must be a pong. */
+static void stream_parse(stream_t *st)
+{
+    size_t off = 0;
+
+    while (st->in_len - off >= 4) {
+        const unsigned char *p = (const unsigned char *)stream_in + off;
+        size_t len =
+            (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        msgpack_unpacked u;
+
+        if (st->in_len - off - 4 < len)
+            break;
+        harness_unpack_map(stream_in + off + 4, len, &u);
+        harness_reply_check_ok(&u.data);
+        msgpack_unpacked_destroy(&u);
+        st->answered++;
+        off += 4 + len;
+    }
+    memmove(stream_in, stream_in + off, st->in_len - off);
+    st->in_len -= off;
+}
+
+static void stream_read(stream_t *st)
+{
+    ssize_t n = recv(st->fd, stream_in + st->in_len,
+                     sizeof(stream_in) - st->in_len, MSG_DONTWAIT);
+
+    if (n > 0) {
+        st->in_len += (size_t)n;
+        stream_parse(st);
+    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        st->closed = true;
+    }
+}
+
+/*
+ * Streams pings and reads the answers; once SIGTERM_AFTER have come back,
+ * sends SIGTERM, so that it lands while requests keep arriving and
+ * replies wait to be flushed. Goes on until the daemon hangs up.
+ */
+static void sigterm_while_streaming(world_t *w, harness_daemon_t *d)
+{
+    stream_t st = {.fd = raw_connect(d), .next_id = 1};
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    bool signalled = false;
+    int status;
+
+    msgpack_sbuffer_clear(&w->pipe);
+    for (int i = 0; i < 1000000 && !st.closed; i++) {
+        struct pollfd p = {.fd = st.fd, .events = POLLIN};
+        int64_t left = deadline - harness_now_ms();
+
+        if (left <= 0)
+            fail_msg("the daemon did not hang up after SIGTERM");
+        stream_refill(w, &st);
+        if (st.out_off < w->pipe.size)
+            p.events |= POLLOUT;
+        if (poll(&p, 1, (int)left) <= 0)
+            continue;
+        if (p.revents & POLLOUT)
+            stream_write(w, &st);
+        if (p.revents & (POLLIN | POLLHUP | POLLERR))
+            stream_read(&st);
+        if (!signalled && st.answered >= SIGTERM_AFTER) {
+            assert_int_equal(kill(d->pid, SIGTERM), 0);
+            signalled = true;
+        }
+    }
+    assert_true(signalled && st.closed);
+    close(st.fd);
+
+    /* Signal 0: only wait for the exit SIGTERM started. */
+    status = harness_daemon_signal(d, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("meshsyncd ended with status 0x%x; log:\n%s", (unsigned)status,
+                 harness_daemon_log(d));
+    harness_daemon_expect_log_clean(d);
+    assert_int_not_equal(access(d->socket, F_OK), 0);
+}
+
+static void test_sigterm_under_load(void **state)
+{
+    world_t *w = *state;
+    static const char *const names[SIGTERM_RUNS] = {"d", "e", "f"};
+
+    for (int run = 0; run < SIGTERM_RUNS; run++) {
+        harness_daemon_t *d =
+            run == 0 ? w->d
+                     : harness_daemon_start(w->h, names[run], NULL, NULL);
+
+        sigterm_while_streaming(w, d);
+    }
+}
+
+/* --- 6. Redis loses its data ------------------------------------------ */
+
+static void expect_room(meshsync_t *ms, const char *room, const char *json,
+                        uint64_t version)
+{
+    meshsync_value_t v;
+
+    HARNESS_CALL_OK(ms, meshsync_room_get(ms, room, MESHSYNC_JSON, &v));
+    if (strcmp(v.data, json) != 0 || v.version != version)
+        fail_msg("room %s: %s version %" PRIu64 ", want %s version %" PRIu64,
+                 room, v.data, v.version, json, version);
+    meshsync_value_free(&v);
+}
+
+/* True if a line of the log between from and to has both needles. */
+static bool log_has_line(harness_daemon_t *d, size_t from, size_t to,
+                         const char *a, const char *b)
+{
+    const char *log = harness_daemon_log(d);
+    size_t at = from;
+
+    for (int i = 0; i < 100000 && at < to; i++) {
+        const char *eol = strchr(log + at, '\n');
+        size_t end = eol != NULL ? (size_t)(eol - log) : strlen(log);
+        char *line = strndup(log + at, end - at);
+        bool hit;
+
+        assert_non_null(line);
+        hit = strstr(line, a) != NULL && strstr(line, b) != NULL;
+        free(line);
+        if (hit)
+            return true;
+        at = end + 1;
+    }
+    return false;
+}
+
+static void test_redis_lost_data(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ms = world_client(w);
+    meshsync_value_t got;
+    char room[16];
+    uint64_t v = 0;
+    size_t mark;
+
+    for (int i = 0; i < 10; i++) {
+        snprintf(room, sizeof(room), "old-%d", i % 5);
+        HARNESS_CALL_OK(ms, meshsync_room_set(ms, room, MESHSYNC_JSON,
+                                              "{\"old\":true}", 12,
+                                              MESHSYNC_REPLACE, &v));
+    }
+    assert_int_equal(v, 10);
+
+    /* Restarted empty: the sequence starts again from nothing. */
+    mark = w->d->log_mark;
+    harness_redis_kill(w->h);
+    harness_redis_start(w->h, NULL);
+    if (!harness_daemon_wait_log(w->d, "msg=\"resync done\"", WAIT_MS))
+        fail_msg("no resync; log:\n%s", harness_daemon_log(w->d));
+
+    HARNESS_CALL_OK(ms, meshsync_room_get(ms, "old-0", MESHSYNC_JSON, &got));
+    assert_string_equal(got.data, "null");
+    meshsync_value_free(&got);
+    HARNESS_CALL_OK(ms,
+                    meshsync_room_set(ms, "old-4", MESHSYNC_JSON, "{\"new\":1}",
+                                      9, MESHSYNC_REPLACE, &v));
+    assert_true(v >= 1 && v < 10);
+    expect_room(ms, "old-4", "{\"new\":1}", v);
+    if (!log_has_line(w->d, mark, w->d->log_mark, "level=warn", "sequence"))
+        fail_msg("no warning about the sequence; log:\n%s",
+                 harness_daemon_log(w->d));
+    harness_daemon_stop_clean(w->d);
+}
+
+/* --- 7. hanging up with minVersion reads waiting ---------------------- */
+
+static size_t count_in_log(harness_daemon_t *d, const char *needle)
+{
+    const char *p = harness_daemon_log(d);
+    size_t n = 0;
+
+    for (int i = 0; i < 1000000 && (p = strstr(p, needle)) != NULL; i++) {
+        n++;
+        p += strlen(needle);
+    }
+    return n;
+}
+
+/* One room.get of HANGUP_FRAME bytes that waits up to a minute. */
+static void pack_padded_wait(world_t *w)
+{
+    char *pad;
+    size_t pad_len;
+
+    harness_request_begin(&w->pk, &w->sb, 1, "room.get", 4);
+    harness_pack_str(&w->pk, "room");
+    harness_pack_str(&w->pk, "awaited");
+    harness_pack_str(&w->pk, "minVersion");
+    msgpack_pack_uint64(&w->pk, HUGE_VERSION);
+    harness_pack_str(&w->pk, "timeout");
+    msgpack_pack_uint64(&w->pk, 60000);
+    harness_pack_str(&w->pk, "pad");
+    pad_len = HANGUP_FRAME - w->sb.size - 5; /* a str32 header */
+    pad = malloc(pad_len);
+    assert_non_null(pad);
+    memset(pad, 'p', pad_len);
+    pack_str_n(&w->pk, pad, pad_len);
+    free(pad);
+    assert_int_equal(w->sb.size, HANGUP_FRAME);
+    pipe_add(w);
+}
+
+static void test_hangup_frees_waiters(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ms = world_client(w);
+    long idle;
+    int64_t t0;
+
+    round_trips(ms, 1);
+    idle = rss_kib(w->d);
+    pack_padded_wait(w);
+    for (int i = 0; i < HANGUPS; i++) {
+        int fd = raw_connect(w->d);
+
+        assert_int_equal(harness_send_raw(fd, w->pipe.data, w->pipe.size), 0);
+        close(fd);
+    }
+
+    /* Those bytes came before this ping's. */
+    round_trips(ms, 5);
+    print_message("  %d clients hung up; %zu sessions closed\n", HANGUPS,
+                  count_in_log(w->d, "msg=\"client closed\""));
+    expect_rss_below(w->d, idle, "clients that hung up");
+
+    t0 = harness_now_ms();
+    harness_daemon_stop_clean(w->d);
+    if (harness_now_ms() - t0 > 5000)
+        fail_msg("SIGTERM took %" PRId64 " ms", harness_now_ms() - t0);
+}
+
+/* --- 8. errors that lost their id, their UTF-8, or a merge ------------- */
+
+static void expect_error_reply(int fd, uint64_t id, const char *code,
+                               harness_reply_t *r)
+{
+    const msgpack_object *c;
+
+    harness_reply_recv(fd, REPLY_MS, r);
+    c = reply_error_code(&r->u.data);
+    assert_non_null(c);
+    if (!harness_obj_is_str(c, code))
+        fail_msg("error %.*s, want %s", (int)c->via.str.size, c->via.str.ptr,
+                 code);
+    assert_int_equal(harness_reply_id(&r->u.data), id);
+}
+
+static void test_duplicate_key(void **state)
+{
+    world_t *w = *state;
+    int fd = raw_connect(w->d);
+    harness_reply_t r;
+
+    msgpack_sbuffer_clear(&w->sb);
+    msgpack_pack_map(&w->pk, 3);
+    harness_pack_str(&w->pk, "id");
+    msgpack_pack_uint64(&w->pk, 1);
+    harness_pack_str(&w->pk, "op");
+    harness_pack_str(&w->pk, "ping");
+    harness_pack_str(&w->pk, "op");
+    harness_pack_str(&w->pk, "ping");
+    harness_request_send(fd, &w->sb);
+    expect_error_reply(fd, 1, "invalid_request", &r);
+    harness_reply_free(&r);
+    close(fd);
+    harness_daemon_stop_clean(w->d);
+}
+
+static void test_unknown_op_not_utf8(void **state)
+{
+    world_t *w = *state;
+    static const char op[] = "\xff\xfe\xc3(op\xe2\x82";
+    const msgpack_object *msg;
+    int fd = raw_connect(w->d);
+    harness_reply_t r;
+
+    msgpack_sbuffer_clear(&w->sb);
+    msgpack_pack_map(&w->pk, 2);
+    harness_pack_str(&w->pk, "id");
+    msgpack_pack_uint64(&w->pk, 2);
+    harness_pack_str(&w->pk, "op");
+    pack_str_n(&w->pk, op, sizeof(op) - 1);
+    harness_request_send(fd, &w->sb);
+    expect_error_reply(fd, 2, "unknown_op", &r);
+    msg = harness_map_get(harness_map_get(&r.u.data, "error"), "message");
+    assert_non_null(msg);
+    assert_int_equal(msg->type, MSGPACK_OBJECT_STR);
+    if (!utf8_valid((const unsigned char *)msg->via.str.ptr, msg->via.str.size))
+        fail_msg("the unknown_op message is not valid UTF-8");
+    harness_reply_free(&r);
+    close(fd);
+    harness_daemon_stop_clean(w->d);
+}
+
+static void test_merge_onto_unreadable(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ms = world_client(w);
+    redisReply *rep;
+    uint64_t v;
+    char *json;
+
+    rep = harness_command(harness_redis(w->h),
+                          "HSET mesh:roommeta:by-hand data %s", "not json");
+    assert_int_equal(rep->type, REDIS_REPLY_INTEGER);
+    freeReplyObject(rep);
+
+    HARNESS_CALL_OK(ms, meshsync_room_set(ms, "by-hand", MESHSYNC_JSON,
+                                          "{\"a\":1}", 7, MESHSYNC_MERGE, &v));
+    json = harness_redis_hget(w->h, "mesh:roommeta:by-hand", "data");
+    assert_non_null(json);
+    assert_string_equal(json, "{\"a\":1}");
+    free(json);
+    expect_room(ms, "by-hand", "{\"a\":1}", v);
+    harness_daemon_stop_clean(w->d);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_cmd_link_cut, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_killed_mid_pipeline, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_slow_reader, setup_rss, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_half_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_under_load, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_redis_lost_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hangup_frees_waiters, setup_rss,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_duplicate_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_op_not_utf8, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_merge_onto_unreadable, setup,
+                                        teardown),
+    };
+
+    /* A pattern on the command line runs only the tests it matches. */
+    if (argc > 1)
+        cmocka_set_test_filter(argv[1]);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
