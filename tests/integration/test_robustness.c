@@ -802,6 +802,100 @@ static void test_redis_lost_data(void **state)
     harness_daemon_stop_clean(w->d);
 }
 
+/*
+ * Redis stops answering (CLIENT PAUSE holds every write command): a write
+ * fails with timeout after --redis-timeout-ms, reads turn stale, and once
+ * Redis answers again the link is back, resynced, and writes work.
+ */
+static int setup_short_timeout(void **state)
+{
+    static const char *const args[] = {"--redis-timeout-ms", "300", NULL};
+
+    return world_new(state, args, NULL);
+}
+
+static void test_redis_unresponsive(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ms = world_client(w);
+    redisContext *c = harness_redis(w->h);
+    meshsync_value_t got;
+    uint64_t v = 0;
+    int64_t t0, took;
+    redisReply *rep;
+
+    HARNESS_CALL_OK(ms, meshsync_room_set(ms, "r", MESHSYNC_JSON, "1", 1,
+                                          MESHSYNC_REPLACE, &v));
+    rep = harness_command(c, "CLIENT PAUSE 1500 WRITE");
+    assert_int_equal(rep->type, REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+
+    t0 = harness_now_ms();
+    assert_int_equal(meshsync_room_set(ms, "r2", MESHSYNC_JSON, "2", 1,
+                                       MESHSYNC_REPLACE, NULL),
+                     -1);
+    took = harness_now_ms() - t0;
+    assert_string_equal(meshsync_errcode(ms), "timeout");
+    if (took < 250 || took > 1400)
+        fail_msg("timed out after %" PRId64 " ms, want about 300", took);
+
+    /* Cut off from Redis: the cache still answers, and says it is stale. */
+    HARNESS_CALL_OK(ms, meshsync_room_get(ms, "r", MESHSYNC_JSON, &got));
+    assert_string_equal(got.data, "1");
+    assert_int_equal(got.stale, 1);
+    meshsync_value_free(&got);
+
+    if (!harness_daemon_wait_log(w->d, "msg=\"resync done\"", WAIT_MS))
+        fail_msg("no resync after the pause; log:\n%s",
+                 harness_daemon_log(w->d));
+    HARNESS_CALL_OK(ms, meshsync_room_set(ms, "r", MESHSYNC_JSON, "3", 1,
+                                          MESHSYNC_REPLACE, &v));
+    HARNESS_CALL_OK(ms, meshsync_room_get(ms, "r", MESHSYNC_JSON, &got));
+    assert_string_equal(got.data, "3");
+    assert_int_equal(got.stale, 0);
+    meshsync_value_free(&got);
+    harness_daemon_stop_clean(w->d);
+}
+
+/*
+ * FLUSHALL while both sidecars stay connected: the writer's next write
+ * (version 1 again) reveals it, and so does that write's change event at
+ * the other sidecar; both rebuild and serve the new value.
+ */
+static void test_flushall_connected(void **state)
+{
+    world_t *w = *state;
+    harness_daemon_t *b = harness_daemon_start(w->h, "b", NULL, NULL);
+    meshsync_t *ma = world_client(w);
+    meshsync_t *mb = harness_client_open(b);
+    meshsync_value_t got;
+    uint64_t v = 0;
+    redisReply *rep;
+
+    for (int i = 0; i < 3; i++)
+        HARNESS_CALL_OK(ma, meshsync_room_set(ma, "r", MESHSYNC_JSON, "1", 1,
+                                              MESHSYNC_REPLACE, &v));
+    HARNESS_CALL_OK(
+        mb, meshsync_room_get_min(mb, "r", v, 2000, MESHSYNC_JSON, &got));
+    meshsync_value_free(&got);
+
+    rep = harness_command(harness_redis(w->h), "FLUSHALL");
+    freeReplyObject(rep);
+    HARNESS_CALL_OK(ma, meshsync_room_set(ma, "r", MESHSYNC_JSON, "9", 1,
+                                          MESHSYNC_REPLACE, &v));
+    assert_int_equal(v, 1);
+    expect_room(ma, "r", "9", 1);
+
+    if (!harness_daemon_wait_log(b, "went back", WAIT_MS) ||
+        !harness_daemon_wait_log(b, "msg=\"resync done\"", WAIT_MS))
+        fail_msg("b did not rebuild; log:\n%s", harness_daemon_log(b));
+    expect_room(mb, "r", "9", 1);
+    meshsync_free(mb);
+    harness_daemon_stop_clean(b);
+    harness_daemon_stop_clean(w->d);
+}
+
+
 /* --- 7. hanging up with minVersion reads waiting ---------------------- */
 
 static size_t count_in_log(harness_daemon_t *d, const char *needle)
@@ -967,6 +1061,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_sigterm_under_load, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_lost_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_unresponsive,
+                                        setup_short_timeout, teardown),
+        cmocka_unit_test_setup_teardown(test_flushall_connected, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_hangup_frees_waiters, setup_rss,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_key, setup, teardown),

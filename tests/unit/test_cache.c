@@ -424,6 +424,30 @@ static void test_count(void **state)
 }
 
 
+/* The highest version counts tombstones; clear forgets everything. */
+static void test_max_version_and_clear(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    ms_cache_entry_t e;
+
+    assert_int_equal(ms_cache_max_version(c), 0);
+    assert_int_equal(put(c, "a", 5, "1", MS_APPLY_NEWER), 1);
+    assert_int_equal(del(c, "a", 9, MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "b", 7, "1", MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_max_version(c), 9);
+
+    assert_int_equal(ms_cache_clear(c), 0);
+    assert_int_equal(ms_cache_max_version(c), 0);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 0);
+
+    /* The tombstone went too: an older version is taken again. */
+    assert_int_equal(put(c, "a", 1, "2", MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "a", 1, &e), 0);
+    assert_true(e.present);
+    assert_int_equal(e.version, 1);
+}
+
+
 static void test_meta(void **state)
 {
     ms_cache_t *c = ((fixture_t *)*state)->c;
@@ -768,6 +792,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transaction, setup_mem, teardown),
         cmocka_unit_test_setup_teardown(test_bulk, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_warm_restart, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_max_version_and_clear, setup_mem,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_garbage_file, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_foreign_schema_version, setup_dir,
                                         teardown),
