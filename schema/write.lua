@@ -8,7 +8,7 @@
 -- KEYS[4]  the entry's turn key: <prefix>:meshsync:turn:<kind>:<id>
 -- ARGV[1]  the field in KEYS[1]: the connection id, or "data" for a room
 -- ARGV[2]  the entry id (connection id or room name): field in KEYS[2]
--- ARGV[3]  the change channel: <prefix>:meshsync:changes
+-- ARGV[3]  the change channel: <prefix>:meshsync:changes:<db>
 -- ARGV[4]  the kind published with the change: "conn" or "room"
 -- ARGV[5]  the check: "any" (write unconditionally), "absent" (only if
 --          the entry does not exist) or "equal" (only if the stored JSON

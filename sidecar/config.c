@@ -283,7 +283,7 @@ static int load_env(ms_config_t *cfg)
 }
 
 
-static int validate(const ms_config_t *cfg)
+static int validate(ms_config_t *cfg)
 {
     ms_error_t err;
 
@@ -293,7 +293,8 @@ static int validate(const ms_config_t *cfg)
                         "--instance-id must not be empty\n");
         return -1;
     }
-    if (ms_redis_url_check(cfg->redis_url, &err) < 0) {
+    cfg->redis_db = ms_redis_url_check(cfg->redis_url, &err);
+    if (cfg->redis_db < 0) {
         fprintf(stderr, "meshsyncd: --redis: %s\n", err.msg);
         return -1;
     }

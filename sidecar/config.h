@@ -21,6 +21,7 @@ typedef struct ms_config_s {
     char *socket_path;
     unsigned socket_mode; /* permission bits of the socket file */
     char *redis_url;
+    int redis_db;         /* the database the URL names */
     char *redis_password; /* NULL for none; never logged */
     char *cache_path;
     char *prefix;

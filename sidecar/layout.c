@@ -36,15 +36,18 @@ static char *glob_escape_star(const char *s)
 }
 
 
-void ms_layout_init(ms_layout_t *l, const char *prefix)
+void ms_layout_init(ms_layout_t *l, const char *prefix, int db)
 {
+    char channel[48];
+
     l->conn_meta = join(prefix, "connection-meta");
     l->room_prefix = join(prefix, "roommeta:");
     l->room_pattern = glob_escape_star(l->room_prefix);
     l->seq = join(prefix, "meshsync:seq");
     l->conn_versions = join(prefix, "meshsync:versions:conn");
     l->room_versions = join(prefix, "meshsync:versions:room");
-    l->channel = join(prefix, "meshsync:changes");
+    snprintf(channel, sizeof(channel), "meshsync:changes:%d", db);
+    l->channel = join(prefix, channel);
     l->turn_prefix = join(prefix, "meshsync:turn:");
 }
 

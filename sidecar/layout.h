@@ -9,7 +9,9 @@
  *   <prefix>:meshsync:seq           global write sequence (INCR)
  *   <prefix>:meshsync:versions:conn hash, connection id -> version
  *   <prefix>:meshsync:versions:room hash, room name -> version
- *   <prefix>:meshsync:changes       pub/sub channel of change events
+ *   <prefix>:meshsync:changes:<db>  pub/sub channel of change events (pub/sub
+ *                                   spans databases; the name keeps them
+ *                                   apart)
  *   <prefix>:meshsync:turn:<kind>:<id>  which sidecar writes an entry next
  *
  * Built once at start-up; read-only afterwards.
@@ -32,7 +34,7 @@ typedef struct ms_layout_s {
     char *turn_prefix; /* <prefix>:meshsync:turn: */
 } ms_layout_t;
 
-void ms_layout_init(ms_layout_t *l, const char *prefix);
+void ms_layout_init(ms_layout_t *l, const char *prefix, int db);
 void ms_layout_free(ms_layout_t *l);
 
 /* The versions hash of a kind. */

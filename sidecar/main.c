@@ -149,7 +149,7 @@ int main(int argc, char **argv)
     d.app.cfg = &cfg;
     d.app.limits.max_bytes = cfg.max_value;
     d.app.limits.max_depth = cfg.max_depth;
-    ms_layout_init(&d.app.layout, cfg.prefix);
+    ms_layout_init(&d.app.layout, cfg.prefix, cfg.redis_db);
     ms_log_info("starting",
                 "version=%s socket=\"%s\" cache=\"%s\" prefix=\"%s\" "
                 "instance=\"%s\"",

@@ -28,15 +28,16 @@ struct ms_mirror_s {
     unsigned gen; /* counts loads; stale batch replies are dropped */
     phase_t phase;
     bool have_seq;
-    uint64_t seq;        /* the sequence when the load began */
-    uint64_t started;    /* uv_now() when the load began */
-    uint64_t entries[2]; /* loaded per kind */
-    uint64_t skipped;    /* values that could not be read */
-    uint64_t high;       /* the highest version Redis is known to have
-                            handed out (events, loads, our writes) */
-    uint64_t last_event; /* the channel's last version since links up */
-    unsigned rebuilds;   /* times the sequence was seen going back */
-    uv_timer_t retry;    /* restarts a failed load */
+    uint64_t seq;           /* the sequence when the load began */
+    uint64_t started;       /* uv_now() when the load began */
+    uint64_t entries[2];    /* loaded per kind */
+    uint64_t skipped;       /* values that could not be read */
+    uint64_t high;          /* the highest version Redis is known to have
+                               handed out (events, loads, our writes) */
+    uint64_t last_event;    /* the channel's last version since links up */
+    unsigned rebuilds;      /* times the sequence was seen going back */
+    uint64_t held_at_start; /* the cache's highest version at load start */
+    uv_timer_t retry;       /* restarts a failed load */
 };
 
 /* What a batch request carries to its reply. */
@@ -110,7 +111,14 @@ static void load_done(ms_app_t *app)
     ms_mirror_t *m = app->mirror;
     int gone = ms_cache_resync_end(app->cache, m->seq);
 
+    if (gone < 0) {
+        load_failed(app, "cache write failed");
+        return;
+    }
     m->loaded = true;
+
+    /* Entries the load found gone were tombstoned without a word. */
+    ms_waits_recheck(app);
     ms_log_info("resync done",
                 "conns=%" PRIu64 " rooms=%" PRIu64 " removed=%d "
                 "unreadable=%" PRIu64 " seq=%" PRIu64 " ms=%" PRIu64,
@@ -124,26 +132,37 @@ static void load_done(ms_app_t *app)
 
 
 /*
- * Versions come from Redis's sequence, so the cache can never hold one
- * above it, unless Redis lost its data (restarted without persistence,
- * flushed, or failed over to a replica that missed writes) and the
- * sequence started again. Then no cached version means anything: start
- * from nothing.
+ * Every cached version is meaningless once Redis's sequence has started
+ * over: forget them all. The caller loads everything again.
+ */
+static int forget_everything(ms_app_t *app, uint64_t seq)
+{
+    ms_mirror_t *m = app->mirror;
+
+    ms_log_warn("Redis sequence went back, rebuilding the cache",
+                "seq=%" PRIu64 " cached=%" PRIu64, seq, m->held_at_start);
+    m->high = seq;
+    m->last_event = 0;
+    m->rebuilds++;
+    return ms_cache_clear(app->cache);
+}
+
+
+/*
+ * Versions come from Redis's sequence, so what the cache held when the
+ * load began cannot be above the sequence a batch reads later, unless
+ * Redis lost its data (restarted without persistence, flushed, failed
+ * over to a replica that missed writes) and the sequence started again.
+ * Events applied since the load began may well be above the batch's
+ * sequence (they travel on the other link): they are not compared.
  */
 static int check_sequence(ms_app_t *app, uint64_t seq)
 {
-    int64_t held = ms_cache_max_version(app->cache);
-
-    if (held < 0)
-        return -1;
-    if ((uint64_t)held <= seq) {
+    if (app->mirror->held_at_start <= seq) {
         ms_mirror_saw_version(app, seq);
         return 0;
     }
-    ms_log_warn("Redis sequence went back, rebuilding the cache",
-                "seq=%" PRIu64 " cached=%" PRId64, seq, held);
-    app->mirror->high = seq;
-    return ms_cache_clear(app->cache);
+    return forget_everything(app, seq);
 }
 
 
@@ -267,6 +286,7 @@ static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len)
 static void load_start(ms_app_t *app)
 {
     ms_mirror_t *m = app->mirror;
+    int64_t max;
 
     m->gen++;
     m->loaded = false;
@@ -275,8 +295,10 @@ static void load_start(ms_app_t *app)
     m->entries[0] = m->entries[1] = 0;
     m->skipped = 0;
     m->started = uv_now(app->loop);
-    if (ms_cache_resync_begin(app->cache) < 0) {
-        ms_log_error("cannot start resync", NULL);
+    max = ms_cache_max_version(app->cache);
+    m->held_at_start = max > 0 ? (uint64_t)max : 0;
+    if (max < 0 || ms_cache_resync_begin(app->cache) < 0) {
+        load_failed(app, "cache not readable");
         return;
     }
     ms_log_info("resync started", NULL);
@@ -287,16 +309,10 @@ static void load_start(ms_app_t *app)
 void ms_mirror_rebuild(ms_app_t *app, uint64_t seq)
 {
     ms_mirror_t *m = app->mirror;
-    int64_t held = ms_cache_max_version(app->cache);
 
-    ms_log_warn("Redis sequence went back, rebuilding the cache",
-                "seq=%" PRIu64 " cached=%" PRId64, seq, held);
-    if (m != NULL) {
-        m->high = seq;
-        m->last_event = 0;
-        m->rebuilds++;
-    }
-    if (ms_cache_clear(app->cache) < 0 || m == NULL || !m->live)
+    if (m == NULL)
+        return;
+    if (forget_everything(app, seq) < 0 || !m->live)
         return;
 
     /* A load under way read versions from before the reset: start over. */

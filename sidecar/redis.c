@@ -261,8 +261,9 @@ static int parse_url(const char *url, redis_addr_t *a, ms_error_t *err)
 int ms_redis_url_check(const char *url, ms_error_t *err)
 {
     redis_addr_t a;
+    int rc = parse_url(url, &a, err);
 
-    return parse_url(url, &a, err);
+    return rc < 0 ? rc : a.db;
 }
 
 

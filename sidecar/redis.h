@@ -66,7 +66,8 @@ typedef struct ms_redis_options_s {
 } ms_redis_options_t;
 
 /*
- * Checks a Redis URL without connecting: 0, or MS_EINVAL with a message.
+ * Checks a Redis URL without connecting: returns the database it names
+ * (0 or more), or MS_EINVAL with a message.
  */
 int ms_redis_url_check(const char *url, ms_error_t *err) MS_MUST_CHECK;
 

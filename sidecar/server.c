@@ -57,6 +57,7 @@ struct ms_session_s {
     bool eof; /* the client shut its side; answer, then close */
     bool reading;
     bool handling; /* inside handle_frames(): no recursion */
+    bool resume;   /* a request finished: handle held-back frames */
     int refs;
     unsigned pending; /* requests held by ms_session_hold() */
     unsigned long number;
@@ -126,6 +127,20 @@ msgpack_packer *ms_session_reply_begin(ms_session_t *s)
 }
 
 
+/* Puts s on the list that the check and prepare handlers work through. */
+static void mark_dirty(ms_session_t *s)
+{
+    if (s->is_dirty)
+        return;
+
+    /* The dirty list holds a reference until the flush. */
+    ms_session_ref(s);
+    s->is_dirty = true;
+    s->next_dirty = s->server->dirty;
+    s->server->dirty = s;
+}
+
+
 void ms_session_reply_end(ms_session_t *s)
 {
     ms_frame_end(&s->out, s->frame_start);
@@ -133,13 +148,7 @@ void ms_session_reply_end(ms_session_t *s)
         s->out.size = 0;
         return;
     }
-    if (!s->is_dirty) {
-        /* The dirty list holds a reference until the flush. */
-        ms_session_ref(s);
-        s->is_dirty = true;
-        s->next_dirty = s->server->dirty;
-        s->server->dirty = s;
-    }
+    mark_dirty(s);
 }
 
 
@@ -198,6 +207,10 @@ static void flush_dirty(ms_server_t *srv)
         srv->dirty = s->next_dirty;
         s->is_dirty = false;
         session_flush(s);
+        if (s->resume) {
+            s->resume = false;
+            handle_frames(s);
+        }
         ms_session_unref(s);
     }
 }
@@ -334,10 +347,19 @@ void ms_session_hold(ms_session_t *s)
 }
 
 
+/*
+ * A request was answered, so held-back frames may go on, but not from
+ * here: this runs inside the write pipeline's and the waits' callbacks,
+ * which must not see a new request arrive half-way. The dirty list
+ * resumes the session once the loop is back at the top.
+ */
 void ms_session_release(ms_session_t *s)
 {
     s->pending--;
-    handle_frames(s);
+    if (!s->closed) {
+        s->resume = true;
+        mark_dirty(s);
+    }
     ms_session_unref(s);
 }
 
@@ -447,11 +469,16 @@ static int clear_stale_socket(const char *path, ms_error_t *err)
     memset(&addr, 0, sizeof(addr));
     addr.sun_family = AF_UNIX;
     strncpy(addr.sun_path, path, sizeof(addr.sun_path) - 1);
-    rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0 ? 0 : errno;
     close(fd);
     if (rc == 0)
         return ms_error_set(err, MS_EINTERNAL,
                             "another daemon is listening on %s", path);
+
+    /* Only a refused connection proves nobody listens; EACCES does not. */
+    if (rc != ECONNREFUSED)
+        return ms_error_set(err, MS_EINTERNAL, "cannot check %s: %s", path,
+                            strerror(rc));
     ms_log_warn("removing stale socket", "path=\"%s\"", path);
     if (unlink(path) != 0 && errno != ENOENT)
         return ms_error_set(err, MS_EINTERNAL, "cannot remove %s: %s", path,

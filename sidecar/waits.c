@@ -188,6 +188,28 @@ void ms_waits_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
 }
 
 
+void ms_waits_recheck(ms_app_t *app)
+{
+    waiter_t *w, *next;
+    ms_cache_entry_t e;
+
+    if (app->waits == NULL)
+        return;
+    for (w = app->waits->all; w != NULL; w = next) {
+        entry_waits_t *en = w->entry;
+
+        next = w->next;
+        if (ms_cache_get(app->cache, en->kind, en->id, en->len, &e) < 0 ||
+            e.version < w->min_version)
+            continue;
+        if (!ms_session_closed(w->session))
+            ms_handlers_answer_get(app, w->session, w->req_id, en->kind, en->id,
+                                   en->len);
+        waiter_end(w);
+    }
+}
+
+
 void ms_waits_session_closed(ms_app_t *app, ms_session_t *s)
 {
     waiter_t *w, *next;

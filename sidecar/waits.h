@@ -26,6 +26,13 @@ void ms_waits_add(ms_app_t *app, ms_session_t *s, uint64_t req_id,
 void ms_waits_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
                             size_t len, uint64_t version);
 
+/*
+ * Answers every read whose entry the cache now holds at the version it
+ * waits for: after changes made without ms_waits_entry_changed(), such as
+ * the tombstones that end a load.
+ */
+void ms_waits_recheck(ms_app_t *app);
+
 /* Drops the reads of a session that closed. */
 void ms_waits_session_closed(ms_app_t *app, ms_session_t *s);
 

@@ -318,15 +318,15 @@ static void waiting_remove(write_t *w)
 /* Tries a waiting write again, merging into what the cache now holds. */
 static void wait_over(write_t *w)
 {
+    ms_app_t *app = w->app;
+    queue_t *q = w->queue;
     ms_error_t err;
 
     waiting_remove(w);
     w->have_base = false;
     if (write_start(w, &err) < 0) {
-        queue_t *q = w->queue;
-
         write_pop(q, err.code, err.msg, 0);
-        queue_run(w->app, q);
+        queue_run(app, q);
     }
 }
 

@@ -23,7 +23,8 @@
 /*
  * Called once per write: code 0 with the entry's new version, or a
  * negative MS_E* code and a message. May be called before
- * ms_writes_submit() returns.
+ * ms_writes_submit() returns. It must not submit writes itself: the
+ * pipeline is half-way through its queue when it calls.
  */
 typedef void (*ms_write_done_cb)(void *arg, int code, const char *msg,
                                  uint64_t version);
