@@ -63,7 +63,8 @@ static const char usage_text[] =
     "  -V, --version          show the version and exit\n"
     "\n"
     "Logs go to stderr, one line per event. SIGTERM or SIGINT stops the\n"
-    "daemon cleanly, removing the socket file.\n";
+    "daemon cleanly: no new requests, every one already read answered,\n"
+    "the socket file removed.\n";
 
 enum {
     OPT_SOCKET = 256,
@@ -150,7 +151,7 @@ static int parse_mode(const char *s, unsigned long *out)
 
 static int read_password_file(ms_config_t *cfg, const char *path)
 {
-    char buf[1024];
+    char buf[4096];
     size_t n;
     FILE *f = fopen(path, "r");
 
@@ -159,14 +160,26 @@ static int read_password_file(ms_config_t *cfg, const char *path)
                 strerror(errno));
         return -1;
     }
-    n = fread(buf, 1, sizeof(buf) - 1, f);
+    n = fread(buf, 1, sizeof(buf), f);
     fclose(f);
+    if (n == sizeof(buf)) {
+        fprintf(stderr, "meshsyncd: %s is too long for a password\n", path);
+        return -1;
+    }
     buf[n] = '\0';
 
     /* Files written by editors and `echo` end with a newline. */
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         buf[--n] = '\0';
+    if (n == 0 || strlen(buf) != n) {
+        fprintf(stderr,
+                "meshsyncd: %s holds no password (empty, or a NUL "
+                "byte)\n",
+                path);
+        return -1;
+    }
     set_string(&cfg->redis_password, buf);
+    explicit_bzero(buf, sizeof(buf));
     return 0;
 }
 
@@ -211,7 +224,8 @@ static int apply(ms_config_t *cfg, int opt, const char *name, const char *v)
         cfg->max_frame = n;
         return 0;
     case OPT_MAX_VALUE:
-        if (parse_number(name, v, 10, 16, 64ul << 20, &n) < 0)
+        /* A reply carries a value; libmeshsync reads replies to 16 MiB. */
+        if (parse_number(name, v, 10, 16, 15ul << 20, &n) < 0)
             return -1;
         cfg->max_value = n;
         return 0;

@@ -452,6 +452,17 @@ static const struct {
     {"hello", op_hello},           {"ping", op_ping},
 };
 
+/* Valid UTF-8 without control characters: fit for a one-line message. */
+static bool printable(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return false;
+    }
+    return ms_utf8_valid(s, n);
+}
+
+
 static void dispatch(ms_app_t *app, ms_session_t *s, const request_t *rq)
 {
     const msgpack_object *op = rq->op;
@@ -464,9 +475,7 @@ static void dispatch(ms_app_t *app, ms_session_t *s, const request_t *rq)
         }
     }
     /* The name is echoed only when it is short, printable UTF-8. */
-    if (op->via.str.size <= 40 &&
-        ms_utf8_valid(op->via.str.ptr, op->via.str.size) &&
-        memchr(op->via.str.ptr, '\0', op->via.str.size) == NULL)
+    if (op->via.str.size <= 40 && printable(op->via.str.ptr, op->via.str.size))
         snprintf(msg, sizeof(msg), "unknown op '%.*s'", (int)op->via.str.size,
                  op->via.str.ptr);
     else

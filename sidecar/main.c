@@ -20,22 +20,21 @@ typedef struct daemon_s {
     ms_app_t app;
     uv_signal_t sigterm;
     uv_signal_t sigint;
+    uv_timer_t drain; /* watches the clients finish during a clean stop */
+    uint64_t drain_deadline;
     bool stopping;
     bool failed; /* start-up failed: exit 1 once shut down */
 } daemon_t;
 
-static void shutdown_daemon(daemon_t *d, const char *why)
+/* How often the drain looks whether every client is done. */
+#define DRAIN_POLL_MS 20
+
+/* Closes everything; pending work not done by now fails unavailable. */
+static void close_all(daemon_t *d)
 {
     ms_redis_t *redis;
 
-    if (d->stopping)
-        return;
-    d->stopping = true;
-    ms_log_info("shutting down", "reason=%s", why);
-
-    /* Clients first, so nothing new arrives while Redis work drains. */
-    uv_close((uv_handle_t *)&d->sigterm, NULL);
-    uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->drain, NULL);
     ms_waits_close(&d->app);
     if (d->app.server != NULL)
         ms_server_close(d->app.server);
@@ -47,6 +46,44 @@ static void shutdown_daemon(daemon_t *d, const char *why)
     if (redis != NULL)
         ms_redis_close(redis);
     ms_writes_close(&d->app);
+}
+
+
+static void on_drain_tick(uv_timer_t *t)
+{
+    daemon_t *d = t->data;
+    size_t left = d->app.server != NULL ? ms_server_sessions(d->app.server) : 0;
+
+    if (left > 0 && uv_now(t->loop) < d->drain_deadline)
+        return;
+    if (left > 0)
+        ms_log_warn("clients still busy at shutdown, closing them",
+                    "clients=%zu", left);
+    close_all(d);
+}
+
+
+/*
+ * A clean stop: no new clients or requests, every request already read
+ * is answered (writes in flight finish, reads waiting for a version end
+ * with "unavailable"), then everything closes. A write Redis does not
+ * answer within the command timeout fails as usual, so the wait is
+ * bounded by that timeout.
+ */
+static void shutdown_daemon(daemon_t *d, const char *why)
+{
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    ms_log_info("shutting down", "reason=%s", why);
+    uv_close((uv_handle_t *)&d->sigterm, NULL);
+    uv_close((uv_handle_t *)&d->sigint, NULL);
+
+    ms_waits_close(&d->app);
+    if (d->app.server != NULL)
+        ms_server_drain(d->app.server);
+    d->drain_deadline = uv_now(d->app.loop) + d->app.cfg->redis_timeout + 500;
+    uv_timer_start(&d->drain, on_drain_tick, 0, DRAIN_POLL_MS);
 }
 
 
@@ -84,6 +121,8 @@ static int start_redis(daemon_t *d)
 
 static void start_signals(daemon_t *d)
 {
+    uv_timer_init(d->app.loop, &d->drain);
+    d->drain.data = d;
     uv_signal_init(d->app.loop, &d->sigterm);
     uv_signal_init(d->app.loop, &d->sigint);
     d->sigterm.data = d;

@@ -37,7 +37,8 @@ struct ms_server_s {
     ms_session_t *dirty;    /* sessions with output to send */
     unsigned long next_number;
     int open_handles;
-    bool bound; /* the socket file is ours to remove */
+    bool bound;    /* the socket file is ours to remove */
+    bool draining; /* no longer listening; sessions finish their work */
     bool closing;
 };
 
@@ -120,7 +121,7 @@ unsigned long ms_session_number(const ms_session_t *s)
 
 msgpack_packer *ms_session_reply_begin(ms_session_t *s)
 {
-    /* ms_frame_begin only fails on allocation, which sbuffer aborts on. */
+    /* ms_frame_begin only fails when memory runs out. */
     if (ms_frame_begin(&s->out, &s->frame_start) != 0)
         ms_oom();
     return &s->packer;
@@ -409,6 +410,15 @@ static void session_close(ms_session_t *s, const char *reason)
 }
 
 
+/* Packing a reply cannot fail half-way: out of memory ends the daemon. */
+static int pack_write(void *data, const char *buf, size_t len)
+{
+    if (msgpack_sbuffer_write(data, buf, len) != 0)
+        ms_oom();
+    return 0;
+}
+
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     ms_server_t *srv = listener->data;
@@ -424,7 +434,7 @@ static void on_connection(uv_stream_t *listener, int status)
     s->number = ++srv->next_number;
     ms_frame_reader_init(&s->reader, srv->app->cfg->max_frame);
     msgpack_sbuffer_init(&s->out);
-    msgpack_packer_init(&s->packer, &s->out, msgpack_sbuffer_write);
+    msgpack_packer_init(&s->packer, &s->out, pack_write);
     uv_pipe_init(srv->app->loop, &s->pipe, 0);
     s->pipe.data = s;
     srv->open_handles++;
@@ -558,6 +568,38 @@ static void on_server_handle_closed(uv_handle_t *h)
 }
 
 
+void ms_server_drain(ms_server_t *srv)
+{
+    ms_session_t *s, *next;
+
+    if (srv->draining || srv->closing)
+        return;
+    srv->draining = true;
+    if (srv->bound)
+        unlink(srv->app->cfg->socket_path);
+    srv->bound = false;
+    if (srv->listener.loop != NULL)
+        uv_close((uv_handle_t *)&srv->listener, on_server_handle_closed);
+
+    /* As if every client had finished sending: answer, then close. */
+    for (s = srv->sessions; s != NULL; s = next) {
+        next = s->next;
+        s->eof = true;
+        session_settle(s);
+    }
+}
+
+
+size_t ms_server_sessions(const ms_server_t *srv)
+{
+    size_t n = 0;
+
+    for (const ms_session_t *s = srv->sessions; s != NULL; s = s->next)
+        n++;
+    return n;
+}
+
+
 void ms_server_close(ms_server_t *srv)
 {
     if (srv->closing)
@@ -579,9 +621,8 @@ void ms_server_close(ms_server_t *srv)
 
     if (srv->bound)
         unlink(srv->app->cfg->socket_path);
-    if (srv->listener.loop != NULL) {
+    if (srv->listener.loop != NULL && !srv->draining)
         uv_close((uv_handle_t *)&srv->listener, on_server_handle_closed);
-    }
     uv_close((uv_handle_t *)&srv->check, on_server_handle_closed);
     uv_close((uv_handle_t *)&srv->prepare, on_server_handle_closed);
 }

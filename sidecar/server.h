@@ -32,8 +32,17 @@ typedef struct ms_session_s ms_session_t;
 int ms_server_start(ms_app_t *app, ms_error_t *err) MS_MUST_CHECK;
 
 /*
- * Stops listening, removes the socket file and closes every session.
- * Memory is released in the uv close callbacks.
+ * The first step of a clean stop: stops listening, removes the socket
+ * file, and reads no more requests; each session is closed once every
+ * request it sent has been answered and the answers are written.
+ * ms_server_sessions() tells how many are still finishing.
+ */
+void ms_server_drain(ms_server_t *s);
+size_t ms_server_sessions(const ms_server_t *s);
+
+/*
+ * Stops listening, removes the socket file and closes every session,
+ * answered or not. Memory is released in the uv close callbacks.
  */
 void ms_server_close(ms_server_t *s);
 

@@ -228,8 +228,14 @@ void ms_waits_close(ms_app_t *app)
 {
     if (app->waits == NULL)
         return;
-    while (app->waits->all != NULL)
-        waiter_end(app->waits->all);
+    while (app->waits->all != NULL) {
+        waiter_t *w = app->waits->all;
+
+        if (!ms_session_closed(w->session))
+            ms_handlers_answer_error(w->session, w->req_id, MS_EUNAVAIL,
+                                     "the daemon is shutting down");
+        waiter_end(w);
+    }
     free(app->waits);
     app->waits = NULL;
 }

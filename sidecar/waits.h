@@ -36,7 +36,10 @@ void ms_waits_recheck(ms_app_t *app);
 /* Drops the reads of a session that closed. */
 void ms_waits_session_closed(ms_app_t *app, ms_session_t *s);
 
-/* Drops every read (at shutdown). Memory goes with the timers' closing. */
+/*
+ * Ends every read (at shutdown) with "unavailable". Memory goes with the
+ * timers' closing.
+ */
 void ms_waits_close(ms_app_t *app);
 
 #endif
