@@ -1,10 +1,10 @@
 # Turns a text file into a C source defining
-#   const char ms_script_<NAME>[];  (NUL-terminated)
-# Invoked as: cmake -DIN=file -DOUT=file.c -DNAME=name -P embed.cmake
+#   const char <SYMBOL>[];  (NUL-terminated)
+# Invoked as: cmake -DIN=file -DOUT=file.c -DSYMBOL=name -P embed.cmake
 file(READ ${IN} hex HEX)
 string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
 string(REGEX REPLACE "(0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,)"
        "\\1\n  " bytes "${bytes}")
 file(WRITE ${OUT}
   "/* Generated from ${IN}; do not edit. */\n"
-  "const char ms_script_${NAME}[] = {\n  ${bytes}0x00\n};\n")
+  "const char ${SYMBOL}[] = {\n  ${bytes}0x00\n};\n")

@@ -1,10 +1,8 @@
 -- cache.sql - the layout of meshsyncd's SQLite cache file.
 --
--- sidecar/cache.c carries a copy of this file as the string
--- CACHE_SCHEMA; keep the two identical (tests/unit/test_cache.c checks
--- that both build the same schema). meshsyncd runs it in one
--- transaction each time it opens the file, after checking PRAGMA
--- user_version: 0 (a new file) or 1 is accepted, anything else is
+-- meshsyncd is built with this file compiled in (cmake/embed.cmake) and
+-- runs it in one transaction each time it opens the file, after checking
+-- PRAGMA user_version: 0 (a new file) or 1 is accepted, anything else is
 -- refused. The cache is rebuilt from Redis by a resync, so deleting the
 -- file (with its -wal and -shm) is safe while the daemon is stopped.
 --
@@ -45,8 +43,7 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS meta (
     -- A name. 'resync_generation' belongs to the cache: the generation
     -- of the latest resync, bumped when one begins (absent before the
-    -- first). Other keys are the mirror's own state, such as the last
-    -- sequence it applied.
+    -- first). Other keys are reserved for the mirror's own state.
     key     TEXT PRIMARY KEY,
     -- An unsigned 64-bit value no larger than 2^63-1: never negative.
     value   INTEGER NOT NULL

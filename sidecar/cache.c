@@ -33,66 +33,8 @@
 /* The meta key holding the resync generation; meta_set refuses it. */
 #define CACHE_GEN_KEY "resync_generation"
 
-/*
- * Identical to schema/cache.sql, which explains each table and column;
- * change both together (test_cache compares the schemas they build).
- */
-static const char CACHE_SCHEMA[] =
-    "-- cache.sql - the layout of meshsyncd's SQLite cache file.\n"
-    "--\n"
-    "-- sidecar/cache.c carries a copy of this file as the string\n"
-    "-- CACHE_SCHEMA; keep the two identical (tests/unit/test_cache.c checks\n"
-    "-- that both build the same schema). meshsyncd runs it in one\n"
-    "-- transaction each time it opens the file, after checking PRAGMA\n"
-    "-- user_version: 0 (a new file) or 1 is accepted, anything else is\n"
-    "-- refused. The cache is rebuilt from Redis by a resync, so deleting the\n"
-    "-- file (with its -wal and -shm) is safe while the daemon is stopped.\n"
-    "--\n"
-    "-- On open the daemon also sets PRAGMA journal_mode=WAL (stored in the\n"
-    "-- file) and PRAGMA synchronous=NORMAL (per connection). To look inside:\n"
-    "--   sqlite3 cache.db 'SELECT kind, id, version, json FROM entries'\n"
-    "-- The comments inside each CREATE TABLE are kept by SQLite and shown\n"
-    "-- by the sqlite3 tool's .schema command.\n"
-    "\n"
-    "CREATE TABLE IF NOT EXISTS entries (\n"
-    "    -- What the entry describes: 0 = a connection, 1 = a room\n"
-    "    -- (ms_kind_t in sidecar/cache.h).\n"
-    "    kind    INTEGER NOT NULL CHECK (kind IN (0, 1)),\n"
-    "    -- The entry's id within its kind, as the bytes Redis uses.\n"
-    "    id      TEXT NOT NULL,\n"
-    "    -- The version of the last change applied: a value of Redis's\n"
-    "    -- global sequence (INCR), up to 2^63-1, or 0 for a value written\n"
-    "    -- without one (by a Mesh server or by hand). A change event is\n"
-    "    -- applied only if its version is newer; a resync load replaces\n"
-    "    -- anything no newer than the sequence it read.\n"
-    "    version INTEGER NOT NULL CHECK (version >= 0),\n"
-    "    -- The value as JSON text, exactly as Redis holds it. NULL marks a\n"
-    "    -- tombstone: the entry was deleted by the change at `version`, and\n"
-    "    -- the row stays so that a late, older change cannot revive it.\n"
-    "    json    TEXT,\n"
-    "    -- The same value encoded as msgpack, ready to copy into a reply;\n"
-    "    -- NULL exactly when json is NULL.\n"
-    "    mp      BLOB,\n"
-    "    -- The resync generation (meta key 'resync_generation') current\n"
-    "    -- when this row was last written. When a resync ends, live rows it\n"
-    "    -- did not write and that are no newer than the sequence read when\n"
-    "    -- it began are gone from Redis: they become tombstones.\n"
-    "    gen     INTEGER NOT NULL,\n"
-    "    PRIMARY KEY (kind, id),\n"
-    "    CHECK ((json IS NULL) = (mp IS NULL))\n"
-    ") WITHOUT ROWID;\n"
-    "\n"
-    "CREATE TABLE IF NOT EXISTS meta (\n"
-    "    -- A name. 'resync_generation' belongs to the cache: the generation\n"
-    "    -- of the latest resync, bumped when one begins (absent before the\n"
-    "    -- first). Other keys are the mirror's own state, such as the last\n"
-    "    -- sequence it applied.\n"
-    "    key     TEXT PRIMARY KEY,\n"
-    "    -- An unsigned 64-bit value no larger than 2^63-1: never negative.\n"
-    "    value   INTEGER NOT NULL\n"
-    ") WITHOUT ROWID;\n"
-    "\n"
-    "PRAGMA user_version = 1;\n";
+/* schema/cache.sql, compiled in: it explains each table and column. */
+extern const char ms_schema_cache[];
 
 enum {
     ST_GET,
@@ -313,7 +255,7 @@ static int open_schema(ms_cache_t *c, const char *path, ms_error_t *err)
         goto rollback;
     }
 
-    if (sqlite3_exec(c->db, CACHE_SCHEMA, NULL, NULL, NULL) != SQLITE_OK) {
+    if (sqlite3_exec(c->db, ms_schema_cache, NULL, NULL, NULL) != SQLITE_OK) {
         open_fail(c, path, "schema", err);
         goto rollback;
     }

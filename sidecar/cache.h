@@ -90,8 +90,9 @@ int ms_cache_clear(ms_cache_t *c) MS_MUST_CHECK;
 int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind);
 
 /*
- * A small key/value table for the mirror's own state (last sequence
- * applied, ...). get returns 0 with *value set, or MS_EINVAL if unset.
+ * A small key/value table for state that must outlive a restart (the
+ * cache keeps its resync generation there). get returns 0 with *value
+ * set, or MS_EINVAL if unset.
  */
 int ms_cache_meta_get(ms_cache_t *c, const char *key,
                       uint64_t *value) MS_MUST_CHECK;

@@ -113,12 +113,6 @@ void ms_session_bind(ms_session_t *s, const char *conn, size_t len)
 }
 
 
-unsigned long ms_session_number(const ms_session_t *s)
-{
-    return s->number;
-}
-
-
 msgpack_packer *ms_session_reply_begin(ms_session_t *s)
 {
     /* ms_frame_begin only fails when memory runs out. */

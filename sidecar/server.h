@@ -71,7 +71,5 @@ bool ms_session_closed(const ms_session_t *s);
 const char *ms_session_conn(const ms_session_t *s, size_t *len);
 void ms_session_bind(ms_session_t *s, const char *conn, size_t len);
 
-/* A name for the peer in log lines, e.g. "client=12". */
-unsigned long ms_session_number(const ms_session_t *s);
 
 #endif

@@ -75,8 +75,8 @@ int ms_value_dump(const json_t *v, const ms_value_limits_t *lim, char **text,
 
 /*
  * Converts JSON text straight to a msgpack buffer (parse + pack), and
- * back. The caller frees *out with free(). Used by the cache (which keeps
- * both forms) and by the client library.
+ * back. The caller frees *out with free(). The daemon uses the first for
+ * every value it caches (the cache keeps both forms).
  */
 int ms_value_json_to_msgpack(const char *text, size_t len,
                              const ms_value_limits_t *lim, char **out,
