@@ -570,6 +570,8 @@ bool harness_daemon_wait_log(harness_daemon_t *d, const char *needle,
 {
     int64_t deadline = harness_now_ms() + timeout_ms;
 
+    /* Whatever is already in the pipe counts, even with no time to wait. */
+    daemon_read(d, 0);
     for (;;) {
         const char *hit = d->log ? strstr(d->log + d->log_mark, needle) : NULL;
         const char *eol = hit ? strchr(hit, '\n') : NULL;

@@ -1049,6 +1049,247 @@ static void test_merge_onto_unreadable(void **state)
     harness_daemon_stop_clean(w->d);
 }
 
+/* --- 9. writes from a client at its pending limit ---------------------- */
+
+#define LIMIT_GETS    4095 /* one short of the session's pending limit */
+#define LIMIT_WAIT_MS 2000
+
+/* Adds a room.set of a string to w->pipe. */
+static void pipe_room_set(world_t *w, uint64_t id, const char *room,
+                          const char *value)
+{
+    harness_request_begin(&w->pk, &w->sb, id, "room.set", 2);
+    harness_pack_str(&w->pk, "room");
+    harness_pack_str(&w->pk, room);
+    harness_pack_str(&w->pk, "value");
+    harness_pack_str(&w->pk, value);
+    pipe_add(w);
+}
+
+/*
+ * 4095 reads wait on a version, then two writes to one room: the first
+ * fills the session up, the second is held back until reads time out.
+ * Each is answered once and applied once.
+ */
+static void test_writes_at_pending_limit(void **state)
+{
+    world_t *w = *state;
+    const uint64_t set1 = LIMIT_GETS + 1, set2 = LIMIT_GETS + 2;
+    static bool seen[LIMIT_GETS + 2];
+    redisContext *c = harness_redis(w->h);
+    long long seq = harness_redis_int(c, "GET mesh:meshsync:seq");
+    uint64_t version[2] = {0, 0};
+    int fd = raw_connect(w->d);
+    harness_reply_t r;
+    char *json;
+
+    memset(seen, 0, sizeof(seen));
+    pack_waiting_gets(w, 1, LIMIT_GETS, LIMIT_WAIT_MS);
+    pipe_room_set(w, set1, "limit", "first");
+    pipe_room_set(w, set2, "limit", "second");
+    pipe_send(w, fd);
+
+    for (size_t i = 0; i < LIMIT_GETS + 2; i++) {
+        const msgpack_object *code;
+        uint64_t id;
+
+        harness_reply_recv(fd, REPLY_MS, &r);
+        id = harness_reply_id(&r.u.data);
+        seen_once(seen, 1, LIMIT_GETS + 2, id);
+        code = reply_error_code(&r.u.data);
+        if (id >= set1) {
+            harness_reply_check_ok(&r.u.data);
+            version[id - set1] = harness_reply_version(&r.u.data);
+        } else if (code == NULL || !harness_obj_is_str(code, "timeout")) {
+            fail_msg("waiting get %" PRIu64 " did not time out", id);
+        }
+        harness_reply_free(&r);
+    }
+
+    /* Nothing more comes: the next reply is this ping's. */
+    harness_ping_send(fd, 0);
+    harness_reply_recv_ok(fd, 0, REPLY_MS, &r);
+    harness_reply_free(&r);
+
+    assert_int_equal(harness_redis_int(c, "GET mesh:meshsync:seq"), seq + 2);
+    assert_int_equal(version[0], seq + 1);
+    assert_int_equal(version[1], seq + 2);
+    json = harness_redis_hget(w->h, "mesh:roommeta:limit", "data");
+    assert_non_null(json);
+    assert_string_equal(json, "\"second\"");
+    free(json);
+    expect_room(world_client(w), "limit", "\"second\"", version[1]);
+    close(fd);
+    harness_daemon_stop_clean(w->d);
+}
+
+/* --- 10. a sidecar starting while writes flow -------------------------- */
+
+#define FLOW_ENTRIES     500
+#define FLOW_VALUE       8000
+#define FLOW_BATCH       250  /* writes per pipeline at first */
+#define FLOW_STREAM      50   /* then, while the second sidecar starts */
+#define FLOW_BEFORE      3000 /* writes before the second sidecar starts */
+#define FLOW_MAX_BATCHES 2000
+#define FLOW_READ_MS     5000
+
+typedef struct flow_s {
+    char value[FLOW_VALUE + 1];
+    uint64_t next_id;
+    uint64_t last[FLOW_ENTRIES]; /* each entry's newest version */
+} flow_t;
+
+static void flow_conn(char *out, size_t size, size_t entry)
+{
+    snprintf(out, size, "flow-%03zu", entry);
+}
+
+/*
+ * One batch of n conn.set, pipelined on fd, each a new ~8 KB string;
+ * waits for every answer and records the versions.
+ */
+static void flow_batch(world_t *w, flow_t *f, int fd, size_t n)
+{
+    uint64_t first = f->next_id;
+    bool seen[FLOW_BATCH] = {false};
+    char conn[32];
+
+    assert_true(n <= FLOW_BATCH);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t id = f->next_id++;
+        int len = snprintf(f->value, sizeof(f->value), "w%" PRIu64 "-", id);
+
+        /* Over the string's NUL: the value stays FLOW_VALUE bytes long. */
+        f->value[len] = 'x';
+        flow_conn(conn, sizeof(conn), (size_t)(id % FLOW_ENTRIES));
+        harness_request_begin(&w->pk, &w->sb, id, "conn.set", 2);
+        harness_pack_str(&w->pk, "conn");
+        harness_pack_str(&w->pk, conn);
+        harness_pack_str(&w->pk, "value");
+        harness_pack_str(&w->pk, f->value);
+        pipe_add(w);
+    }
+    pipe_send(w, fd);
+
+    for (size_t i = 0; i < n; i++) {
+        harness_reply_t r;
+        uint64_t id, v;
+
+        harness_reply_recv(fd, REPLY_MS, &r);
+        id = harness_reply_id(&r.u.data);
+        seen_once(seen, first, n, id);
+        harness_reply_check_ok(&r.u.data);
+        v = harness_reply_version(&r.u.data);
+        if (v > f->last[id % FLOW_ENTRIES])
+            f->last[id % FLOW_ENTRIES] = v;
+        harness_reply_free(&r);
+    }
+}
+
+/* One entry's answer from the late sidecar against Redis. */
+static void flow_check(world_t *w, const flow_t *f, const msgpack_object *reply)
+{
+    uint64_t id = harness_reply_id(reply);
+    const msgpack_object *value = harness_map_get(reply, "value");
+    char conn[32];
+    char *json;
+    uint64_t version;
+
+    assert_true(id < FLOW_ENTRIES);
+    flow_conn(conn, sizeof(conn), (size_t)id);
+    if (reply_error_code(reply) != NULL)
+        fail_msg("%s: version %" PRIu64 " never reached the new sidecar", conn,
+                 f->last[id]);
+    version = harness_reply_version(reply);
+    json = harness_redis_hget(w->h, "mesh:connection-meta", conn);
+    assert_non_null(json);
+    assert_non_null(value);
+    assert_int_equal(value->type, MSGPACK_OBJECT_STR);
+    if (strlen(json) != value->via.str.size + 2 ||
+        memcmp(json + 1, value->via.str.ptr, value->via.str.size) != 0)
+        fail_msg("%s: the new sidecar holds %.20s... version %" PRIu64
+                 ", Redis %.21s...",
+                 conn, value->via.str.ptr, version, json);
+    free(json);
+    assert_int_equal(version, harness_redis_int(harness_redis(w->h),
+                                                "HGET mesh:meshsync:versions:"
+                                                "conn %s",
+                                                conn));
+}
+
+/* Reads every entry through d, each once it holds the last write. */
+static void flow_compare(world_t *w, const flow_t *f, harness_daemon_t *d)
+{
+    bool seen[FLOW_ENTRIES] = {false};
+    int fd = raw_connect(d);
+    char conn[32];
+
+    for (size_t e = 0; e < FLOW_ENTRIES; e++) {
+        flow_conn(conn, sizeof(conn), e);
+        harness_request_begin(&w->pk, &w->sb, e, "conn.get", 3);
+        harness_pack_str(&w->pk, "conn");
+        harness_pack_str(&w->pk, conn);
+        harness_pack_str(&w->pk, "minVersion");
+        msgpack_pack_uint64(&w->pk, f->last[e]);
+        harness_pack_str(&w->pk, "timeout");
+        msgpack_pack_uint64(&w->pk, FLOW_READ_MS);
+        pipe_add(w);
+    }
+    pipe_send(w, fd);
+    for (size_t e = 0; e < FLOW_ENTRIES; e++) {
+        harness_reply_t r;
+
+        harness_reply_recv(fd, FLOW_READ_MS + REPLY_MS, &r);
+        seen_once(seen, 0, FLOW_ENTRIES, harness_reply_id(&r.u.data));
+        flow_check(w, f, &r.u.data);
+        harness_reply_free(&r);
+    }
+    close(fd);
+}
+
+/*
+ * The writer stops as soon as B is ready: writes after that would mend
+ * what B's load got wrong.
+ */
+static void test_start_while_writing(void **state)
+{
+    world_t *w = *state;
+    flow_t *f = calloc(1, sizeof(*f));
+    int64_t deadline = harness_now_ms() + 4 * WAIT_MS;
+    int fd = raw_connect(w->d);
+    harness_daemon_t *b;
+    bool ready = false;
+
+    assert_non_null(f);
+    memset(f->value, 'x', FLOW_VALUE);
+    f->next_id = 1;
+    while (f->next_id <= FLOW_BEFORE)
+        flow_batch(w, f, fd, FLOW_BATCH);
+
+    /* B loads while A's writes keep coming, in smaller batches. */
+    b = harness_daemon_spawn(w->h, "b", NULL, NULL);
+    for (int i = 0; i < FLOW_MAX_BATCHES && !ready; i++) {
+        if (harness_now_ms() > deadline)
+            fail_msg("b not ready while writes flow; log:\n%s",
+                     harness_daemon_log(b));
+        flow_batch(w, f, fd, FLOW_STREAM);
+
+        /* Reads what b has logged, then looks without waiting. */
+        harness_daemon_log(b);
+        ready = harness_daemon_wait_log(b, "msg=\"ready\"", 0);
+    }
+    assert_true(ready);
+    print_message("  b ready after %" PRIu64 " writes\n", f->next_id - 1);
+
+    flow_compare(w, f, b);
+    if (strstr(harness_daemon_log(b), "went back") != NULL)
+        fail_msg("b rebuilt its cache; log:\n%s", harness_daemon_log(b));
+    free(f);
+    close(fd);
+    harness_daemon_stop_clean(b);
+    harness_daemon_stop_clean(w->d);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1071,6 +1312,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_unknown_op_not_utf8, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_merge_onto_unreadable, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_writes_at_pending_limit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_start_while_writing, setup,
                                         teardown),
     };
 
