@@ -56,6 +56,11 @@ static const char usage_text[] =
     "                         [MESHSYNC_MAX_ID_BYTES, 256]\n"
     "  --merge-retries N      compare-and-set attempts per merge\n"
     "                         [MESHSYNC_MERGE_RETRIES, 64]\n"
+    "  --redis-backoff-min-ms N, --redis-backoff-max-ms N\n"
+    "                         reconnect delays: the first at most N ms, then\n"
+    "                         doubling up to the max, with random jitter\n"
+    "                         [MESHSYNC_REDIS_BACKOFF_MIN_MS, 100;\n"
+    "                         MESHSYNC_REDIS_BACKOFF_MAX_MS, 5000]\n"
     "  --redis-timeout-ms N   a Redis command unanswered this long cuts the\n"
     "                         link; its writes fail with timeout\n"
     "                         [MESHSYNC_REDIS_TIMEOUT_MS, 5000]\n"
@@ -80,7 +85,9 @@ enum {
     OPT_MAX_DEPTH,
     OPT_MAX_ID,
     OPT_MERGE_RETRIES,
-    OPT_REDIS_TIMEOUT
+    OPT_REDIS_TIMEOUT,
+    OPT_BACKOFF_MIN,
+    OPT_BACKOFF_MAX
 };
 
 /* Option and environment names, in one table so the two never drift. */
@@ -103,6 +110,8 @@ static const struct {
     {OPT_MAX_ID, "max-id-bytes", "MESHSYNC_MAX_ID_BYTES"},
     {OPT_MERGE_RETRIES, "merge-retries", "MESHSYNC_MERGE_RETRIES"},
     {OPT_REDIS_TIMEOUT, "redis-timeout-ms", "MESHSYNC_REDIS_TIMEOUT_MS"},
+    {OPT_BACKOFF_MIN, "redis-backoff-min-ms", "MESHSYNC_REDIS_BACKOFF_MIN_MS"},
+    {OPT_BACKOFF_MAX, "redis-backoff-max-ms", "MESHSYNC_REDIS_BACKOFF_MAX_MS"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -249,6 +258,13 @@ static int apply(ms_config_t *cfg, int opt, const char *name, const char *v)
             return -1;
         cfg->redis_timeout = (unsigned)n;
         return 0;
+    case OPT_BACKOFF_MIN:
+    case OPT_BACKOFF_MAX:
+        if (parse_number(name, v, 10, 1, 600000, &n) < 0)
+            return -1;
+        *(opt == OPT_BACKOFF_MIN ? &cfg->backoff_min : &cfg->backoff_max) =
+            (unsigned)n;
+        return 0;
     }
     return -1;
 }
@@ -271,6 +287,8 @@ static void set_defaults(ms_config_t *cfg)
     cfg->max_id = 256;
     cfg->merge_retries = 64;
     cfg->redis_timeout = 5000;
+    cfg->backoff_min = 100;
+    cfg->backoff_max = 5000;
 
     if (gethostname(host, sizeof(host)) != 0)
         strcpy(host, "meshsyncd");
@@ -310,6 +328,11 @@ static int validate(ms_config_t *cfg)
     cfg->redis_db = ms_redis_url_check(cfg->redis_url, &err);
     if (cfg->redis_db < 0) {
         fprintf(stderr, "meshsyncd: --redis: %s\n", err.msg);
+        return -1;
+    }
+    if (cfg->backoff_max < cfg->backoff_min) {
+        fprintf(stderr, "meshsyncd: --redis-backoff-max-ms cannot be below "
+                        "--redis-backoff-min-ms\n");
         return -1;
     }
     if (cfg->max_value > cfg->max_frame) {

@@ -33,6 +33,8 @@ typedef struct ms_config_s {
     size_t max_id;          /* bytes of a connection id or room name */
     unsigned merge_retries; /* compare-and-set attempts per merge */
     unsigned redis_timeout; /* ms a Redis command may take */
+    unsigned backoff_min;   /* ms, first reconnect delay (cap) */
+    unsigned backoff_max;   /* ms, largest reconnect delay */
 } ms_config_t;
 
 /*

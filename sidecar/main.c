@@ -100,8 +100,8 @@ static int start_redis(daemon_t *d)
         .url = cfg->redis_url,
         .password = cfg->redis_password,
         .channel = d->app.layout.channel,
-        .backoff_min_ms = 100,
-        .backoff_max_ms = 5000,
+        .backoff_min_ms = cfg->backoff_min,
+        .backoff_max_ms = cfg->backoff_max,
         .command_timeout_ms = cfg->redis_timeout,
     };
     ms_redis_callbacks_t cb = {
