@@ -9,6 +9,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <jansson.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -53,6 +54,9 @@ static const char help_text[] =
     "\n"
     "Commands:\n"
     "  ping                check that the sidecar answers; prints pong\n"
+    "  health              print the sync state as JSON (state, ready,\n"
+    "                      lag, ...); exit 0 only when live: connected\n"
+    "                      and caught up (a readiness probe)\n"
     "  room get ROOM       print a room's metadata (null when none)\n"
     "  room set ROOM JSON  set a room's metadata\n"
     "  room delete ROOM    remove a room's metadata\n"
@@ -303,6 +307,24 @@ static int fail_call(const meshsync_t *ms)
     return strcmp(code, "io") == 0 ? EXIT_UNREACHABLE : EXIT_REQUEST;
 }
 
+/* Prints the health report; succeeds only when the sidecar is live. */
+static int run_health(meshsync_t *ms)
+{
+    meshsync_value_t v;
+    json_t *report;
+    int ready;
+
+    if (meshsync_health(ms, &v) < 0)
+        return fail_call(ms);
+    puts(v.data);
+    report = json_loads(v.data, 0, NULL);
+    ready = json_is_true(json_object_get(report, "ready"));
+    json_decref(report);
+    meshsync_value_free(&v);
+    return ready ? EXIT_OK : EXIT_REQUEST;
+}
+
+
 static int run_ping(meshsync_t *ms)
 {
     if (meshsync_ping(ms) < 0)
@@ -380,7 +402,7 @@ static int run_remove(meshsync_t *ms, const cli_args_t *a, int room)
     return EXIT_OK;
 }
 
-typedef enum { CMD_PING, CMD_GET, CMD_SET, CMD_REMOVE } cmd_t;
+typedef enum { CMD_PING, CMD_HEALTH, CMD_GET, CMD_SET, CMD_REMOVE } cmd_t;
 
 typedef struct command_s {
     const char *noun;
@@ -392,6 +414,7 @@ typedef struct command_s {
 
 static const command_t commands[] = {
     {"ping", NULL, "", 1, CMD_PING},
+    {"health", NULL, "", 1, CMD_HEALTH},
     {"room", "get", " ROOM", 3, CMD_GET},
     {"room", "set", " ROOM JSON", 4, CMD_SET},
     {"room", "delete", " ROOM", 3, CMD_REMOVE},
@@ -503,6 +526,8 @@ static int run_command(const cli_args_t *a, const command_t *c)
 
     if (c->cmd == CMD_PING)
         status = run_ping(ms);
+    else if (c->cmd == CMD_HEALTH)
+        status = run_health(ms);
     else if (c->cmd == CMD_GET)
         status = run_get(ms, a, room);
     else if (c->cmd == CMD_SET)

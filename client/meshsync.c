@@ -780,6 +780,50 @@ int meshsync_ping(meshsync_t *ms)
     return status(rc);
 }
 
+/*
+ * The reply map without its id and ok, as JSON: the health fields are the
+ * daemon's to extend, so they are handed on rather than picked apart.
+ */
+static int reply_fields_to_json(meshsync_t *ms, const msgpack_object *root,
+                                meshsync_value_t *out)
+{
+    msgpack_object_kv kv[32];
+    msgpack_object map = {.type = MSGPACK_OBJECT_MAP};
+    uint32_t n = 0;
+
+    for (uint32_t i = 0; i < root->via.map.size && n < 32; i++) {
+        const msgpack_object *k = &root->via.map.ptr[i].key;
+
+        if (!str_is(k, "id") && !str_is(k, "ok"))
+            kv[n++] = root->via.map.ptr[i];
+    }
+    map.via.map.ptr = kv;
+    map.via.map.size = n;
+    return value_to_json(ms, &map, out);
+}
+
+
+int meshsync_health(meshsync_t *ms, meshsync_value_t *out)
+{
+    request_t req = {.op = "health"};
+    reply_t rep;
+    int rc = begin_call(ms);
+
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (rc == 0 && out == NULL)
+        rc = fail(ms, MS_EINVAL, "no place for the health report");
+    if (rc == 0) {
+        reply_init(&rep);
+        rc = run(ms, &req, &rep);
+        if (rc == 0)
+            rc = reply_fields_to_json(ms, &rep.up.data, out);
+        request_done(&req, &rep);
+    }
+    return status(rc);
+}
+
+
 int meshsync_hello(meshsync_t *ms, const char *conn)
 {
     request_t req = {.op = "hello", .key = "conn", .target = conn};

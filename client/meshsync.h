@@ -97,6 +97,15 @@ MESHSYNC_API void meshsync_set_timeout(meshsync_t *ms, int timeout_ms);
 /* Checks that the sidecar answers. */
 MESHSYNC_API int meshsync_ping(meshsync_t *ms);
 
+/*
+ * Asks the sidecar how it is doing. On success out->data holds a JSON
+ * object: {"state": "live" | "catching_up" | "down", "ready": true only
+ * when live, "seq": the highest version the sidecar knows, "redisSeq":
+ * Redis's sequence or null when unreachable, "lag": their difference or
+ * null, "conns": N, "rooms": N}. Release with meshsync_value_free().
+ */
+MESHSYNC_API int meshsync_health(meshsync_t *ms, meshsync_value_t *out);
+
 /* Binds this session to a connection id: conn calls may then pass NULL. */
 MESHSYNC_API int meshsync_hello(meshsync_t *ms, const char *conn);
 

@@ -212,6 +212,86 @@ static void op_ping(ms_app_t *app, ms_session_t *s, const request_t *rq)
 }
 
 
+/* What a health request carries while it asks Redis for its sequence. */
+typedef struct health_s {
+    ms_app_t *app;
+    ms_session_t *session;
+    uint64_t id;
+} health_t;
+
+/*
+ * {state, ready, seq, redisSeq, lag, conns, rooms}: seq is the highest
+ * version this sidecar knows of, redisSeq Redis's sequence (nil when it
+ * could not be read), lag the difference.
+ */
+static void reply_health(ms_app_t *app, ms_session_t *s, uint64_t id,
+                         const uint64_t *redis_seq)
+{
+    request_t rq = {.id = id, .has_id = true};
+    const char *state = ms_mirror_state(app);
+    uint64_t seq = ms_mirror_high(app);
+    msgpack_packer *pk = reply_ok(s, &rq, 7);
+
+    pack_str(pk, "state");
+    pack_str(pk, state);
+    pack_str(pk, "ready");
+    if (strcmp(state, "live") == 0)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    pack_str(pk, "seq");
+    msgpack_pack_uint64(pk, seq);
+    pack_str(pk, "redisSeq");
+    if (redis_seq != NULL)
+        msgpack_pack_uint64(pk, *redis_seq);
+    else
+        msgpack_pack_nil(pk);
+    pack_str(pk, "lag");
+    if (redis_seq != NULL)
+        msgpack_pack_uint64(pk, *redis_seq > seq ? *redis_seq - seq : 0);
+    else
+        msgpack_pack_nil(pk);
+    pack_str(pk, "conns");
+    msgpack_pack_int64(pk, ms_cache_count(app->cache, MS_KIND_CONN));
+    pack_str(pk, "rooms");
+    msgpack_pack_int64(pk, ms_cache_count(app->cache, MS_KIND_ROOM));
+    ms_session_reply_end(s);
+}
+
+
+static void on_health_seq(void *arg, redisReply *r, int err)
+{
+    health_t *h = arg;
+    uint64_t seq = 0;
+    bool known = err == 0 && r != NULL &&
+                 (r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_STRING);
+
+    if (known && r->type == REDIS_REPLY_STRING)
+        seq = strtoull(r->str, NULL, 10);
+    if (!ms_session_closed(h->session))
+        reply_health(h->app, h->session, h->id, known ? &seq : NULL);
+    ms_session_release(h->session);
+    free(h);
+}
+
+
+/* Reports the sync state; when Redis is reachable, how far behind. */
+static void op_health(ms_app_t *app, ms_session_t *s, const request_t *rq)
+{
+    const char *argv[] = {"GET", app->layout.seq};
+    size_t lens[] = {3, strlen(app->layout.seq)};
+    health_t *h = ms_malloc(sizeof(*h));
+
+    h->app = app;
+    h->session = s;
+    h->id = rq->id;
+    ms_session_hold(s);
+    if (app->redis == NULL ||
+        ms_redis_command(app->redis, 2, argv, lens, on_health_seq, h) < 0)
+        on_health_seq(h, NULL, MS_EUNAVAIL);
+}
+
+
 static void op_hello(ms_app_t *app, ms_session_t *s, const request_t *rq)
 {
     ms_error_t err;
@@ -450,6 +530,7 @@ static const struct {
     {"conn.set", op_conn_set},     {"room.set", op_room_set},
     {"conn.close", op_conn_close}, {"room.delete", op_room_delete},
     {"hello", op_hello},           {"ping", op_ping},
+    {"health", op_health},
 };
 
 /* Valid UTF-8 without control characters: fit for a one-line message. */

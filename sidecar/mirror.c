@@ -28,16 +28,17 @@ struct ms_mirror_s {
     unsigned gen; /* counts loads; stale batch replies are dropped */
     phase_t phase;
     bool have_seq;
-    uint64_t seq;           /* the sequence when the load began */
-    uint64_t started;       /* uv_now() when the load began */
-    uint64_t entries[2];    /* loaded per kind */
-    uint64_t skipped;       /* values that could not be read */
-    uint64_t high;          /* the highest version Redis is known to have
-                               handed out (events, loads, our writes) */
-    uint64_t last_event;    /* the channel's last version since links up */
-    unsigned rebuilds;      /* times the sequence was seen going back */
-    uint64_t held_at_start; /* the cache's highest version at load start */
-    uv_timer_t retry;       /* restarts a failed load */
+    uint64_t seq;             /* the sequence when the load began */
+    uint64_t started;         /* uv_now() when the load began */
+    uint64_t entries[2];      /* loaded per kind */
+    uint64_t skipped;         /* values that could not be read */
+    uint64_t high;            /* the highest version Redis is known to have
+                                 handed out (events, loads, our writes) */
+    uint64_t last_event;      /* the channel's last version since links up */
+    unsigned rebuilds;        /* times the sequence was seen going back */
+    uint64_t held_at_start;   /* the cache's highest version at load start */
+    const char *logged_state; /* the state last logged */
+    uv_timer_t retry;         /* restarts a failed load */
 };
 
 /* What a batch request carries to its reply. */
@@ -49,6 +50,28 @@ typedef struct batch_s {
 bool ms_mirror_stale(const ms_app_t *app)
 {
     return app->mirror == NULL || !(app->mirror->live && app->mirror->loaded);
+}
+
+
+const char *ms_mirror_state(const ms_app_t *app)
+{
+    const ms_mirror_t *m = app->mirror;
+
+    if (m == NULL || !m->live)
+        return "down";
+    return m->loaded ? "live" : "catching_up";
+}
+
+
+/* Logs the state when it differs from the one logged last. */
+static void log_state(ms_app_t *app)
+{
+    const char *state = ms_mirror_state(app);
+
+    if (state == app->mirror->logged_state)
+        return;
+    app->mirror->logged_state = state;
+    ms_log_info("sync state", "state=%s", state);
 }
 
 
@@ -116,6 +139,7 @@ static void load_done(ms_app_t *app)
         return;
     }
     m->loaded = true;
+    log_state(app);
 
     /* Entries the load found gone were tombstoned without a word. */
     ms_waits_recheck(app);
@@ -302,6 +326,7 @@ static void load_start(ms_app_t *app)
         return;
     }
     ms_log_info("resync started", NULL);
+    log_state(app);
     load_next(app, "0", 1);
 }
 
@@ -335,6 +360,7 @@ void ms_mirror_on_state(void *arg, bool live)
     m->loaded = false;
     m->last_event = 0;
     m->gen++;
+    log_state(app);
 }
 
 

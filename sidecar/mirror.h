@@ -30,6 +30,13 @@ void ms_mirror_close(ms_app_t *app);
 bool ms_mirror_stale(const ms_app_t *app);
 
 /*
+ * "down" (a Redis link is not up), "catching_up" (links up, loading) or
+ * "live" (caught up, following the change channel). Each change is
+ * logged once as msg="sync state".
+ */
+const char *ms_mirror_state(const ms_app_t *app);
+
+/*
  * Redis handed out a version (seq) at or below one the cache holds: its
  * sequence started over, so it lost its data (FLUSHALL, a restart without
  * persistence, a failover to a replica that missed writes). Every cached

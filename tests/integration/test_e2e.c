@@ -651,6 +651,66 @@ static void test_cli_errors(void **state)
     harness_daemon_stop_clean(db);
 }
 
+/* --- health ----------------------------------------------------------- */
+
+/* The health report through the library, as a parsed JSON object. */
+static json_t *health(meshsync_t *ms)
+{
+    meshsync_value_t v;
+    json_t *report;
+
+    HARNESS_CALL_OK(ms, meshsync_health(ms, &v));
+    report = json_loads(v.data, 0, NULL);
+    if (report == NULL)
+        fail_msg("health is not JSON: %s", v.data);
+    meshsync_value_free(&v);
+    return report;
+}
+
+
+/*
+ * Live and caught up: ready, no lag, the sequence of the last write; the
+ * CLI exits 0. Redis gone: down, not ready, lag unknown; the CLI exits 1.
+ */
+static void test_health(void **state)
+{
+    harness_t *h = *state;
+    harness_daemon_t *d = harness_daemon_start(h, "a", NULL, NULL);
+    meshsync_t *ms = harness_client_open(d);
+    uint64_t v = 0;
+    harness_run_t r;
+    json_t *rep;
+
+    HARNESS_CALL_OK(ms, meshsync_room_set(ms, "lobby", MESHSYNC_JSON, "{}", 2,
+                                          MESHSYNC_REPLACE, &v));
+    rep = health(ms);
+    assert_string_equal(json_string_value(json_object_get(rep, "state")),
+                        "live");
+    assert_true(json_is_true(json_object_get(rep, "ready")));
+    assert_int_equal(json_integer_value(json_object_get(rep, "seq")), v);
+    assert_int_equal(json_integer_value(json_object_get(rep, "redisSeq")), v);
+    assert_int_equal(json_integer_value(json_object_get(rep, "lag")), 0);
+    assert_int_equal(json_integer_value(json_object_get(rep, "rooms")), 1);
+    json_decref(rep);
+    cli(d->socket, (const char *[]){"health", NULL}, NULL, 0, NULL, &r);
+    harness_run_free(&r);
+
+    harness_redis_stop(h);
+    if (!harness_daemon_wait_log(d, "state=down", HARNESS_TIMEOUT_MS))
+        fail_msg("no state=down; log:\n%s", harness_daemon_log(d));
+    rep = health(ms);
+    assert_string_equal(json_string_value(json_object_get(rep, "state")),
+                        "down");
+    assert_true(json_is_false(json_object_get(rep, "ready")));
+    assert_true(json_is_null(json_object_get(rep, "lag")));
+    json_decref(rep);
+    cli(d->socket, (const char *[]){"health", NULL}, NULL, 1, NULL, &r);
+    harness_run_free(&r);
+    meshsync_free(ms);
+    harness_daemon_stop_clean(d);
+}
+
+
 /* --- stopping --------------------------------------------------------- */
 
 static void test_sigterm(void **state)
@@ -698,7 +758,7 @@ int main(void)
         TEST(test_two_sidecars),  TEST(test_preloaded_values),
         TEST(test_script_flush),  TEST(test_big_integers),
         TEST(test_cli_basics),    TEST(test_cli_errors),
-        TEST(test_sigterm),
+        TEST(test_health),        TEST(test_sigterm),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
