@@ -18,9 +18,13 @@
  */
 #include "cache.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "alloc.h"
 #include "log.h"
@@ -87,6 +91,7 @@ struct ms_cache_s {
     sqlite3 *db;
     sqlite3_stmt *stmt[ST_MAX];
     uint64_t gen; /* the current resync generation, as stored in meta */
+    int lock_fd;  /* holds the flock on "<path>-lock", or -1 */
     char *buf;    /* ms_cache_get's copy of the last row it found */
     size_t buf_cap;
 };
@@ -175,11 +180,48 @@ static int meta_write(ms_cache_t *c, const char *key, uint64_t value,
 }
 
 
+/*
+ * A file that is not a database, or a damaged one, is MS_EINVAL: the
+ * caller may move it aside and start afresh. Anything else (permissions,
+ * a missing directory, a full disk) is MS_EINTERNAL.
+ */
 static int open_fail(ms_cache_t *c, const char *path, const char *step,
                      ms_error_t *err)
 {
-    return ms_error_set(err, MS_EINTERNAL, "cache file %s: %s: %s", path, step,
+    int rc = sqlite3_errcode(c->db);
+    bool unusable = rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT;
+
+    return ms_error_set(err, unusable ? MS_EINVAL : MS_EINTERNAL,
+                        "cache file %s: %s: %s", path, step,
                         sqlite3_errmsg(c->db));
+}
+
+
+/*
+ * One daemon per cache file: a second one on the same file would apply
+ * the same changes twice over and fight over resync generations. The
+ * lock is an flock on "<path>-lock", released when the process ends.
+ */
+static int lock_file(ms_cache_t *c, const char *path, ms_error_t *err)
+{
+    size_t n = strlen(path);
+    char *lock;
+
+    if (strcmp(path, ":memory:") == 0)
+        return 0;
+    lock = ms_malloc(n + 6);
+    memcpy(lock, path, n);
+    memcpy(lock + n, "-lock", 6);
+    c->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(lock);
+    if (c->lock_fd < 0)
+        return ms_error_set(err, MS_EINTERNAL, "cache file %s: lock: %s", path,
+                            strerror(errno));
+    if (flock(c->lock_fd, LOCK_EX | LOCK_NB) != 0)
+        return ms_error_set(err, MS_EINTERNAL,
+                            "cache file %s is in use by another meshsyncd",
+                            path);
+    return 0;
 }
 
 
@@ -248,7 +290,7 @@ static int open_schema(ms_cache_t *c, const char *path, ms_error_t *err)
         goto rollback;
     }
     if (version != 0 && version != CACHE_SCHEMA_VERSION) {
-        ms_error_set(err, MS_EINTERNAL,
+        ms_error_set(err, MS_EINVAL,
                      "cache file %s: schema version %d, expected %d "
                      "(remove the file to rebuild it)",
                      path, version, CACHE_SCHEMA_VERSION);
@@ -302,6 +344,9 @@ int ms_cache_open(const char *path, ms_cache_t **out, ms_error_t *err)
         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
 
     *out = NULL;
+    c->lock_fd = -1;
+    if (lock_file(c, path, err) < 0)
+        goto failed;
     if (sqlite3_open_v2(path, &c->db, flags, NULL) != SQLITE_OK) {
         open_fail(c, path, "open", err);
         goto failed;
@@ -321,7 +366,7 @@ int ms_cache_open(const char *path, ms_cache_t **out, ms_error_t *err)
 
 failed:
     ms_cache_close(c);
-    return MS_EINTERNAL;
+    return err != NULL && err->code == MS_EINVAL ? MS_EINVAL : MS_EINTERNAL;
 }
 
 
@@ -334,6 +379,8 @@ void ms_cache_close(ms_cache_t *c)
 
     /* Every statement is finalized, so this cannot report SQLITE_BUSY. */
     sqlite3_close(c->db);
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
     free(c->buf);
     free(c);
 }

@@ -48,8 +48,12 @@ typedef struct ms_cache_entry_s {
 
 /*
  * Opens (creating if needed) the cache file at path; ":memory:" works for
- * tests. Returns 0 and a new cache in *out, or MS_EINTERNAL with a
- * message in err. Release with ms_cache_close().
+ * tests. Takes an exclusive lock on "<path>-lock" so that one daemon at a
+ * time uses the file. Returns 0 and a new cache in *out; MS_EINVAL when
+ * the file is not a usable cache (not SQLite, damaged, another schema
+ * version), which a caller may move aside; MS_EINTERNAL otherwise (the
+ * file is locked, unreadable, the disk full, ...). Release with
+ * ms_cache_close().
  */
 int ms_cache_open(const char *path, ms_cache_t **out,
                   ms_error_t *err) MS_MUST_CHECK;

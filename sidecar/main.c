@@ -3,10 +3,13 @@
  * the socket server and the Redis links on one libuv loop, and runs until
  * SIGTERM or SIGINT, then shuts everything down in order.
  */
+#include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 #include "app.h"
@@ -132,17 +135,59 @@ static void start_signals(daemon_t *d)
 }
 
 
+/*
+ * Moves a cache file that is not a usable cache aside, with its WAL and
+ * shared-memory files: it is only a copy of Redis, and the load rebuilds
+ * it, but what was there is kept for a post-mortem.
+ */
+static int move_aside(const char *path)
+{
+    static const char *const parts[] = {"", "-wal", "-shm"};
+    char from[PATH_MAX], to[PATH_MAX];
+    long stamp = (long)time(NULL);
+
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        snprintf(from, sizeof(from), "%s%s", path, parts[i]);
+        snprintf(to, sizeof(to), "%s.corrupt-%ld%s", path, stamp, parts[i]);
+        if (rename(from, to) != 0 && errno != ENOENT) {
+            ms_log_error("cannot move the cache file aside",
+                         "path=\"%s\" error=\"%s\"", from, strerror(errno));
+            return -1;
+        }
+    }
+    ms_log_warn("cache file unusable, moved aside; rebuilding from Redis",
+                "path=\"%s\" moved_to=\"%s.corrupt-%ld\"", path, path, stamp);
+    return 0;
+}
+
+
+static int open_cache(ms_app_t *app)
+{
+    const char *path = app->cfg->cache_path;
+    ms_error_t err;
+    int rc = ms_cache_open(path, &app->cache, &err);
+
+    if (rc == MS_EINVAL) {
+        ms_log_warn("cannot use cache file", "error=\"%s\"", err.msg);
+        if (move_aside(path) < 0)
+            return -1;
+        rc = ms_cache_open(path, &app->cache, &err);
+    }
+    if (rc < 0)
+        ms_log_error("cannot open cache", "path=\"%s\" error=\"%s\"", path,
+                     err.msg);
+    return rc;
+}
+
+
 static int run(daemon_t *d)
 {
     ms_app_t *app = &d->app;
     ms_error_t err;
     int rc;
 
-    if (ms_cache_open(app->cfg->cache_path, &app->cache, &err) < 0) {
-        ms_log_error("cannot open cache", "path=\"%s\" error=\"%s\"",
-                     app->cfg->cache_path, err.msg);
+    if (open_cache(app) < 0)
         return 1;
-    }
     ms_writes_init(app);
     ms_mirror_init(app);
     start_signals(d);

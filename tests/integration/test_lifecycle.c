@@ -622,6 +622,77 @@ static void test_socket_live(void **state)
     harness_daemon_stop_clean(a);
 }
 
+/*
+ * A cache file that is not SQLite is moved aside (kept for a look) and
+ * the cache rebuilt from Redis; a second daemon on a cache file in use
+ * refuses to start.
+ */
+static void test_cache_file_garbage(void **state)
+{
+    world_t *w = *state;
+    harness_daemon_t *a = harness_daemon_start(w->h, "a", NULL, NULL);
+    char path[HARNESS_PATH_MAX], moved[HARNESS_PATH_MAX + 32];
+    const char *log;
+    meshsync_t *ms;
+    FILE *f;
+
+    set_json(client(w, a), ROOM, "kept", "{\"in\":\"redis\"}");
+    harness_daemon_stop_clean(a);
+
+    harness_path(w->h, "a.db", path, sizeof(path));
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("this is not a database, and it is long enough to be noticed "
+          "by SQLite as such when it reads the header of the file.\n",
+          f);
+    fclose(f);
+
+    /* Started means ready: the move came before, so read the whole log. */
+    a = harness_daemon_start(w->h, "a", NULL, NULL);
+    log = harness_daemon_log(a);
+    if (strstr(log, "moved aside") == NULL)
+        fail_msg("no 'moved aside' in meshsyncd's log:\n%s", log);
+    {
+        const char *p = strstr(log, "moved_to=\"");
+        size_t n;
+
+        assert_non_null(p);
+        p += strlen("moved_to=\"");
+        n = strcspn(p, "\"");
+        assert_true(n < sizeof(moved));
+        memcpy(moved, p, n);
+        moved[n] = '\0';
+    }
+    f = fopen(moved, "r");
+    assert_non_null(f);
+    fclose(f);
+
+    ms = client(w, a);
+    expect_get(ms, ROOM, "kept", "{\"in\":\"redis\"}", 0);
+    harness_daemon_stop_clean(a);
+}
+
+
+static void test_cache_file_in_use(void **state)
+{
+    world_t *w = *state;
+    harness_daemon_t *a = harness_daemon_start(w->h, "a", NULL, NULL);
+    char path[HARNESS_PATH_MAX];
+    meshsync_t *ms = client(w, a);
+    harness_daemon_t *b;
+
+    harness_path(w->h, "a.db", path, sizeof(path));
+    b = harness_daemon_spawn(w->h, "b", (const char *[]){"--cache", path, NULL},
+                             NULL);
+    if (expect_exit(b) != 1)
+        fail_msg("a second daemon on a cache file in use exited %d; log:\n%s",
+                 WEXITSTATUS(b->status), harness_daemon_log(b));
+    expect_log(b, "in use by another meshsyncd");
+    HARNESS_CALL_OK(ms, meshsync_ping(ms));
+    harness_daemon_stop_clean(a);
+}
+
+
 static void test_socket_not_a_socket(void **state)
 {
     world_t *w = *state;
@@ -1433,6 +1504,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_socket_stale, setup_redis,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_socket_live, setup_redis,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cache_file_garbage, setup_redis,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cache_file_in_use, setup_redis,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_socket_not_a_socket, setup_redis,
                                         teardown),

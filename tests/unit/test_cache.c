@@ -645,10 +645,10 @@ static void test_garbage_file(void **state)
     dir_path(f, "garbage.db", path, sizeof(path));
     write_file(path, junk, sizeof(junk));
 
-    /* *out is cleared on failure, not left as it was. */
-    assert_int_equal(ms_cache_open(path, &c, &err), MS_EINTERNAL);
+    /* *out is cleared on failure; MS_EINVAL: not a usable cache file. */
+    assert_int_equal(ms_cache_open(path, &c, &err), MS_EINVAL);
     assert_null(c);
-    assert_int_equal(err.code, MS_EINTERNAL);
+    assert_int_equal(err.code, MS_EINVAL);
     assert_non_null(strstr(err.msg, "not a database"));
 
     /* The file is left as it was. */
@@ -674,9 +674,30 @@ static void test_foreign_schema_version(void **state)
         SQLITE_OK);
     sqlite3_close(db);
 
-    assert_int_equal(ms_cache_open(path, &f->c, &err), MS_EINTERNAL);
+    assert_int_equal(ms_cache_open(path, &f->c, &err), MS_EINVAL);
     assert_null(f->c);
     assert_non_null(strstr(err.msg, "schema version 99"));
+}
+
+
+/* One process at a time per cache file; the lock goes with the close. */
+static void test_lock(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    ms_cache_t *second = NULL;
+    char path[128];
+
+    dir_path(f, "locked.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    assert_int_equal(ms_cache_open(path, &second, &err), MS_EINTERNAL);
+    assert_null(second);
+    assert_non_null(strstr(err.msg, "in use by another meshsyncd"));
+
+    ms_cache_close(f->c);
+    f->c = NULL;
+    assert_int_equal(ms_cache_open(path, &second, &err), 0);
+    ms_cache_close(second);
 }
 
 
@@ -797,6 +818,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_garbage_file, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_foreign_schema_version, setup_dir,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_lock, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_schema_file_matches, setup_dir,
                                         teardown),
     };
