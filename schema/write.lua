@@ -6,6 +6,7 @@
 -- KEYS[2]  the versions hash: <prefix>:meshsync:versions:conn or :room
 -- KEYS[3]  the global sequence: <prefix>:meshsync:seq
 -- KEYS[4]  the entry's turn key: <prefix>:meshsync:turn:<kind>:<id>
+-- KEYS[5]  the change log, a stream: <prefix>:meshsync:log
 -- ARGV[1]  the field in KEYS[1]: the connection id, or "data" for a room
 -- ARGV[2]  the entry id (connection id or room name): field in KEYS[2]
 -- ARGV[3]  the change channel: <prefix>:meshsync:changes:<db>
@@ -18,12 +19,16 @@
 -- ARGV[8]  the new JSON text for "set", else ignored
 -- ARGV[9]  the writer: the sidecar's instance id
 -- ARGV[10] how long a turn lasts, in milliseconds
+-- ARGV[11] how many changes the log keeps (about: trimmed with MAXLEN ~)
 --
 -- Returns {1, version} when written, or {0, current JSON text or nil,
 -- current version, reason} when a check failed and nothing was written.
 -- reason is "changed" (the stored text is not the expected one) or
 -- "turn" (another writer lost a race on this entry and goes first).
--- Publishes msgpack [version, kind, id, JSON text or false] on ARGV[3].
+-- Publishes msgpack [version, kind, id, JSON text or false] on ARGV[3],
+-- and appends the same bytes to the change log as field "c" of the entry
+-- with ID <version>-0, so a sidecar that missed messages can read them
+-- back by version.
 --
 -- Turns keep compare-and-set fair: the writer whose check failed because
 -- the value changed takes the entry's turn (if nobody holds it), and until
@@ -66,4 +71,14 @@ else
     payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false})
 end
 redis.call('PUBLISH', ARGV[3], payload)
+
+-- The log's IDs follow the sequence. If the sequence was reset while the
+-- log survived, the old log describes another history: it goes.
+local id = version .. '-0'
+local logged = redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], id,
+                           'c', payload)
+if type(logged) == 'table' and logged.err then
+    redis.call('DEL', KEYS[5])
+    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], id, 'c', payload)
+end
 return {1, version}

@@ -61,6 +61,9 @@ static const char usage_text[] =
     "                         doubling up to the max, with random jitter\n"
     "                         [MESHSYNC_REDIS_BACKOFF_MIN_MS, 100;\n"
     "                         MESHSYNC_REDIS_BACKOFF_MAX_MS, 5000]\n"
+    "  --log-length N         changes kept in Redis's change log, for\n"
+    "                         sidecars catching up [MESHSYNC_LOG_LENGTH,\n"
+    "                         10000]\n"
     "  --redis-timeout-ms N   a Redis command unanswered this long cuts the\n"
     "                         link; its writes fail with timeout\n"
     "                         [MESHSYNC_REDIS_TIMEOUT_MS, 5000]\n"
@@ -87,7 +90,8 @@ enum {
     OPT_MERGE_RETRIES,
     OPT_REDIS_TIMEOUT,
     OPT_BACKOFF_MIN,
-    OPT_BACKOFF_MAX
+    OPT_BACKOFF_MAX,
+    OPT_LOG_LENGTH
 };
 
 /* Option and environment names, in one table so the two never drift. */
@@ -112,6 +116,7 @@ static const struct {
     {OPT_REDIS_TIMEOUT, "redis-timeout-ms", "MESHSYNC_REDIS_TIMEOUT_MS"},
     {OPT_BACKOFF_MIN, "redis-backoff-min-ms", "MESHSYNC_REDIS_BACKOFF_MIN_MS"},
     {OPT_BACKOFF_MAX, "redis-backoff-max-ms", "MESHSYNC_REDIS_BACKOFF_MAX_MS"},
+    {OPT_LOG_LENGTH, "log-length", "MESHSYNC_LOG_LENGTH"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -258,6 +263,11 @@ static int apply(ms_config_t *cfg, int opt, const char *name, const char *v)
             return -1;
         cfg->redis_timeout = (unsigned)n;
         return 0;
+    case OPT_LOG_LENGTH:
+        if (parse_number(name, v, 10, 100, 100000000, &n) < 0)
+            return -1;
+        cfg->log_length = (unsigned)n;
+        return 0;
     case OPT_BACKOFF_MIN:
     case OPT_BACKOFF_MAX:
         if (parse_number(name, v, 10, 1, 600000, &n) < 0)
@@ -289,6 +299,7 @@ static void set_defaults(ms_config_t *cfg)
     cfg->redis_timeout = 5000;
     cfg->backoff_min = 100;
     cfg->backoff_max = 5000;
+    cfg->log_length = 10000;
 
     if (gethostname(host, sizeof(host)) != 0)
         strcpy(host, "meshsyncd");

@@ -35,6 +35,7 @@ typedef struct ms_config_s {
     unsigned redis_timeout; /* ms a Redis command may take */
     unsigned backoff_min;   /* ms, first reconnect delay (cap) */
     unsigned backoff_max;   /* ms, largest reconnect delay */
+    unsigned log_length;    /* changes the Redis change log keeps */
 } ms_config_t;
 
 /*

@@ -49,6 +49,7 @@ void ms_layout_init(ms_layout_t *l, const char *prefix, int db)
     snprintf(channel, sizeof(channel), "meshsync:changes:%d", db);
     l->channel = join(prefix, channel);
     l->turn_prefix = join(prefix, "meshsync:turn:");
+    l->log = join(prefix, "meshsync:log");
 }
 
 
@@ -62,6 +63,7 @@ void ms_layout_free(ms_layout_t *l)
     free(l->room_versions);
     free(l->channel);
     free(l->turn_prefix);
+    free(l->log);
 }
 
 

@@ -13,6 +13,7 @@
  *                                   spans databases; the name keeps them
  *                                   apart)
  *   <prefix>:meshsync:turn:<kind>:<id>  which sidecar writes an entry next
+ *   <prefix>:meshsync:log           stream of recent changes, ID <version>-0
  *
  * Built once at start-up; read-only afterwards.
  */
@@ -32,6 +33,7 @@ typedef struct ms_layout_s {
     char *room_versions;
     char *channel;
     char *turn_prefix; /* <prefix>:meshsync:turn: */
+    char *log;         /* <prefix>:meshsync:log */
 } ms_layout_t;
 
 void ms_layout_init(ms_layout_t *l, const char *prefix, int db);

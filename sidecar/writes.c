@@ -200,8 +200,9 @@ static int write_start(write_t *w, ms_error_t *err)
     const ms_layout_t *l = &app->layout;
     bool merging = w->update != NULL && w->strategy != MS_STRATEGY_REPLACE;
     json_t *current = NULL, *result;
-    const char *argv[14], *check;
-    size_t argvlen[14];
+    const char *argv[16], *check;
+    size_t argvlen[16];
+    char log_len[24];
     int rc;
 
     if (merging && (rc = load_base(w, &current, err)) < 0)
@@ -220,34 +221,38 @@ static int write_start(write_t *w, ms_error_t *err)
     }
 
     check = !merging ? "any" : w->base == NULL ? "absent" : "equal";
+    /* KEYS, then ARGV, as schema/write.lua lists them. */
+    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
     argv[0] = q->hash_key;
     argv[1] = ms_layout_versions(l, q->kind);
     argv[2] = l->seq;
     argv[3] = q->turn_key;
-    argv[4] = q->kind == MS_KIND_ROOM ? "data" : q->id;
-    argv[5] = q->id;
-    argv[6] = l->channel;
-    argv[7] = ms_kind_name(q->kind);
-    argv[8] = check;
-    argv[9] = w->base != NULL ? w->base : "";
-    argv[10] = w->json != NULL ? "set" : "del";
-    argv[11] = w->json != NULL ? w->json : "";
-    argv[12] = app->cfg->instance_id;
-    argv[13] = TURN_MS;
-    for (int i = 0; i < 14; i++)
+    argv[4] = l->log;
+    argv[5] = q->kind == MS_KIND_ROOM ? "data" : q->id;
+    argv[6] = q->id;
+    argv[7] = l->channel;
+    argv[8] = ms_kind_name(q->kind);
+    argv[9] = check;
+    argv[10] = w->base != NULL ? w->base : "";
+    argv[11] = w->json != NULL ? "set" : "del";
+    argv[12] = w->json != NULL ? w->json : "";
+    argv[13] = app->cfg->instance_id;
+    argv[14] = TURN_MS;
+    argv[15] = log_len;
+    for (int i = 0; i < 16; i++)
         argvlen[i] = strlen(argv[i]);
     argvlen[0] = q->hash_key_len;
     argvlen[3] = q->turn_key_len;
-    argvlen[4] = q->kind == MS_KIND_ROOM ? 4 : q->id_len;
-    argvlen[5] = q->id_len;
-    argvlen[9] = w->base != NULL ? w->base_len : 0;
-    argvlen[11] = w->json != NULL ? w->json_len : 0;
+    argvlen[5] = q->kind == MS_KIND_ROOM ? 4 : q->id_len;
+    argvlen[6] = q->id_len;
+    argvlen[10] = w->base != NULL ? w->base_len : 0;
+    argvlen[12] = w->json != NULL ? w->json_len : 0;
 
     w->attempts++;
     w->floor = ms_mirror_high(app);
     w->rebuilds = ms_mirror_rebuilds(app);
     if (app->redis == NULL ||
-        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 4, 14, argv, argvlen,
+        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5, 16, argv, argvlen,
                         on_script_reply, w) < 0)
         return ms_error_set(err, MS_EUNAVAIL, "Redis is not reachable");
     return 0;

@@ -73,6 +73,7 @@ static redisReply *write_entry_as(redisContext *c, const char *writer,
                                   const char *json)
 {
     char value_key[512], versions[256], seq[256], channel[256], turn[512];
+    char log[256];
     bool conn = strcmp(kind, "conn") == 0;
 
     if (conn)
@@ -84,14 +85,16 @@ static redisReply *write_entry_as(redisContext *c, const char *writer,
     snprintf(seq, sizeof(seq), "%s:meshsync:seq", prefix);
     snprintf(channel, sizeof(channel), "%s:meshsync:changes", prefix);
     snprintf(turn, sizeof(turn), "%s:meshsync:turn:%s:%s", prefix, kind, id);
+    snprintf(log, sizeof(log), "%s:meshsync:log", prefix);
 
     const char *argv[] = {"EVAL",
                           script_write,
-                          "4",
+                          "5",
                           value_key,
                           versions,
                           seq,
                           turn,
+                          log,
                           conn ? id : "data",
                           id,
                           channel,
@@ -101,8 +104,9 @@ static redisReply *write_entry_as(redisContext *c, const char *writer,
                           op,
                           json ? json : "",
                           writer,
-                          "100"};
-    return eval_argv(c, 17, argv);
+                          "100",
+                          "1000"};
+    return eval_argv(c, 19, argv);
 }
 
 
@@ -207,11 +211,9 @@ static redisReply *next_message(redisContext *s)
 
 
 /* Checks a change payload: msgpack [version, kind, id, json|false]. */
-static void expect_change(redisContext *s, long long version, const char *kind,
-                          const char *id, const char *json)
+static void expect_payload(const redisReply *p, long long version,
+                           const char *kind, const char *id, const char *json)
 {
-    redisReply *msg = next_message(s);
-    redisReply *p = msg->element[2];
     msgpack_unpacked u;
     size_t off = 0;
     msgpack_object *a;
@@ -234,6 +236,16 @@ static void expect_change(redisContext *s, long long version, const char *kind,
         assert_true(harness_obj_is_str(&a[3], json));
     }
     msgpack_unpacked_destroy(&u);
+}
+
+
+/* The next message on subscriber s is that change. */
+static void expect_change(redisContext *s, long long version, const char *kind,
+                          const char *id, const char *json)
+{
+    redisReply *msg = next_message(s);
+
+    expect_payload(msg->element[2], version, kind, id, json);
     freeReplyObject(msg);
 }
 
@@ -450,6 +462,43 @@ static void test_write_turn(void **state)
                                   "set", "{\"d\":1}"),
                    4);
     expect_str(c, "w1", "GET mesh:meshsync:turn:conn:c1");
+}
+
+
+/*
+ * Every write is also appended to the change log with ID <version>-0 and
+ * the published bytes; a log left over from before a sequence reset is
+ * replaced rather than making the write fail.
+ */
+static void test_write_log(void **state)
+{
+    redisContext *c = harness_redis(*state);
+    redisReply *rep;
+
+    expect_written(set_conn(c, "c1", "{\"a\":1}"), 1);
+    expect_written(
+        write_entry(c, "mesh", "room", "r", "any", NULL, "set", "[1]"), 2);
+    expect_written(
+        write_entry(c, "mesh", "conn", "c1", "any", NULL, "del", NULL), 3);
+    rep = harness_command(c, "XRANGE mesh:meshsync:log - +");
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->elements, 3);
+    assert_string_equal(rep->element[0]->element[0]->str, "1-0");
+    assert_string_equal(rep->element[2]->element[0]->str, "3-0");
+    assert_string_equal(rep->element[1]->element[1]->element[0]->str, "c");
+    expect_payload(rep->element[1]->element[1]->element[1], 2, "room", "r",
+                   "[1]");
+    expect_payload(rep->element[2]->element[1]->element[1], 3, "conn", "c1",
+                   NULL);
+    freeReplyObject(rep);
+
+    /* The sequence starts over; the old log goes with the next write. */
+    freeReplyObject(harness_command(c, "DEL mesh:meshsync:seq"));
+    expect_written(set_conn(c, "c2", "{}"), 1);
+    rep = harness_command(c, "XRANGE mesh:meshsync:log - +");
+    assert_int_equal(rep->elements, 1);
+    assert_string_equal(rep->element[0]->element[0]->str, "1-0");
+    freeReplyObject(rep);
 }
 
 
@@ -1008,9 +1057,12 @@ static int teardown_uvt(void **state)
 
 static int script_call(uvt_t *t, int i, const char *id, const char *json)
 {
+    char turn[256];
     const char *argv[] = {"mesh:connection-meta",
                           "mesh:meshsync:versions:conn",
                           "mesh:meshsync:seq",
+                          turn,
+                          "mesh:meshsync:log",
                           id,
                           id,
                           CHANNEL,
@@ -1018,12 +1070,16 @@ static int script_call(uvt_t *t, int i, const char *id, const char *json)
                           "any",
                           "",
                           "set",
-                          json};
-    size_t lens[11];
+                          json,
+                          "test",
+                          "100",
+                          "1000"};
+    size_t lens[16];
 
-    for (int k = 0; k < 11; k++)
+    snprintf(turn, sizeof(turn), "mesh:meshsync:turn:conn:%s", id);
+    for (int k = 0; k < 16; k++)
         lens[k] = strlen(argv[k]);
-    return ms_redis_script(t->r, MS_SCRIPT_WRITE, 3, 11, argv, lens, reply_cb,
+    return ms_redis_script(t->r, MS_SCRIPT_WRITE, 5, 16, argv, lens, reply_cb,
                            &t->recs[i]);
 }
 
@@ -1544,6 +1600,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_del, setup_redis,
                                         teardown_redis),
         cmocka_unit_test_setup_teardown(test_write_absent, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_write_log, setup_redis,
                                         teardown_redis),
         cmocka_unit_test_setup_teardown(test_write_turn, setup_redis,
                                         teardown_redis),
