@@ -742,7 +742,10 @@ static void test_no_partial_writes(void **state)
                      w->nrooms);
     assert_int_equal(harness_redis_int(c, "HLEN mesh:meshsync:versions:conn"),
                      w->nconns);
-    assert_int_equal(harness_redis_int(c, "DBSIZE"), 4 + w->nrooms);
+    /* connection-meta, two versions hashes, seq, the log, and the rooms. */
+    assert_int_equal(harness_redis_int(c, "DBSIZE"), 5 + w->nrooms);
+    assert_int_equal(harness_redis_int(c, "XLEN mesh:meshsync:log"),
+                     w->writes);
 
     /* The sequence counts the valid writes only. */
     assert_int_equal(harness_redis_int(c, "GET mesh:meshsync:seq"), w->writes);
