@@ -744,8 +744,7 @@ static void test_no_partial_writes(void **state)
                      w->nconns);
     /* connection-meta, two versions hashes, seq, the log, and the rooms. */
     assert_int_equal(harness_redis_int(c, "DBSIZE"), 5 + w->nrooms);
-    assert_int_equal(harness_redis_int(c, "XLEN mesh:meshsync:log"),
-                     w->writes);
+    assert_int_equal(harness_redis_int(c, "XLEN mesh:meshsync:log"), w->writes);
 
     /* The sequence counts the valid writes only. */
     assert_int_equal(harness_redis_int(c, "GET mesh:meshsync:seq"), w->writes);
