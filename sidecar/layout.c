@@ -50,6 +50,7 @@ void ms_layout_init(ms_layout_t *l, const char *prefix, int db)
     l->channel = join(prefix, channel);
     l->turn_prefix = join(prefix, "meshsync:turn:");
     l->log = join(prefix, "meshsync:log");
+    l->epoch = join(prefix, "meshsync:epoch");
 }
 
 
@@ -64,6 +65,7 @@ void ms_layout_free(ms_layout_t *l)
     free(l->channel);
     free(l->turn_prefix);
     free(l->log);
+    free(l->epoch);
 }
 
 

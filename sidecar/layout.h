@@ -14,6 +14,7 @@
  *                                   apart)
  *   <prefix>:meshsync:turn:<kind>:<id>  which sidecar writes an entry next
  *   <prefix>:meshsync:log           stream of recent changes, ID <version>-0
+ *   <prefix>:meshsync:epoch         names the sequence's current history
  *
  * Built once at start-up; read-only afterwards.
  */
@@ -34,6 +35,7 @@ typedef struct ms_layout_s {
     char *channel;
     char *turn_prefix; /* <prefix>:meshsync:turn: */
     char *log;         /* <prefix>:meshsync:log */
+    char *epoch;       /* <prefix>:meshsync:epoch */
 } ms_layout_t;
 
 void ms_layout_init(ms_layout_t *l, const char *prefix, int db);

@@ -205,8 +205,6 @@ static int run(daemon_t *d)
 
     ms_writes_free(app);
     ms_cache_close(app->cache);
-    if (uv_loop_close(app->loop) != 0)
-        ms_log_warn("loop closed with handles still open", NULL);
     return rc;
 }
 
@@ -241,6 +239,8 @@ int main(int argc, char **argv)
                 cfg.instance_id);
 
     rc = run(&d);
+    if (uv_loop_close(&loop) != 0)
+        ms_log_warn("loop closed with handles still open", NULL);
 
     ms_log_info("stopped", "status=%d", rc);
     ms_layout_free(&d.app.layout);

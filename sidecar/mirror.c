@@ -38,13 +38,24 @@ struct ms_mirror_s {
     unsigned rebuilds;        /* times the sequence was seen going back */
     uint64_t held_at_start;   /* the cache's highest version at load start */
     const char *logged_state; /* the state last logged */
-    uv_timer_t retry;         /* restarts a failed load */
+    bool positioned;  /* applied is known (else only a full load will do) */
+    uint64_t applied; /* every change up to this version is in the cache */
+    uint64_t epoch;   /* the history the cache comes from (sync.lua) */
+    uint64_t unsaved; /* changes applied since applied was last saved */
+    uint64_t caught;  /* changes read from the log by this catch-up */
+    uv_timer_t retry; /* restarts a failed load */
 };
+
+/* Changes per catch-up batch; how often the position is saved. */
+#define SYNC_BATCH   "500"
+#define SYNC_BATCH_N 500
+#define SAVE_EVERY   1000
 
 /* What a batch request carries to its reply. */
 typedef struct batch_s {
     ms_app_t *app;
     unsigned gen;
+    uint64_t from; /* a catch-up batch: the first version asked for */
 } batch_t;
 
 bool ms_mirror_stale(const ms_app_t *app)
@@ -110,13 +121,16 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
 
 static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len);
 static void load_start(ms_app_t *app);
+static void sync_start(ms_app_t *app);
+static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
+                             bool from_channel);
 
 static void on_retry(uv_timer_t *t)
 {
     ms_app_t *app = t->data;
 
     if (app->mirror->live && !app->mirror->loaded)
-        load_start(app);
+        sync_start(app);
 }
 
 
@@ -129,6 +143,44 @@ static void load_failed(ms_app_t *app, const char *why)
 }
 
 
+/*
+ * The position (applied) and the history it belongs to (epoch) go into
+ * the cache file, so that a restart can catch up from the change log
+ * instead of loading everything. A position saved a little behind is
+ * harmless: replaying changes is idempotent under the version guard.
+ */
+static void save_position(ms_app_t *app)
+{
+    ms_mirror_t *m = app->mirror;
+
+    m->unsaved = 0;
+    if (ms_cache_meta_set(app->cache, "applied", m->applied) < 0 ||
+        ms_cache_meta_set(app->cache, "epoch", m->epoch) < 0)
+        ms_log_error("cannot save the sync position", NULL);
+}
+
+
+/*
+ * The cache holds everything up to snapshot, and the change events seen
+ * since (the channel delivers them in order): it is caught up.
+ */
+static void sync_done(ms_app_t *app, uint64_t snapshot)
+{
+    ms_mirror_t *m = app->mirror;
+
+    m->applied = snapshot > m->last_event ? snapshot : m->last_event;
+    m->positioned = true;
+    save_position(app);
+    m->loaded = true;
+    log_state(app);
+    ms_waits_recheck(app);
+    if (!m->ready_logged) {
+        m->ready_logged = true;
+        ms_log_info("ready", "socket=\"%s\"", app->cfg->socket_path);
+    }
+}
+
+
 static void load_done(ms_app_t *app)
 {
     ms_mirror_t *m = app->mirror;
@@ -138,20 +190,15 @@ static void load_done(ms_app_t *app)
         load_failed(app, "cache write failed");
         return;
     }
-    m->loaded = true;
-    log_state(app);
-
-    /* Entries the load found gone were tombstoned without a word. */
-    ms_waits_recheck(app);
     ms_log_info("resync done",
                 "conns=%" PRIu64 " rooms=%" PRIu64 " removed=%d "
                 "unreadable=%" PRIu64 " seq=%" PRIu64 " ms=%" PRIu64,
                 m->entries[MS_KIND_CONN], m->entries[MS_KIND_ROOM], gone,
                 m->skipped, m->seq, uv_now(app->loop) - m->started);
-    if (!m->ready_logged) {
-        m->ready_logged = true;
-        ms_log_info("ready", "socket=\"%s\"", app->cfg->socket_path);
-    }
+
+    /* Entries the load found gone were tombstoned without a word: the
+     * waiting reads are looked at again in sync_done. */
+    sync_done(app, m->seq);
 }
 
 
@@ -168,6 +215,9 @@ static int forget_everything(ms_app_t *app, uint64_t seq)
     m->high = seq;
     m->last_event = 0;
     m->rebuilds++;
+    m->applied = 0;
+    m->positioned = false;
+    save_position(app);
     return ms_cache_clear(app->cache);
 }
 
@@ -331,6 +381,168 @@ static void load_start(ms_app_t *app)
 }
 
 
+static void sync_next(ms_app_t *app, uint64_t from);
+
+/* A catch-up cannot be made: load everything instead. */
+static void sync_to_load(ms_app_t *app, const char *why)
+{
+    ms_log_info("full resync needed", "reason=\"%s\"", why);
+    load_start(app);
+}
+
+
+/*
+ * Checks that Redis holds the history the cache comes from. Returns 0 to
+ * go on catching up, or 1 when a full load was started instead.
+ */
+static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
+                      uint64_t oldest, uint64_t from)
+{
+    ms_mirror_t *m = app->mirror;
+
+    if (m->epoch != 0 && epoch != m->epoch) {
+        ms_log_warn("Redis holds another history (epoch changed)",
+                    "cached_epoch=%" PRIu64 " epoch=%" PRIu64, m->epoch, epoch);
+        if (forget_everything(app, seq) < 0)
+            return 1;
+    }
+    if (m->epoch != epoch) {
+        m->epoch = epoch;
+        save_position(app);
+    }
+    if (!m->positioned) {
+        sync_to_load(app, "no position to catch up from");
+        return 1;
+    }
+    if (seq < m->applied) {
+        if (forget_everything(app, seq) == 0)
+            sync_to_load(app, "sequence went back");
+        return 1;
+    }
+
+    /* The log must still hold the first change wanted, unless none is. */
+    if (seq >= from && (oldest == 0 || oldest > from)) {
+        sync_to_load(app, "the change log no longer reaches back");
+        return 1;
+    }
+    return 0;
+}
+
+
+static bool sync_shape_ok(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+           r->element[0]->type == REDIS_REPLY_STRING &&
+           r->element[1]->type == REDIS_REPLY_INTEGER &&
+           r->element[1]->integer >= 0 &&
+           r->element[2]->type == REDIS_REPLY_INTEGER &&
+           r->element[2]->integer >= 0 &&
+           r->element[3]->type == REDIS_REPLY_ARRAY;
+}
+
+
+/* Applies a batch of changes read from the log; returns the last version. */
+static uint64_t sync_apply(ms_app_t *app, const redisReply *changes,
+                           uint64_t last)
+{
+    if (ms_cache_begin(app->cache) < 0)
+        return 0;
+    for (size_t i = 0; i < changes->elements; i++) {
+        const redisReply *c = changes->element[i];
+        uint64_t v;
+
+        if (c->type != REDIS_REPLY_STRING)
+            continue;
+        v = apply_change(app, c->str, c->len, false);
+        if (v > last)
+            last = v;
+        app->mirror->caught++;
+    }
+    return ms_cache_commit(app->cache) < 0 ? 0 : last;
+}
+
+
+static void on_sync(void *arg, redisReply *r, int status)
+{
+    batch_t *b = arg;
+    ms_app_t *app = b->app;
+    ms_mirror_t *m = app->mirror;
+    uint64_t epoch, seq, oldest, from = b->from, last;
+    bool current = m != NULL && b->gen == m->gen && m->live;
+
+    (void)status;
+    free(b);
+    if (!current)
+        return;
+    if (r == NULL || !sync_shape_ok(r)) {
+        load_failed(app, r == NULL ? "Redis connection lost"
+                                   : "unexpected reply from sync script");
+        return;
+    }
+    epoch = strtoull(r->element[0]->str, NULL, 10);
+    seq = (uint64_t)r->element[1]->integer;
+    oldest = (uint64_t)r->element[2]->integer;
+    ms_mirror_saw_version(app, seq);
+    if (sync_check(app, epoch, seq, oldest, from) != 0)
+        return;
+
+    last = sync_apply(app, r->element[3], from - 1);
+    if (last == 0) {
+        load_failed(app, "cache write failed");
+        return;
+    }
+    if (r->element[3]->elements >= SYNC_BATCH_N) {
+        sync_next(app, last + 1);
+        return;
+    }
+    ms_log_info("caught up from the change log",
+                "changes=%" PRIu64 " from=%" PRIu64 " seq=%" PRIu64
+                " ms=%" PRIu64,
+                m->caught, m->applied + 1, seq, uv_now(app->loop) - m->started);
+    sync_done(app, seq);
+}
+
+
+static void sync_next(ms_app_t *app, uint64_t from)
+{
+    const ms_layout_t *l = &app->layout;
+    batch_t *b = ms_malloc(sizeof(*b));
+    char first[24];
+    const char *argv[5] = {l->epoch, l->seq, l->log, first, SYNC_BATCH};
+    size_t argvlen[5];
+
+    snprintf(first, sizeof(first), "%" PRIu64, from);
+    for (int i = 0; i < 5; i++)
+        argvlen[i] = strlen(argv[i]);
+    b->app = app;
+    b->gen = app->mirror->gen;
+    b->from = from;
+    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_SYNC, 3, 5,
+                                              argv, argvlen, on_sync, b) < 0) {
+        free(b);
+        load_failed(app, "Redis not reachable");
+    }
+}
+
+
+/*
+ * After the links come up, or a gap in the change events: read back from
+ * the change log what the cache misses, or load everything when the log
+ * cannot tell (see sync_check). Reads are stale meanwhile.
+ */
+static void sync_start(ms_app_t *app)
+{
+    ms_mirror_t *m = app->mirror;
+
+    m->gen++;
+    m->loaded = false;
+    m->caught = 0;
+    m->started = uv_now(app->loop);
+    log_state(app);
+    sync_next(app, m->applied + 1);
+}
+
+
 void ms_mirror_rebuild(ms_app_t *app, uint64_t seq)
 {
     ms_mirror_t *m = app->mirror;
@@ -354,7 +566,7 @@ void ms_mirror_on_state(void *arg, bool live)
         return;
     m->live = live;
     if (live) {
-        load_start(app);
+        sync_start(app);
         return;
     }
     m->loaded = false;
@@ -385,10 +597,12 @@ unsigned ms_mirror_rebuilds(const ms_app_t *app)
 
 /*
  * Writes take their versions from one INCR inside the same script that
- * publishes, so the channel carries strictly increasing versions. One
- * that does not increase means the sequence started over.
+ * publishes, so the channel carries strictly increasing versions: one
+ * that does not increase means the sequence started over; one that skips
+ * ahead means messages were lost (or a write failed half-way), and the
+ * change log fills the gap.
  */
-static void check_event_order(ms_app_t *app, uint64_t version)
+static void channel_event(ms_app_t *app, uint64_t version)
 {
     ms_mirror_t *m = app->mirror;
 
@@ -396,17 +610,35 @@ static void check_event_order(ms_app_t *app, uint64_t version)
         ms_mirror_rebuild(app, version);
     m->last_event = version;
     ms_mirror_saw_version(app, version);
+    if (!m->loaded || !m->positioned)
+        return;
+    if (version == m->applied + 1) {
+        /* Saved before this change is applied: never ahead of the cache. */
+        if (++m->unsaved >= SAVE_EVERY)
+            save_position(app);
+        m->applied = version;
+        return;
+    }
+    if (version > m->applied + 1) {
+        ms_log_warn("gap in change events, catching up from the log",
+                    "applied=%" PRIu64 " got=%" PRIu64, m->applied, version);
+        sync_start(app);
+    }
 }
 
 
-/* Decodes [version, kind, id, json or false] from the change channel. */
-void ms_mirror_on_message(void *arg, const char *payload, size_t len)
+/*
+ * Applies one change message, [version, kind, id, json or false], from
+ * the channel or the log. Returns its version, or 0 when malformed.
+ */
+static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
+                             bool from_channel)
 {
-    ms_app_t *app = arg;
     msgpack_unpacked up;
     const msgpack_object *f;
     ms_cache_entry_t e;
     ms_kind_t kind;
+    uint64_t version = 0;
     size_t off = 0;
 
     msgpack_unpacked_init(&up);
@@ -416,7 +648,7 @@ void ms_mirror_on_message(void *arg, const char *payload, size_t len)
         up.data.type != MSGPACK_OBJECT_ARRAY || up.data.via.array.size != 4)
         goto bad;
     f = up.data.via.array.ptr;
-    if (f[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+    if (f[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || f[0].via.u64 == 0 ||
         f[1].type != MSGPACK_OBJECT_STR || f[2].type != MSGPACK_OBJECT_STR ||
         !(f[3].type == MSGPACK_OBJECT_STR ||
           (f[3].type == MSGPACK_OBJECT_BOOLEAN && !f[3].via.boolean)))
@@ -427,31 +659,55 @@ void ms_mirror_on_message(void *arg, const char *payload, size_t len)
         kind = MS_KIND_ROOM;
     else
         goto bad;
-    check_event_order(app, f[0].via.u64);
+    version = f[0].via.u64;
+    if (from_channel)
+        channel_event(app, version);
 
-    /* Our own writes come back here too; skip converting them again. */
+    /* Our own writes come back too; skip converting them again. */
     if (ms_cache_get(app->cache, kind, f[2].via.str.ptr, f[2].via.str.size,
                      &e) == 0 &&
-        e.version >= f[0].via.u64)
+        e.version >= version)
         goto done;
-    apply_value(app, kind, f[2].via.str.ptr, f[2].via.str.size, f[0].via.u64,
+    apply_value(app, kind, f[2].via.str.ptr, f[2].via.str.size, version,
                 f[3].type == MSGPACK_OBJECT_STR ? f[3].via.str.ptr : NULL,
                 f[3].type == MSGPACK_OBJECT_STR ? f[3].via.str.size : 0,
                 MS_APPLY_NEWER);
     goto done;
 
 bad:
-    ms_log_warn("malformed change event ignored", "bytes=%zu", len);
+    ms_log_warn("malformed change message ignored", "bytes=%zu from=%s", len,
+                from_channel ? "channel" : "log");
 done:
     msgpack_unpacked_destroy(&up);
+    return version;
+}
+
+
+void ms_mirror_on_message(void *arg, const char *payload, size_t len)
+{
+    ms_app_t *app = arg;
+
+    if (app->mirror != NULL)
+        (void)apply_change(app, payload, len, true);
 }
 
 
 void ms_mirror_init(ms_app_t *app)
 {
-    app->mirror = ms_calloc(1, sizeof(*app->mirror));
-    uv_timer_init(app->loop, &app->mirror->retry);
-    app->mirror->retry.data = app;
+    ms_mirror_t *m = ms_calloc(1, sizeof(*app->mirror));
+
+    app->mirror = m;
+    uv_timer_init(app->loop, &m->retry);
+    m->retry.data = app;
+
+    /*
+     * A start loads everything even when the cache file says where it
+     * stopped: writes made straight into Redis while the daemon was down
+     * (by Mesh servers, by hand) are in no change log. Reconnects catch
+     * up from the log.
+     */
+    if (ms_cache_meta_get(app->cache, "epoch", &m->epoch) < 0)
+        m->epoch = 0;
 }
 
 
@@ -464,6 +720,9 @@ static void on_retry_closed(uv_handle_t *h)
 void ms_mirror_close(ms_app_t *app)
 {
     ms_mirror_t *m = app->mirror;
+
+    if (m->loaded)
+        save_position(app);
 
     /* Late batch replies find no mirror and stop there. */
     app->mirror = NULL;

@@ -31,6 +31,7 @@ typedef struct ms_redis_s ms_redis_t;
 typedef enum {
     MS_SCRIPT_WRITE = 0, /* schema/write.lua */
     MS_SCRIPT_LOAD,      /* schema/load.lua */
+    MS_SCRIPT_SYNC,      /* schema/sync.lua */
     MS_SCRIPT_COUNT
 } ms_script_t;
 

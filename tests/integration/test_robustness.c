@@ -322,7 +322,7 @@ static void expect_recovered(world_t *w, meshsync_t *ms)
 
     if (!harness_daemon_wait_log(w->d, "msg=\"redis disconnected\"", WAIT_MS))
         fail_msg("no disconnect logged; log:\n%s", harness_daemon_log(w->d));
-    if (!harness_daemon_wait_log(w->d, "msg=\"resync done\"", WAIT_MS))
+    if (!harness_daemon_wait_log(w->d, "state=live", WAIT_MS))
         fail_msg("no resync after the disconnect; log:\n%s",
                  harness_daemon_log(w->d));
     HARNESS_CALL_OK(ms, meshsync_room_set(ms, "after-cut", MESHSYNC_JSON, "1",
@@ -845,7 +845,7 @@ static void test_redis_unresponsive(void **state)
     assert_int_equal(got.stale, 1);
     meshsync_value_free(&got);
 
-    if (!harness_daemon_wait_log(w->d, "msg=\"resync done\"", WAIT_MS))
+    if (!harness_daemon_wait_log(w->d, "state=live", WAIT_MS))
         fail_msg("no resync after the pause; log:\n%s",
                  harness_daemon_log(w->d));
     HARNESS_CALL_OK(ms, meshsync_room_set(ms, "r", MESHSYNC_JSON, "3", 1,
@@ -891,6 +891,99 @@ static void test_flushall_connected(void **state)
         fail_msg("b did not rebuild; log:\n%s", harness_daemon_log(b));
     expect_room(mb, "r", "9", 1);
     meshsync_free(mb);
+    harness_daemon_stop_clean(b);
+    harness_daemon_stop_clean(w->d);
+}
+
+
+/*
+ * B misses change messages: it is stopped, its subscription is cut, and
+ * n writes go through A (the world's daemon) meanwhile. Resumed, B
+ * reconnects and must serve every write; returns the last version.
+ */
+static uint64_t miss_messages(world_t *w, harness_daemon_t *b, int n)
+{
+    meshsync_t *ma = world_client(w);
+    uint64_t v = 0;
+    char room[32], json[32];
+
+    assert_int_equal(kill(b->pid, SIGSTOP), 0);
+    freeReplyObject(
+        harness_command(harness_redis(w->h), "CLIENT KILL TYPE pubsub"));
+    for (int i = 0; i < n; i++) {
+        snprintf(room, sizeof(room), "missed-%d", i % 50);
+        snprintf(json, sizeof(json), "{\"n\":%d}", i);
+        HARNESS_CALL_OK(ma,
+                        meshsync_room_set(ma, room, MESHSYNC_JSON, json,
+                                          strlen(json), MESHSYNC_REPLACE, &v));
+    }
+    assert_int_equal(kill(b->pid, SIGCONT), 0);
+    return v;
+}
+
+
+/* B serves what A wrote last to each of the 50 rooms. */
+static void expect_missed_rooms(harness_daemon_t *b, int n, uint64_t last)
+{
+    meshsync_t *mb = harness_client_open(b);
+    meshsync_value_t got;
+    char room[32], json[32];
+
+    /* The last write first: once B has it, it has all before it. */
+    for (int k = 0; k < 50 && k < n; k++) {
+        int i = n - 1 - k;
+
+        snprintf(room, sizeof(room), "missed-%d", i % 50);
+        snprintf(json, sizeof(json), "{\"n\":%d}", i);
+        HARNESS_CALL_OK(mb,
+                        meshsync_room_get_min(mb, room, k == 0 ? last : 0,
+                                              WAIT_MS, MESHSYNC_JSON, &got));
+        if (strcmp(got.data, json) != 0)
+            fail_msg("%s: %s, want %s", room, got.data, json);
+        meshsync_value_free(&got);
+    }
+    meshsync_free(mb);
+}
+
+
+/* A short outage is filled from the change log: no full reload. */
+static void test_catch_up_from_log(void **state)
+{
+    world_t *w = *state;
+    harness_daemon_t *b = harness_daemon_start(w->h, "b", NULL, NULL);
+    size_t mark = b->log_mark;
+    uint64_t last;
+
+    last = miss_messages(w, b, 200);
+    if (!harness_daemon_wait_log(b, "caught up from the change log", WAIT_MS))
+        fail_msg("b did not catch up; log:\n%s", harness_daemon_log(b));
+    expect_missed_rooms(b, 200, last);
+    if (strstr(harness_daemon_log(b) + mark, "resync started") != NULL)
+        fail_msg("b reloaded everything; log:\n%s", harness_daemon_log(b));
+    harness_daemon_stop_clean(b);
+    harness_daemon_stop_clean(w->d);
+}
+
+
+/* An outage longer than the log reaches back ends in a full reload. */
+static int setup_short_log(void **state)
+{
+    static const char *const args[] = {"--log-length", "100", NULL};
+
+    return world_new(state, args, NULL);
+}
+
+static void test_log_too_short(void **state)
+{
+    world_t *w = *state;
+    harness_daemon_t *b = harness_daemon_start(w->h, "b", NULL, NULL);
+    uint64_t last;
+
+    last = miss_messages(w, b, 1000);
+    if (!harness_daemon_wait_log(b, "no longer reaches back", WAIT_MS) ||
+        !harness_daemon_wait_log(b, "msg=\"resync done\"", WAIT_MS))
+        fail_msg("b did not reload; log:\n%s", harness_daemon_log(b));
+    expect_missed_rooms(b, 1000, last);
     harness_daemon_stop_clean(b);
     harness_daemon_stop_clean(w->d);
 }
@@ -1305,6 +1398,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_redis_unresponsive,
                                         setup_short_timeout, teardown),
         cmocka_unit_test_setup_teardown(test_flushall_connected, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_catch_up_from_log, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_log_too_short, setup_short_log,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hangup_frees_waiters, setup_rss,
                                         teardown),
