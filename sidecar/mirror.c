@@ -403,8 +403,10 @@ static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
     if (m->epoch != 0 && epoch != m->epoch) {
         ms_log_warn("Redis holds another history (epoch changed)",
                     "cached_epoch=%" PRIu64 " epoch=%" PRIu64, m->epoch, epoch);
-        if (forget_everything(app, seq) < 0)
+        if (forget_everything(app, seq) < 0) {
+            load_failed(app, "cache write failed");
             return 1;
+        }
     }
     if (m->epoch != epoch) {
         m->epoch = epoch;
@@ -417,6 +419,8 @@ static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
     if (seq < m->applied) {
         if (forget_everything(app, seq) == 0)
             sync_to_load(app, "sequence went back");
+        else
+            load_failed(app, "cache write failed");
         return 1;
     }
 
@@ -441,12 +445,14 @@ static bool sync_shape_ok(const redisReply *r)
 }
 
 
-/* Applies a batch of changes read from the log; returns the last version. */
-static uint64_t sync_apply(ms_app_t *app, const redisReply *changes,
-                           uint64_t last)
+/*
+ * Applies a batch of changes read from the log, raising *last to the
+ * highest version among them. Returns 0 or a negative code.
+ */
+static int sync_apply(ms_app_t *app, const redisReply *changes, uint64_t *last)
 {
     if (ms_cache_begin(app->cache) < 0)
-        return 0;
+        return MS_EINTERNAL;
     for (size_t i = 0; i < changes->elements; i++) {
         const redisReply *c = changes->element[i];
         uint64_t v;
@@ -454,11 +460,11 @@ static uint64_t sync_apply(ms_app_t *app, const redisReply *changes,
         if (c->type != REDIS_REPLY_STRING)
             continue;
         v = apply_change(app, c->str, c->len, false);
-        if (v > last)
-            last = v;
+        if (v > *last)
+            *last = v;
         app->mirror->caught++;
     }
-    return ms_cache_commit(app->cache) < 0 ? 0 : last;
+    return ms_cache_commit(app->cache);
 }
 
 
@@ -486,8 +492,8 @@ static void on_sync(void *arg, redisReply *r, int status)
     if (sync_check(app, epoch, seq, oldest, from) != 0)
         return;
 
-    last = sync_apply(app, r->element[3], from - 1);
-    if (last == 0) {
+    last = from - 1;
+    if (sync_apply(app, r->element[3], &last) < 0) {
         load_failed(app, "cache write failed");
         return;
     }

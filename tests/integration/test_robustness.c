@@ -965,6 +965,25 @@ static void test_catch_up_from_log(void **state)
 }
 
 
+/* A reconnect with nothing missed, on a Redis never written to. */
+static void test_catch_up_nothing(void **state)
+{
+    world_t *w = *state;
+    size_t mark = w->d->log_mark;
+
+    freeReplyObject(
+        harness_command(harness_redis(w->h), "CLIENT KILL TYPE pubsub"));
+    if (!harness_daemon_wait_log(w->d, "caught up from the change log",
+                                 WAIT_MS) ||
+        !harness_daemon_wait_log(w->d, "state=live", WAIT_MS))
+        fail_msg("no catch-up; log:\n%s", harness_daemon_log(w->d));
+    if (strstr(harness_daemon_log(w->d) + mark, "resync") != NULL)
+        fail_msg("a resync after a reconnect with nothing missed; log:\n%s",
+                 harness_daemon_log(w->d));
+    harness_daemon_stop_clean(w->d);
+}
+
+
 /* An outage longer than the log reaches back ends in a full reload. */
 static int setup_short_log(void **state)
 {
@@ -1401,6 +1420,7 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_catch_up_from_log, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_catch_up_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_too_short, setup_short_log,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hangup_frees_waiters, setup_rss,
