@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "direct.h"
 #include "frame.h"
 #include "log.h"
 #include "mirror.h"
@@ -31,6 +32,7 @@ typedef struct request_s {
     const msgpack_object *strategy;
     const msgpack_object *min_version;
     const msgpack_object *timeout;
+    const msgpack_object *consistency;
 } request_t;
 
 /* What a write's completion needs to answer. */
@@ -109,13 +111,18 @@ static bool key_is(const msgpack_object *k, const char *name)
 static int parse_request(const msgpack_object *map, request_t *rq,
                          ms_error_t *err)
 {
-    static const char *names[] = {"op",       "conn",       "room",   "value",
-                                  "strategy", "minVersion", "timeout"};
+    static const char *names[] = {"op",      "conn",       "room",
+                                  "value",   "strategy",   "minVersion",
+                                  "timeout", "consistency"};
     const msgpack_object **slots[] = {
-        &rq->op,       &rq->conn,        &rq->room,   &rq->value,
-        &rq->strategy, &rq->min_version, &rq->timeout};
+        &rq->op,       &rq->conn,        &rq->room,    &rq->value,
+        &rq->strategy, &rq->min_version, &rq->timeout, &rq->consistency};
     const msgpack_object *id = NULL;
     const char *dup = NULL;
+
+    _Static_assert(sizeof(names) / sizeof(names[0]) ==
+                       sizeof(slots) / sizeof(slots[0]),
+                   "every request key needs its slot");
 
     /* The id first, so that any later complaint can still carry it. */
     for (uint32_t i = 0; i < map->via.map.size; i++) {
@@ -315,30 +322,47 @@ static void op_hello(ms_app_t *app, ms_session_t *s, const request_t *rq)
 
 
 /* Answers a read from the cache. */
+static void reply_value(ms_session_t *s, const request_t *rq, const char *mp,
+                        size_t mp_len, uint64_t version, bool stale)
+{
+    msgpack_packer *pk = reply_ok(s, rq, 3);
+
+    pack_str(pk, "value");
+    if (mp != NULL)
+        pk->callback(pk->data, mp, mp_len);
+    else
+        msgpack_pack_nil(pk);
+    pack_str(pk, "version");
+    msgpack_pack_uint64(pk, version);
+    pack_str(pk, "stale");
+    if (stale)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    ms_session_reply_end(s);
+}
+
+
 static void reply_entry(ms_app_t *app, ms_session_t *s, const request_t *rq,
                         ms_kind_t kind, const char *id, size_t len)
 {
     ms_cache_entry_t e;
-    msgpack_packer *pk;
 
     if (ms_cache_get(app->cache, kind, id, len, &e) < 0) {
         reply_error(s, rq, MS_EINTERNAL, "cache read failed");
         return;
     }
-    pk = reply_ok(s, rq, 3);
-    pack_str(pk, "value");
-    if (e.present)
-        pk->callback(pk->data, e.mp, e.mp_len);
-    else
-        msgpack_pack_nil(pk);
-    pack_str(pk, "version");
-    msgpack_pack_uint64(pk, e.version);
-    pack_str(pk, "stale");
-    if (ms_mirror_stale(app))
-        msgpack_pack_true(pk);
-    else
-        msgpack_pack_false(pk);
-    ms_session_reply_end(s);
+    reply_value(s, rq, e.present ? e.mp : NULL, e.mp_len, e.version,
+                ms_mirror_stale(app));
+}
+
+
+void ms_handlers_answer_value(ms_session_t *s, uint64_t req_id, const char *mp,
+                              size_t mp_len, uint64_t version, bool stale)
+{
+    request_t rq = {.id = req_id, .has_id = true};
+
+    reply_value(s, &rq, mp, mp_len, version, stale);
 }
 
 
@@ -380,18 +404,41 @@ static int read_wait_options(const request_t *rq, uint64_t *timeout,
 }
 
 
+/* consistency: "cache" (the default) or "strong" (read from Redis). */
+static int read_consistency(const request_t *rq, bool *strong, ms_error_t *err)
+{
+    *strong = false;
+    if (rq->consistency == NULL || key_is(rq->consistency, "cache"))
+        return 0;
+    if (key_is(rq->consistency, "strong")) {
+        *strong = true;
+        return 0;
+    }
+    return ms_error_set(err, MS_EINVAL,
+                        "'consistency' must be \"cache\" or \"strong\"");
+}
+
+
 static void op_get(ms_app_t *app, ms_session_t *s, const request_t *rq,
                    ms_kind_t kind)
 {
     ms_cache_entry_t e;
     ms_error_t err;
     uint64_t timeout;
+    bool strong;
     const char *id;
     size_t len;
 
     if (target(app, s, rq, kind, &id, &len, &err) < 0 ||
-        read_wait_options(rq, &timeout, &err) < 0) {
+        read_wait_options(rq, &timeout, &err) < 0 ||
+        read_consistency(rq, &strong, &err) < 0) {
         reply_error(s, rq, err.code, err.msg);
+        return;
+    }
+    if (strong) {
+        ms_direct_read(app, s, rq->id, kind, id, len,
+                       rq->min_version != NULL ? rq->min_version->via.u64 : 0,
+                       MS_EUNAVAIL);
         return;
     }
     if (rq->min_version != NULL &&

@@ -9,6 +9,7 @@
 #ifndef MS_HANDLERS_H
 #define MS_HANDLERS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,13 @@ void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
 /* Answers request req_id of s with the entry's value from the cache. */
 void ms_handlers_answer_get(ms_app_t *app, ms_session_t *s, uint64_t req_id,
                             ms_kind_t kind, const char *id, size_t len);
+
+/*
+ * Answers request req_id of s with a value (msgpack bytes, NULL for nil)
+ * that did not come from the cache.
+ */
+void ms_handlers_answer_value(ms_session_t *s, uint64_t req_id, const char *mp,
+                              size_t mp_len, uint64_t version, bool stale);
 
 /* Answers request req_id of s with an error. */
 void ms_handlers_answer_error(ms_session_t *s, uint64_t req_id, int code,

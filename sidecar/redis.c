@@ -40,11 +40,13 @@
 extern const char ms_script_write[];
 extern const char ms_script_load[];
 extern const char ms_script_sync[];
+extern const char ms_script_read[];
 
 static const char *const script_body[MS_SCRIPT_COUNT] = {
     [MS_SCRIPT_WRITE] = ms_script_write,
     [MS_SCRIPT_LOAD] = ms_script_load,
     [MS_SCRIPT_SYNC] = ms_script_sync,
+    [MS_SCRIPT_READ] = ms_script_read,
 };
 
 /* Covers connect(2) and the handshake; a silent host must not stall us. */

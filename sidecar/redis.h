@@ -32,6 +32,7 @@ typedef enum {
     MS_SCRIPT_WRITE = 0, /* schema/write.lua */
     MS_SCRIPT_LOAD,      /* schema/load.lua */
     MS_SCRIPT_SYNC,      /* schema/sync.lua */
+    MS_SCRIPT_READ,      /* schema/read.lua */
     MS_SCRIPT_COUNT
 } ms_script_t;
 

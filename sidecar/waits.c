@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "direct.h"
 #include "handlers.h"
 
 typedef struct waiter_s waiter_t;
@@ -123,16 +124,15 @@ static void waiter_end(waiter_t *w)
 }
 
 
+/* The cache did not get there in time: Redis may have it already. */
 static void on_timeout(uv_timer_t *t)
 {
     waiter_t *w = t->data;
-    char msg[120];
+    entry_waits_t *e = w->entry;
 
-    snprintf(msg, sizeof(msg),
-             "the cache did not reach version %" PRIu64 " in time",
-             w->min_version);
     if (!ms_session_closed(w->session))
-        ms_handlers_answer_error(w->session, w->req_id, MS_ETIMEOUT, msg);
+        ms_direct_read(w->app, w->session, w->req_id, e->kind, e->id, e->len,
+                       w->min_version, MS_ETIMEOUT);
     waiter_end(w);
 }
 

@@ -651,6 +651,112 @@ static void test_cli_errors(void **state)
     harness_daemon_stop_clean(db);
 }
 
+/* --- reads from Redis ------------------------------------------------- */
+
+/*
+ * Sends room.get for room with the extra options (consistency, minVersion
+ * with a 200 ms wait) and returns the reply; the caller frees it.
+ */
+static void get_raw(int fd, uint64_t id, const char *room,
+                    const char *consistency, uint64_t min_version,
+                    harness_reply_t *r)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    size_t n = 1 + (consistency != NULL) + 2 * (min_version != 0);
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    harness_request_begin(&pk, &sb, id, "room.get", n);
+    harness_pack_str(&pk, "room");
+    harness_pack_str(&pk, room);
+    if (consistency != NULL) {
+        harness_pack_str(&pk, "consistency");
+        harness_pack_str(&pk, consistency);
+    }
+    if (min_version != 0) {
+        harness_pack_str(&pk, "minVersion");
+        msgpack_pack_uint64(&pk, min_version);
+        harness_pack_str(&pk, "timeout");
+        msgpack_pack_uint64(&pk, 200);
+    }
+    harness_request_send(fd, &sb);
+    msgpack_sbuffer_destroy(&sb);
+    harness_reply_recv(fd, HARNESS_TIMEOUT_MS, r);
+}
+
+
+static const char *reply_code(const harness_reply_t *r)
+{
+    const msgpack_object *e = harness_map_get(&r->u.data, "error");
+    const msgpack_object *c = e ? harness_map_get(e, "code") : NULL;
+    static char code[32];
+
+    if (c == NULL || c->type != MSGPACK_OBJECT_STR || c->via.str.size >= 32)
+        return "";
+    memcpy(code, c->via.str.ptr, c->via.str.size);
+    code[c->via.str.size] = '\0';
+    return code;
+}
+
+
+/*
+ * A write straight into Redis, versioned but not published (as if its
+ * change message were lost): the cache does not have it. A strong read
+ * gets it from Redis; a minVersion read for it waits, then falls back to
+ * Redis; a minVersion beyond Redis's fails with timeout.
+ */
+static void test_reads_from_redis(void **state)
+{
+    harness_t *h = *state;
+    harness_daemon_t *d = harness_daemon_start(h, "a", NULL, NULL);
+    redisContext *c = harness_redis(h);
+    int fd = harness_unix_connect(d->socket);
+    const msgpack_object *v;
+    harness_reply_t r;
+
+    freeReplyObject(
+        harness_command(c, "HSET mesh:roommeta:hidden data %s", "{\"x\":1}"));
+    freeReplyObject(
+        harness_command(c, "HSET mesh:meshsync:versions:room hidden 7"));
+
+    get_raw(fd, 1, "hidden", NULL, 0, &r);
+    harness_reply_check_ok(&r.u.data);
+    assert_int_equal(harness_map_get(&r.u.data, "value")->type,
+                     MSGPACK_OBJECT_NIL);
+    harness_reply_free(&r);
+
+    get_raw(fd, 2, "hidden", "strong", 0, &r);
+    harness_reply_check_ok(&r.u.data);
+    assert_int_equal(harness_reply_version(&r.u.data), 7);
+    v = harness_map_get(&r.u.data, "value");
+    assert_int_equal(v->type, MSGPACK_OBJECT_MAP);
+    assert_true(harness_obj_is_str(&v->via.map.ptr[0].key, "x"));
+    harness_reply_free(&r);
+
+    get_raw(fd, 3, "hidden", NULL, 7, &r);
+    harness_reply_check_ok(&r.u.data);
+    assert_int_equal(harness_reply_version(&r.u.data), 7);
+    harness_reply_free(&r);
+
+    get_raw(fd, 4, "hidden", NULL, 8, &r);
+    assert_string_equal(reply_code(&r), "timeout");
+    harness_reply_free(&r);
+
+    get_raw(fd, 5, "hidden", "eventual", 0, &r);
+    assert_string_equal(reply_code(&r), "invalid_request");
+    harness_reply_free(&r);
+
+    /* Without Redis a strong read cannot be made. */
+    harness_redis_stop(h);
+    get_raw(fd, 6, "hidden", "strong", 0, &r);
+    assert_string_equal(reply_code(&r), "unavailable");
+    harness_reply_free(&r);
+    close(fd);
+    harness_daemon_stop_clean(d);
+}
+
+
 /* --- health ----------------------------------------------------------- */
 
 /* The health report through the library, as a parsed JSON object. */
@@ -754,11 +860,12 @@ static void test_sigterm(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TEST(test_conn_examples), TEST(test_room_examples),
-        TEST(test_two_sidecars),  TEST(test_preloaded_values),
-        TEST(test_script_flush),  TEST(test_big_integers),
-        TEST(test_cli_basics),    TEST(test_cli_errors),
-        TEST(test_health),        TEST(test_sigterm),
+        TEST(test_conn_examples),    TEST(test_room_examples),
+        TEST(test_two_sidecars),     TEST(test_preloaded_values),
+        TEST(test_script_flush),     TEST(test_big_integers),
+        TEST(test_cli_basics),       TEST(test_cli_errors),
+        TEST(test_reads_from_redis), TEST(test_health),
+        TEST(test_sigterm),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

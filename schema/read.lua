@@ -1,0 +1,15 @@
+-- read.lua: one entry's value and version, read together.
+--
+-- KEYS[1]  the value's hash: <prefix>:connection-meta or
+--          <prefix>:roommeta:<room>
+-- KEYS[2]  the versions hash: <prefix>:meshsync:versions:conn or :room
+-- ARGV[1]  the field in KEYS[1]: the connection id, or "data" for a room
+-- ARGV[2]  the entry id: the field in KEYS[2]
+--
+-- Returns {JSON text or nil, version (0 when unversioned or absent)}.
+-- Used for reads that must not come from a sidecar's cache: consistency
+-- "strong", and minVersion reads the cache could not answer in time.
+
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+local version = redis.call('HGET', KEYS[2], ARGV[2])
+return {value or false, tonumber(version or '0')}
