@@ -946,6 +946,23 @@ uint64_t harness_reply_id(const msgpack_object *reply)
 }
 
 
+const msgpack_object *harness_reply_error_code(const msgpack_object *reply)
+{
+    const msgpack_object *ok = harness_map_get(reply, "ok");
+    const msgpack_object *error, *code;
+
+    if (ok == NULL || ok->type != MSGPACK_OBJECT_BOOLEAN)
+        fail_msg("harness: reply without a boolean \"ok\"");
+    if (ok->via.boolean)
+        return NULL;
+    error = harness_map_get(reply, "error");
+    code = error != NULL ? harness_map_get(error, "code") : NULL;
+    if (code == NULL || code->type != MSGPACK_OBJECT_STR)
+        fail_msg("harness: error reply without a string code");
+    return code;
+}
+
+
 uint64_t harness_reply_version(const msgpack_object *reply)
 {
     return reply_u64(reply, "version");

@@ -278,6 +278,12 @@ uint64_t harness_reply_id(const msgpack_object *reply);
 /* Fails the test, naming the id and error code, unless "ok" is true. */
 void harness_reply_check_ok(const msgpack_object *reply);
 
+/*
+ * A reply map's error code (a string object), or NULL when "ok" is true;
+ * fails the test when the reply has neither shape.
+ */
+const msgpack_object *harness_reply_error_code(const msgpack_object *reply);
+
 /* A reply map's "version", failing the test unless it is unsigned. */
 uint64_t harness_reply_version(const msgpack_object *reply);
 

@@ -686,13 +686,13 @@ static void get_raw(int fd, uint64_t id, const char *room,
 }
 
 
+/* The reply's error code as a string ("" when ok). */
 static const char *reply_code(const harness_reply_t *r)
 {
-    const msgpack_object *e = harness_map_get(&r->u.data, "error");
-    const msgpack_object *c = e ? harness_map_get(e, "code") : NULL;
+    const msgpack_object *c = harness_reply_error_code(&r->u.data);
     static char code[32];
 
-    if (c == NULL || c->type != MSGPACK_OBJECT_STR || c->via.str.size >= 32)
+    if (c == NULL || c->via.str.size >= sizeof(code))
         return "";
     memcpy(code, c->via.str.ptr, c->via.str.size);
     code[c->via.str.size] = '\0';

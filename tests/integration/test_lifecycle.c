@@ -398,22 +398,6 @@ static void expect_absent(const char *path)
         fail_msg("%s exists", path);
 }
 
-/* A reply's error code, or NULL when "ok" is true. */
-static const msgpack_object *reply_code(const msgpack_object *reply)
-{
-    const msgpack_object *ok = harness_map_get(reply, "ok");
-    const msgpack_object *code;
-
-    assert_non_null(ok);
-    assert_int_equal(ok->type, MSGPACK_OBJECT_BOOLEAN);
-    if (ok->via.boolean)
-        return NULL;
-    code = harness_map_get(harness_map_get(reply, "error"), "code");
-    assert_non_null(code);
-    assert_int_equal(code->type, MSGPACK_OBJECT_STR);
-    return code;
-}
-
 /* --- 1. started before Redis ------------------------------------------ */
 
 static void test_start_before_redis(void **state)
@@ -775,7 +759,7 @@ static void expect_room_id_len(world_t *w, int fd, size_t n, const char *code)
     harness_request_send(fd, &w->sb);
     harness_reply_recv(fd, REPLY_MS, &r);
     assert_int_equal(harness_reply_id(&r.u.data), n);
-    c = reply_code(&r.u.data);
+    c = harness_reply_error_code(&r.u.data);
     if (code == NULL && c != NULL)
         fail_msg("a %zu-byte id failed with %.*s", n, (int)c->via.str.size,
                  c->via.str.ptr);
@@ -811,7 +795,8 @@ static void expect_frame_refused(world_t *w, int fd, size_t limit)
     /* The daemon may hang up before the whole body is sent. */
     (void)harness_frame_send(fd, w->sb.data, w->sb.size);
     harness_reply_recv(fd, REPLY_MS, &r);
-    assert_true(harness_obj_is_str(reply_code(&r.u.data), "too_large"));
+    assert_true(
+        harness_obj_is_str(harness_reply_error_code(&r.u.data), "too_large"));
     id = harness_map_get(&r.u.data, "id");
     assert_non_null(id);
     assert_int_equal(id->type, MSGPACK_OBJECT_NIL);
@@ -1428,7 +1413,7 @@ static size_t read_merges(int fd, char *outcome)
         harness_reply_recv(fd, REPLY_MS, &r);
         id = harness_reply_id(&r.u.data);
         assert_true(id < MERGES && outcome[id] == 0);
-        code = reply_code(&r.u.data);
+        code = harness_reply_error_code(&r.u.data);
         if (code != NULL && !harness_obj_is_str(code, "conflict"))
             fail_msg("merge %" PRIu64 " failed with %.*s", id,
                      (int)code->via.str.size, code->via.str.ptr);

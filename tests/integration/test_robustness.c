@@ -172,22 +172,6 @@ static void pack_str_n(msgpack_packer *pk, const char *s, size_t n)
     msgpack_pack_str_body(pk, s, n);
 }
 
-/* A reply's error code, or NULL when "ok" is true. */
-static const msgpack_object *reply_error_code(const msgpack_object *reply)
-{
-    const msgpack_object *ok = harness_map_get(reply, "ok");
-    const msgpack_object *code;
-
-    assert_non_null(ok);
-    assert_int_equal(ok->type, MSGPACK_OBJECT_BOOLEAN);
-    if (ok->via.boolean)
-        return NULL;
-    code = harness_map_get(harness_map_get(reply, "error"), "code");
-    assert_non_null(code);
-    assert_int_equal(code->type, MSGPACK_OBJECT_STR);
-    return code;
-}
-
 /* Marks id (first..first+n-1) as answered, failing if it already was. */
 static void seen_once(bool *seen, uint64_t first, size_t n, uint64_t id)
 {
@@ -305,7 +289,7 @@ static size_t read_write_replies(int fd, uint64_t first, bool *seen, size_t n)
             fail_msg("the pipeline from id %" PRIu64 " lost an answer", first);
         harness_unpack_map(r.body, len, &r.u);
         seen_once(seen, first, CUT_WRITES, harness_reply_id(&r.u.data));
-        code = reply_error_code(&r.u.data);
+        code = harness_reply_error_code(&r.u.data);
         if (code != NULL && !harness_obj_is_str(code, "unavailable"))
             fail_msg("write failed with %.*s", (int)code->via.str.size,
                      code->via.str.ptr);
@@ -532,7 +516,7 @@ static void test_pending_limit(void **state)
         harness_reply_recv(fd, REPLY_MS, &r);
         id = harness_reply_id(&r.u.data);
         seen_once(seen, 1, WAIT_GETS + 1, id);
-        code = reply_error_code(&r.u.data);
+        code = harness_reply_error_code(&r.u.data);
         if (id == ping_id) {
             assert_null(code);
             ping_seen = true;
@@ -1083,7 +1067,7 @@ static void expect_error_reply(int fd, uint64_t id, const char *code,
     const msgpack_object *c;
 
     harness_reply_recv(fd, REPLY_MS, r);
-    c = reply_error_code(&r->u.data);
+    c = harness_reply_error_code(&r->u.data);
     assert_non_null(c);
     if (!harness_obj_is_str(c, code))
         fail_msg("error %.*s, want %s", (int)c->via.str.size, c->via.str.ptr,
@@ -1208,7 +1192,7 @@ static void test_writes_at_pending_limit(void **state)
         harness_reply_recv(fd, REPLY_MS, &r);
         id = harness_reply_id(&r.u.data);
         seen_once(seen, 1, LIMIT_GETS + 2, id);
-        code = reply_error_code(&r.u.data);
+        code = harness_reply_error_code(&r.u.data);
         if (id >= set1) {
             harness_reply_check_ok(&r.u.data);
             version[id - set1] = harness_reply_version(&r.u.data);
@@ -1309,7 +1293,7 @@ static void flow_check(world_t *w, const flow_t *f, const msgpack_object *reply)
 
     assert_true(id < FLOW_ENTRIES);
     flow_conn(conn, sizeof(conn), (size_t)id);
-    if (reply_error_code(reply) != NULL)
+    if (harness_reply_error_code(reply) != NULL)
         fail_msg("%s: version %" PRIu64 " never reached the new sidecar", conn,
                  f->last[id]);
     version = harness_reply_version(reply);
