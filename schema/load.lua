@@ -25,14 +25,19 @@ local out = {}
 if ARGV[1] == 'conn' then
     local r = redis.call('HSCAN', KEYS[1], ARGV[2], 'COUNT', ARGV[3])
     local flat = r[2]
-    if #flat > 0 then
+
+    -- HSCAN returns a small (listpack) hash whole, whatever COUNT says,
+    -- and unpack() has a limit: versions are read 500 ids at a time.
+    for first = 1, #flat, 1000 do
         local ids = {}
-        for i = 1, #flat, 2 do ids[#ids + 1] = flat[i] end
+        for i = first, math.min(first + 998, #flat - 1), 2 do
+            ids[#ids + 1] = flat[i]
+        end
         local vers = redis.call('HMGET', KEYS[2], unpack(ids))
-        for i = 1, #ids do
-            out[#out + 1] = ids[i]
-            out[#out + 1] = flat[2 * i]
-            out[#out + 1] = tonumber(vers[i] or '0')
+        for j = 1, #ids do
+            out[#out + 1] = ids[j]
+            out[#out + 1] = flat[first + 2 * j - 1]
+            out[#out + 1] = tonumber(vers[j] or '0')
         end
     end
     return {r[1], seq, out}

@@ -13,9 +13,14 @@
 -- has no epoch, or another one, so a sidecar whose cache came from the
 -- old history notices and loads everything again.
 --
+-- A restart, even one that kept the epoch (a snapshot restored, a replica
+-- promoted), may have lost or rewritten recent history the log no longer
+-- shows: the server's run_id tells a sidecar that it is talking to
+-- another process than before, and should load everything.
+--
 -- Returns {epoch, sequence, oldest version in the log (0 if empty),
--- {change message bytes, ...}} with the changes of versions ARGV[1] and
--- up, oldest first, all read in one atomic step.
+-- {change message bytes, ...}, run_id} with the changes of versions
+-- ARGV[1] and up, oldest first, all read in one atomic step.
 
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -37,4 +42,5 @@ local entries = redis.call('XRANGE', KEYS[3], ARGV[1] .. '-0', '+',
 for _, e in ipairs(entries) do
     out[#out + 1] = e[2][2]
 end
-return {epoch, seq, oldest, out}
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+return {epoch, seq, oldest, out, run_id or ''}

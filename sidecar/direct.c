@@ -19,6 +19,7 @@ typedef struct direct_s {
     uint64_t req_id;
     uint64_t min_version;
     int fail_code;
+    size_t reply_bytes; /* held against the session's output limit */
 } direct_t;
 
 static void direct_fail(direct_t *d, const char *msg)
@@ -72,14 +73,14 @@ static void on_read(void *arg, redisReply *r, int status)
     else
         direct_fail(d, r == NULL ? "Redis cannot be reached"
                                  : "unexpected reply from Redis");
-    ms_session_release(d->session);
+    ms_session_release(d->session, d->reply_bytes);
     free(d);
 }
 
 
 void ms_direct_read(ms_app_t *app, ms_session_t *s, uint64_t req_id,
                     ms_kind_t kind, const char *id, size_t len,
-                    uint64_t min_version, int fail_code)
+                    uint64_t min_version, int fail_code, size_t reply_bytes)
 {
     const ms_layout_t *l = &app->layout;
     direct_t *d = ms_malloc(sizeof(*d));
@@ -92,7 +93,8 @@ void ms_direct_read(ms_app_t *app, ms_session_t *s, uint64_t req_id,
     d->req_id = req_id;
     d->min_version = min_version;
     d->fail_code = fail_code;
-    ms_session_hold(s);
+    d->reply_bytes = reply_bytes;
+    ms_session_hold(s, reply_bytes);
 
     key = kind == MS_KIND_ROOM
               ? ms_layout_key(l->room_prefix, NULL, id, len, &argvlen[0])

@@ -18,10 +18,10 @@
  * it, when its version is at least min_version (0 for any); otherwise,
  * or when Redis cannot be reached, with the error code fail_code (a
  * "strong" read says unavailable, a minVersion read timeout). Holds the
- * session meanwhile.
+ * session meanwhile, counting reply_bytes against its output limit.
  */
 void ms_direct_read(ms_app_t *app, ms_session_t *s, uint64_t req_id,
                     ms_kind_t kind, const char *id, size_t len,
-                    uint64_t min_version, int fail_code);
+                    uint64_t min_version, int fail_code, size_t reply_bytes);
 
 #endif

@@ -21,6 +21,9 @@
 #include "waits.h"
 #include "writes.h"
 
+/* What a reply adds to its value: the id, ok, version and stale fields. */
+#define REPLY_OVERHEAD 64
+
 /* The fields of a request that some operation uses. */
 typedef struct request_s {
     uint64_t id;
@@ -277,7 +280,7 @@ static void on_health_seq(void *arg, redisReply *r, int err)
         seq = strtoull(r->str, NULL, 10);
     if (!ms_session_closed(h->session))
         reply_health(h->app, h->session, h->id, known ? &seq : NULL);
-    ms_session_release(h->session);
+    ms_session_release(h->session, 0);
     free(h);
 }
 
@@ -292,7 +295,7 @@ static void op_health(ms_app_t *app, ms_session_t *s, const request_t *rq)
     h->app = app;
     h->session = s;
     h->id = rq->id;
-    ms_session_hold(s);
+    ms_session_hold(s, 0);
     if (app->redis == NULL ||
         ms_redis_command(app->redis, 2, argv, lens, on_health_seq, h) < 0)
         on_health_seq(h, NULL, MS_EUNAVAIL);
@@ -425,6 +428,7 @@ static void op_get(ms_app_t *app, ms_session_t *s, const request_t *rq,
     ms_cache_entry_t e;
     ms_error_t err;
     uint64_t timeout;
+    size_t reply_bytes;
     bool strong;
     const char *id;
     size_t len;
@@ -435,17 +439,23 @@ static void op_get(ms_app_t *app, ms_session_t *s, const request_t *rq,
         reply_error(s, rq, err.code, err.msg);
         return;
     }
+    if (ms_cache_get(app->cache, kind, id, len, &e) < 0) {
+        reply_error(s, rq, MS_EINTERNAL, "cache read failed");
+        return;
+    }
+
+    /* A reply made later counts against the client's output limit, at
+     * the size the value has now (see ms_session_hold). */
+    reply_bytes = REPLY_OVERHEAD + (e.present ? e.mp_len : 0);
     if (strong) {
         ms_direct_read(app, s, rq->id, kind, id, len,
                        rq->min_version != NULL ? rq->min_version->via.u64 : 0,
-                       MS_EUNAVAIL);
+                       MS_EUNAVAIL, reply_bytes);
         return;
     }
-    if (rq->min_version != NULL &&
-        ms_cache_get(app->cache, kind, id, len, &e) == 0 &&
-        e.version < rq->min_version->via.u64) {
+    if (rq->min_version != NULL && e.version < rq->min_version->via.u64) {
         ms_waits_add(app, s, rq->id, kind, id, len, rq->min_version->via.u64,
-                     timeout);
+                     timeout, reply_bytes);
         return;
     }
     reply_entry(app, s, rq, kind, id, len);
@@ -469,7 +479,7 @@ static void on_write_done(void *arg, int code, const char *msg,
             ms_session_reply_end(p->session);
         }
     }
-    ms_session_release(p->session);
+    ms_session_release(p->session, 0);
     free(p);
 }
 
@@ -482,7 +492,7 @@ static void submit(ms_app_t *app, ms_session_t *s, const request_t *rq,
 
     p->session = s;
     p->id = rq->id;
-    ms_session_hold(s);
+    ms_session_hold(s, 0);
     ms_writes_submit(app, kind, id, len, strategy, update, on_write_done, p);
 }
 

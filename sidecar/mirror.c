@@ -43,6 +43,7 @@ struct ms_mirror_s {
     uint64_t epoch;   /* the history the cache comes from (sync.lua) */
     uint64_t unsaved; /* changes applied since applied was last saved */
     uint64_t caught;  /* changes read from the log by this catch-up */
+    char run_id[48];  /* the Redis server process last synced with */
     uv_timer_t retry; /* restarts a failed load */
 };
 
@@ -209,9 +210,10 @@ static void load_done(ms_app_t *app)
 static int forget_everything(ms_app_t *app, uint64_t seq)
 {
     ms_mirror_t *m = app->mirror;
+    int64_t held = ms_cache_max_version(app->cache);
 
     ms_log_warn("Redis sequence went back, rebuilding the cache",
-                "seq=%" PRIu64 " cached=%" PRIu64, seq, m->held_at_start);
+                "seq=%" PRIu64 " cached=%" PRId64, seq, held);
     m->high = seq;
     m->last_event = 0;
     m->rebuilds++;
@@ -395,8 +397,24 @@ static void sync_to_load(ms_app_t *app, const char *why)
  * Checks that Redis holds the history the cache comes from. Returns 0 to
  * go on catching up, or 1 when a full load was started instead.
  */
+/*
+ * Remembers the Redis process; true when it is another one than at the
+ * last sync (a restart or a failover: recent history may have changed).
+ */
+static bool new_server(ms_mirror_t *m, const redisReply *run_id)
+{
+    bool changed = m->run_id[0] != '\0' &&
+                   (strlen(m->run_id) != run_id->len ||
+                    memcmp(m->run_id, run_id->str, run_id->len) != 0);
+
+    memcpy(m->run_id, run_id->str, run_id->len);
+    m->run_id[run_id->len] = '\0';
+    return changed;
+}
+
+
 static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
-                      uint64_t oldest, uint64_t from)
+                      uint64_t oldest, uint64_t from, bool restarted)
 {
     ms_mirror_t *m = app->mirror;
 
@@ -414,6 +432,10 @@ static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
     }
     if (!m->positioned) {
         sync_to_load(app, "no position to catch up from");
+        return 1;
+    }
+    if (restarted) {
+        sync_to_load(app, "Redis restarted or failed over");
         return 1;
     }
     if (seq < m->applied) {
@@ -435,7 +457,9 @@ static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
 
 static bool sync_shape_ok(const redisReply *r)
 {
-    return r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+    return r->type == REDIS_REPLY_ARRAY && r->elements == 5 &&
+           r->element[4]->type == REDIS_REPLY_STRING &&
+           r->element[4]->len < sizeof(((ms_mirror_t *)0)->run_id) &&
            r->element[0]->type == REDIS_REPLY_STRING &&
            r->element[1]->type == REDIS_REPLY_INTEGER &&
            r->element[1]->integer >= 0 &&
@@ -489,7 +513,8 @@ static void on_sync(void *arg, redisReply *r, int status)
     seq = (uint64_t)r->element[1]->integer;
     oldest = (uint64_t)r->element[2]->integer;
     ms_mirror_saw_version(app, seq);
-    if (sync_check(app, epoch, seq, oldest, from) != 0)
+    if (sync_check(app, epoch, seq, oldest, from,
+                   new_server(m, r->element[4])) != 0)
         return;
 
     last = from - 1;
@@ -618,6 +643,17 @@ static void channel_event(ms_app_t *app, uint64_t version)
     ms_mirror_saw_version(app, version);
     if (!m->loaded || !m->positioned)
         return;
+
+    /*
+     * Not above the position: a message that was under way while a load
+     * ran (harmless), or Redis's sequence starting over after a flush that
+     * this sidecar has seen nothing else of. A sync tells them apart (the
+     * flush took the epoch with it).
+     */
+    if (version <= m->applied) {
+        sync_start(app);
+        return;
+    }
     if (version == m->applied + 1) {
         /* Saved before this change is applied: never ahead of the cache. */
         if (++m->unsaved >= SAVE_EVERY)

@@ -61,6 +61,7 @@ struct ms_session_s {
     bool resume;   /* a request finished: handle held-back frames */
     int refs;
     unsigned pending; /* requests held by ms_session_hold() */
+    size_t reserved;  /* reply bytes those requests may still produce */
     unsigned long number;
     char *conn; /* bound by hello, or NULL */
     size_t conn_len;
@@ -237,7 +238,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static bool session_busy(const ms_session_t *s)
 {
-    return s->in_flight + s->out.size >= OUTPUT_HIGH_WATER ||
+    return s->in_flight + s->out.size + s->reserved >= OUTPUT_HIGH_WATER ||
            s->pending >= PENDING_MAX;
 }
 
@@ -335,9 +336,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 }
 
 
-void ms_session_hold(ms_session_t *s)
+void ms_session_hold(ms_session_t *s, size_t reply_bytes)
 {
     s->pending++;
+    s->reserved += reply_bytes;
     ms_session_ref(s);
 }
 
@@ -348,9 +350,10 @@ void ms_session_hold(ms_session_t *s)
  * which must not see a new request arrive half-way. The dirty list
  * resumes the session once the loop is back at the top.
  */
-void ms_session_release(ms_session_t *s)
+void ms_session_release(ms_session_t *s, size_t reply_bytes)
 {
     s->pending--;
+    s->reserved -= reply_bytes;
     if (!s->closed) {
         s->resume = true;
         mark_dirty(s);

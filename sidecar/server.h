@@ -59,10 +59,14 @@ void ms_session_unref(ms_session_t *s);
 /*
  * A request that will be answered later (it waits on Redis or on the
  * mirror) holds its session: a reference, and a count that pauses the
- * client's input while too many are outstanding. Release when answered.
+ * client's input while too many are outstanding. reply_bytes is how large
+ * its reply may be (a value's worth for reads, 0 for small replies): it
+ * counts against the client's output limit until the request is released,
+ * so that replies made later cannot outgrow that limit either. Release
+ * with the same reply_bytes when answered.
  */
-void ms_session_hold(ms_session_t *s);
-void ms_session_release(ms_session_t *s);
+void ms_session_hold(ms_session_t *s, size_t reply_bytes);
+void ms_session_release(ms_session_t *s, size_t reply_bytes);
 
 /* True once the client has gone or been closed. */
 bool ms_session_closed(const ms_session_t *s);

@@ -34,6 +34,7 @@ struct waiter_s {
     ms_session_t *session;
     uint64_t req_id;
     uint64_t min_version;
+    size_t reply_bytes; /* held against the session's output limit */
     uv_timer_t timer;
 };
 
@@ -89,7 +90,7 @@ static void on_waiter_closed(uv_handle_t *h)
 {
     waiter_t *w = h->data;
 
-    ms_session_release(w->session);
+    ms_session_release(w->session, w->reply_bytes);
     free(w);
 }
 
@@ -132,14 +133,14 @@ static void on_timeout(uv_timer_t *t)
 
     if (!ms_session_closed(w->session))
         ms_direct_read(w->app, w->session, w->req_id, e->kind, e->id, e->len,
-                       w->min_version, MS_ETIMEOUT);
+                       w->min_version, MS_ETIMEOUT, w->reply_bytes);
     waiter_end(w);
 }
 
 
 void ms_waits_add(ms_app_t *app, ms_session_t *s, uint64_t req_id,
                   ms_kind_t kind, const char *id, size_t len,
-                  uint64_t min_version, uint64_t timeout_ms)
+                  uint64_t min_version, uint64_t timeout_ms, size_t reply_bytes)
 {
     ms_waits_t *ws = waits_of(app);
     waiter_t *w = ms_calloc(1, sizeof(*w));
@@ -149,8 +150,9 @@ void ms_waits_add(ms_app_t *app, ms_session_t *s, uint64_t req_id,
     w->session = s;
     w->req_id = req_id;
     w->min_version = min_version;
+    w->reply_bytes = reply_bytes;
     w->entry = e;
-    ms_session_hold(s);
+    ms_session_hold(s, reply_bytes);
     uv_timer_init(app->loop, &w->timer);
     w->timer.data = w;
     uv_timer_start(&w->timer, on_timeout, timeout_ms, 0);

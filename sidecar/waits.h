@@ -16,11 +16,13 @@
 /*
  * Parks request req_id of session s until entry kind/id reaches
  * min_version (then the read is answered from the cache) or timeout_ms
- * passes (then it fails with timeout). Holds the session meanwhile.
+ * passes (then Redis is asked, see ms_direct_read). Holds the session
+ * meanwhile, counting reply_bytes against its output limit.
  */
 void ms_waits_add(ms_app_t *app, ms_session_t *s, uint64_t req_id,
                   ms_kind_t kind, const char *id, size_t len,
-                  uint64_t min_version, uint64_t timeout_ms);
+                  uint64_t min_version, uint64_t timeout_ms,
+                  size_t reply_bytes);
 
 /* The cache took version of entry kind/id: answers the reads it meets. */
 void ms_waits_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,

@@ -992,6 +992,118 @@ static void test_log_too_short(void **state)
 }
 
 
+static uint64_t set_room(meshsync_t *ms, const char *room, const char *json)
+{
+    uint64_t v = 0;
+
+    HARNESS_CALL_OK(ms, meshsync_room_set(ms, room, MESHSYNC_JSON, json,
+                                          strlen(json), MESHSYNC_REPLACE, &v));
+    return v;
+}
+
+
+/* A read through ms is json (NULL: absent), whatever its version. */
+static void expect_room_is(meshsync_t *ms, const char *room, const char *json)
+{
+    meshsync_value_t got;
+
+    HARNESS_CALL_OK(ms, meshsync_room_get(ms, room, MESHSYNC_JSON, &got));
+    if (strcmp(got.data, json ? json : "null") != 0)
+        fail_msg("room %s: %s, want %s", room, got.data, json ? json : "null");
+    meshsync_value_free(&got);
+}
+
+
+/*
+ * Redis comes back from an older snapshot (same epoch, sequence behind)
+ * and others write on, past what B held, before B reconnects: B must not
+ * catch up from the log on top of a history Redis no longer has.
+ */
+static void test_snapshot_restore(void **state)
+{
+    world_t *w = *state;
+    harness_daemon_t *b = harness_daemon_start(w->h, "b", NULL, NULL);
+    meshsync_t *ma = world_client(w);
+    redisReply *rep;
+    uint64_t v;
+
+    set_room(ma, "x", "\"kept\"");
+    set_room(ma, "y", "\"kept\"");
+    rep = harness_command(harness_redis(w->h), "SAVE");
+    freeReplyObject(rep);
+    set_room(ma, "x", "\"lost\"");
+    v = set_room(ma, "z", "\"lost\"");
+    {
+        meshsync_t *mb = harness_client_open(b);
+        meshsync_value_t got;
+
+        /* B has seen the writes that Redis is about to lose. */
+        HARNESS_CALL_OK(mb, meshsync_room_get_min(mb, "z", v, WAIT_MS,
+                                                  MESHSYNC_JSON, &got));
+        assert_string_equal(got.data, "\"lost\"");
+        meshsync_value_free(&got);
+        meshsync_free(mb);
+    }
+
+    assert_int_equal(kill(b->pid, SIGSTOP), 0);
+    harness_redis_kill(w->h);
+    harness_redis_start(w->h, NULL);
+    if (!harness_daemon_wait_log(w->d, "state=live", WAIT_MS))
+        fail_msg("a did not come back; log:\n%s", harness_daemon_log(w->d));
+    set_room(ma, "y", "\"new\"");
+    for (int i = 0; i < 3; i++)
+        set_room(ma, "other", "1");
+    assert_int_equal(kill(b->pid, SIGCONT), 0);
+
+    if (!harness_daemon_wait_log(b, "restarted or failed over", WAIT_MS) ||
+        !harness_daemon_wait_log(b, "state=live", WAIT_MS))
+        fail_msg("b did not reload; log:\n%s", harness_daemon_log(b));
+    {
+        meshsync_t *mb = harness_client_open(b);
+
+        expect_room_is(mb, "x", "\"kept\"");
+        expect_room_is(mb, "y", "\"new\"");
+        expect_room_is(mb, "z", NULL);
+        meshsync_free(mb);
+    }
+    harness_daemon_stop_clean(b);
+    harness_daemon_stop_clean(w->d);
+}
+
+
+/*
+ * FLUSHALL seen by B only through other sidecars' writes, with no event
+ * since B's links came up: the first event at or below B's position
+ * makes B sync, and the missing epoch makes it rebuild.
+ */
+static void test_flushall_quiet_sidecar(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ma = world_client(w);
+    harness_daemon_t *b;
+    meshsync_t *mb;
+
+    for (int i = 0; i < 5; i++)
+        set_room(ma, "x", "\"old\"");
+    b = harness_daemon_start(w->h, "b", NULL, NULL);
+    mb = harness_client_open(b);
+    expect_room_is(mb, "x", "\"old\"");
+
+    freeReplyObject(harness_command(harness_redis(w->h), "FLUSHALL"));
+    for (int i = 0; i < 3; i++)
+        set_room(ma, "x", "\"after\"");
+    set_room(ma, "y", "1");
+    if (!harness_daemon_wait_log(b, "epoch changed", WAIT_MS) ||
+        !harness_daemon_wait_log(b, "state=live", WAIT_MS))
+        fail_msg("b did not rebuild; log:\n%s", harness_daemon_log(b));
+    expect_room_is(mb, "x", "\"after\"");
+    expect_room_is(mb, "y", "1");
+    meshsync_free(mb);
+    harness_daemon_stop_clean(b);
+    harness_daemon_stop_clean(w->d);
+}
+
+
 /* --- 7. hanging up with minVersion reads waiting ---------------------- */
 
 static size_t count_in_log(harness_daemon_t *d, const char *needle)
@@ -1405,6 +1517,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_catch_up_from_log, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_catch_up_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_restore, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flushall_quiet_sidecar, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_log_too_short, setup_short_log,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hangup_frees_waiters, setup_rss,
