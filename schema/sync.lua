@@ -19,8 +19,10 @@
 -- another process than before, and should load everything.
 --
 -- Returns {epoch, sequence, oldest version in the log (0 if empty),
--- {change message bytes, ...}, run_id} with the changes of versions
--- ARGV[1] and up, oldest first, all read in one atomic step.
+-- {change message bytes, ...}, run_id, version of the last entry returned
+-- (0 if none)} with the changes of versions ARGV[1] and up, oldest first,
+-- all read in one atomic step. The last version lets the reader move on
+-- past entries it cannot decode.
 
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -37,10 +39,12 @@ if #first > 0 then
 end
 
 local out = {}
+local last = 0
 local entries = redis.call('XRANGE', KEYS[3], ARGV[1] .. '-0', '+',
                            'COUNT', ARGV[2])
 for _, e in ipairs(entries) do
     out[#out + 1] = e[2][2]
+    last = tonumber(string.match(e[1], '^(%d+)'))
 end
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-return {epoch, seq, oldest, out, run_id or ''}
+return {epoch, seq, oldest, out, run_id or '', last}

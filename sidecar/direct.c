@@ -43,7 +43,9 @@ static void answer(direct_t *d, const redisReply *r)
                  "neither the cache nor Redis holds version %" PRIu64
                  " yet (Redis has %" PRIu64 ")",
                  d->min_version, version);
-        direct_fail(d, msg);
+        /* Redis answered: what is missing is the version, not Redis. */
+        if (!ms_session_closed(d->session))
+            ms_handlers_answer_error(d->session, d->req_id, MS_ETIMEOUT, msg);
         return;
     }
 
@@ -84,8 +86,8 @@ void ms_direct_read(ms_app_t *app, ms_session_t *s, uint64_t req_id,
 {
     const ms_layout_t *l = &app->layout;
     direct_t *d = ms_malloc(sizeof(*d));
-    const char *argv[4];
-    size_t argvlen[4];
+    const char *argv[5];
+    size_t argvlen[5];
     char *key;
 
     d->app = app;
@@ -102,11 +104,13 @@ void ms_direct_read(ms_app_t *app, ms_session_t *s, uint64_t req_id,
     argv[0] = key;
     argv[1] = ms_layout_versions(l, kind);
     argvlen[1] = strlen(argv[1]);
-    argv[2] = kind == MS_KIND_ROOM ? "data" : id;
-    argvlen[2] = kind == MS_KIND_ROOM ? 4 : len;
-    argv[3] = id;
-    argvlen[3] = len;
-    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_READ, 2, 4,
+    argv[2] = l->seq;
+    argvlen[2] = strlen(l->seq);
+    argv[3] = kind == MS_KIND_ROOM ? "data" : id;
+    argvlen[3] = kind == MS_KIND_ROOM ? 4 : len;
+    argv[4] = id;
+    argvlen[4] = len;
+    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_READ, 3, 5,
                                               argv, argvlen, on_read, d) < 0)
         on_read(d, NULL, MS_EUNAVAIL);
     free(key);

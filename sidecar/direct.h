@@ -15,9 +15,10 @@
 
 /*
  * Answers request req_id of session s with entry kind/id as Redis holds
- * it, when its version is at least min_version (0 for any); otherwise,
- * or when Redis cannot be reached, with the error code fail_code (a
- * "strong" read says unavailable, a minVersion read timeout). Holds the
+ * it, when its version is at least min_version (0 for any; an absent
+ * entry counts as of Redis's sequence); otherwise with timeout. When
+ * Redis cannot be reached, with the error code fail_code (a "strong" read
+ * says unavailable, a minVersion read timeout). Holds the
  * session meanwhile, counting reply_bytes against its output limit.
  */
 void ms_direct_read(ms_app_t *app, ms_session_t *s, uint64_t req_id,

@@ -219,6 +219,7 @@ static int forget_everything(ms_app_t *app, uint64_t seq)
     m->rebuilds++;
     m->applied = 0;
     m->positioned = false;
+    m->epoch = 0; /* the next sync adopts the new history's epoch */
     save_position(app);
     return ms_cache_clear(app->cache);
 }
@@ -238,7 +239,12 @@ static int check_sequence(ms_app_t *app, uint64_t seq)
         ms_mirror_saw_version(app, seq);
         return 0;
     }
-    return forget_everything(app, seq);
+
+    /* Events applied meanwhile went with the cache: load from the start. */
+    if (forget_everything(app, seq) < 0)
+        return -1;
+    load_start(app);
+    return 1;
 }
 
 
@@ -255,12 +261,14 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
     const redisReply *items = r->element[2];
     uint64_t seq = (uint64_t)r->element[1]->integer;
     ms_cache_entry_t e;
+    int rc;
 
     if (!m->have_seq) {
         m->seq = seq;
         m->have_seq = true;
-        if (check_sequence(app, seq) < 0)
-            return -1;
+        rc = check_sequence(app, seq);
+        if (rc != 0)
+            return rc;
     }
     if (items->elements % 3 != 0 || ms_cache_begin(app->cache) < 0)
         return -1;
@@ -299,6 +307,7 @@ static void on_batch(void *arg, redisReply *r, int status)
     ms_app_t *app = b->app;
     ms_mirror_t *m = app->mirror;
     bool current = m != NULL && b->gen == m->gen && m->live;
+    int rc;
 
     (void)status;
     free(b);
@@ -315,10 +324,13 @@ static void on_batch(void *arg, redisReply *r, int status)
         load_failed(app, "unexpected reply from load script");
         return;
     }
-    if (apply_batch(app, r) < 0) {
+    rc = apply_batch(app, r);
+    if (rc < 0) {
         load_failed(app, "cache write failed");
         return;
     }
+    if (rc > 0)
+        return; /* the load started over */
 
     if (strcmp(r->element[0]->str, "0") != 0) {
         load_next(app, r->element[0]->str, r->element[0]->len);
@@ -364,6 +376,7 @@ static void load_start(ms_app_t *app)
     ms_mirror_t *m = app->mirror;
     int64_t max;
 
+    uv_timer_stop(&m->retry);
     m->gen++;
     m->loaded = false;
     m->phase = PHASE_CONNS;
@@ -388,6 +401,8 @@ static void sync_next(ms_app_t *app, uint64_t from);
 /* A catch-up cannot be made: load everything instead. */
 static void sync_to_load(ms_app_t *app, const char *why)
 {
+    /* Until a load completes, no catch-up may build on the old position. */
+    app->mirror->positioned = false;
     ms_log_info("full resync needed", "reason=\"%s\"", why);
     load_start(app);
 }
@@ -457,7 +472,9 @@ static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
 
 static bool sync_shape_ok(const redisReply *r)
 {
-    return r->type == REDIS_REPLY_ARRAY && r->elements == 5 &&
+    return r->type == REDIS_REPLY_ARRAY && r->elements == 6 &&
+           r->element[5]->type == REDIS_REPLY_INTEGER &&
+           r->element[5]->integer >= 0 &&
            r->element[4]->type == REDIS_REPLY_STRING &&
            r->element[4]->len < sizeof(((ms_mirror_t *)0)->run_id) &&
            r->element[0]->type == REDIS_REPLY_STRING &&
@@ -518,6 +535,8 @@ static void on_sync(void *arg, redisReply *r, int status)
         return;
 
     last = from - 1;
+    if ((uint64_t)r->element[5]->integer > last)
+        last = (uint64_t)r->element[5]->integer;
     if (sync_apply(app, r->element[3], &last) < 0) {
         load_failed(app, "cache write failed");
         return;
@@ -565,6 +584,7 @@ static void sync_start(ms_app_t *app)
 {
     ms_mirror_t *m = app->mirror;
 
+    uv_timer_stop(&m->retry);
     m->gen++;
     m->loaded = false;
     m->caught = 0;

@@ -743,8 +743,25 @@ static void test_reads_from_redis(void **state)
     assert_string_equal(reply_code(&r), "timeout");
     harness_reply_free(&r);
 
+    /* Redis holds 7, a strong read wanting 8 finds it short: timeout. */
+    get_raw(fd, 40, "hidden", "strong", 8, &r);
+    assert_string_equal(reply_code(&r), "timeout");
+    harness_reply_free(&r);
+
     get_raw(fd, 5, "hidden", "eventual", 0, &r);
     assert_string_equal(reply_code(&r), "invalid_request");
+    harness_reply_free(&r);
+
+    /* Deleted at 9 (unseen by the cache): absent as of the sequence. */
+    freeReplyObject(harness_command(c, "DEL mesh:roommeta:hidden"));
+    freeReplyObject(
+        harness_command(c, "HDEL mesh:meshsync:versions:room hidden"));
+    freeReplyObject(harness_command(c, "SET mesh:meshsync:seq 9"));
+    get_raw(fd, 41, "hidden", NULL, 9, &r);
+    harness_reply_check_ok(&r.u.data);
+    assert_int_equal(harness_map_get(&r.u.data, "value")->type,
+                     MSGPACK_OBJECT_NIL);
+    assert_int_equal(harness_reply_version(&r.u.data), 9);
     harness_reply_free(&r);
 
     /* Without Redis a strong read cannot be made. */
