@@ -34,6 +34,7 @@ typedef struct cli_args_s {
     const char *socket; /* NULL: the library's default */
     int timeout_ms;     /* -1: the library's default */
     int verbose;
+    int strong;
     int help;
     int version;
     const char *strategy_arg;
@@ -83,7 +84,9 @@ static const char help_text[] =
     "                   printed, also one made through another sidecar)\n"
     "  --wait-ms MS     for get with --min-version: wait at most MS\n"
     "                   milliseconds, 0 to 60000 (default 1000); past it\n"
-    "                   the get fails with timeout. Added to --timeout.\n"
+    "                   the sidecar asks Redis, and fails with timeout\n"
+    "                   if Redis lacks it too. Added to --timeout.\n"
+    "  --strong         for get: read from Redis, not the sidecar's cache\n"
     "  -v, --verbose    for get: print "
     "{\"value\":V,\"version\":N,\"stale\":B}\n"
     "  -h, --help       print this help and exit\n"
@@ -202,6 +205,8 @@ static int parse_option(cli_args_t *a, int argc, char **argv, int *i)
         a->version = 1;
     else if (strcmp(arg, "-v") == 0 || strcmp(arg, "--verbose") == 0)
         a->verbose = 1;
+    else if (strcmp(arg, "--strong") == 0)
+        a->strong = 1;
     else if ((rc = take_option("--socket", argc, argv, i, &v)) != 0)
         return rc < 0 ? rc : (a->socket = v, 0);
     else if ((rc = take_option("--timeout", argc, argv, i, &v)) != 0)
@@ -490,8 +495,8 @@ static const command_t *check_command(cli_args_t *a)
         usage_error("--strategy applies only to set");
         return NULL;
     }
-    if (a->min_version_arg != NULL && c->cmd != CMD_GET) {
-        usage_error("--min-version applies only to get");
+    if ((a->min_version_arg != NULL || a->strong) && c->cmd != CMD_GET) {
+        usage_error("--min-version and --strong apply only to get");
         return NULL;
     }
     if (a->wait_ms >= 0 && a->min_version_arg == NULL) {
@@ -518,6 +523,7 @@ static int run_command(const cli_args_t *a, const command_t *c)
     }
     if (a->timeout_ms >= 0)
         meshsync_set_timeout(ms, a->timeout_ms);
+    meshsync_set_strong(ms, a->strong);
     if (a->as != NULL && meshsync_hello(ms, a->as) != 0) {
         status = fail_call(ms);
         meshsync_free(ms);

@@ -56,6 +56,7 @@ struct meshsync {
     int dead;   /* an io or protocol failure closed the socket */
     int failed; /* the last call failed: code and msg are set */
     uint64_t next_id;
+    int strong; /* gets read from Redis: consistency "strong" */
     char code[CODE_MAX];
     char msg[MSG_MAX];
     ms_frame_reader_t reader;
@@ -75,6 +76,7 @@ typedef struct request_s {
     int has_min;  /* a get that waits for min_version */
     uint64_t min_version;
     int wait_ms; /* sent as "timeout"; -1 leaves the daemon's default */
+    int strong;  /* sends consistency "strong" */
 } request_t;
 
 typedef struct reply_s {
@@ -323,6 +325,7 @@ static int pack_request(const request_t *req, uint64_t id, msgpack_sbuffer *sb)
     n += req->strategy != NULL;
     n += req->has_value != 0;
     n += req->has_min ? 1 + (req->wait_ms >= 0) : 0;
+    n += req->strong != 0;
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     if (msgpack_pack_map(&pk, n) || pack_str(&pk, "id") ||
         msgpack_pack_uint64(&pk, id) || pack_str(&pk, "op") ||
@@ -339,6 +342,9 @@ static int pack_request(const request_t *req, uint64_t id, msgpack_sbuffer *sb)
         return MS_ENOMEM;
     if (req->has_min && req->wait_ms >= 0 &&
         (pack_str(&pk, "timeout") || msgpack_pack_int(&pk, req->wait_ms)))
+        return MS_ENOMEM;
+    if (req->strong &&
+        (pack_str(&pk, "consistency") || pack_str(&pk, "strong")))
         return MS_ENOMEM;
     return req->has_value ? pack_value(req, &pk, sb) : 0;
 }
@@ -770,6 +776,13 @@ void meshsync_set_timeout(meshsync_t *ms, int timeout_ms)
         ms->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
 }
 
+
+void meshsync_set_strong(meshsync_t *ms, int strong)
+{
+    if (ms != NULL)
+        ms->strong = strong != 0;
+}
+
 int meshsync_ping(meshsync_t *ms)
 {
     request_t req = {.op = "ping"};
@@ -880,6 +893,7 @@ static int entry_get(meshsync_t *ms, const entry_kind_t *kind, const char *id,
     request_t req = {.op = kind->get_op, .key = kind->key, .target = id};
     int rc = begin_entry(ms, kind, id);
 
+    req.strong = ms != NULL && ms->strong;
     if (rc == 0 && min != NULL)
         rc = want_min(ms, &req, *min, wait_ms);
     if (rc == 0)

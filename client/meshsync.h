@@ -95,6 +95,13 @@ MESHSYNC_API const char *meshsync_errmsg(const meshsync_t *ms);
 MESHSYNC_API void meshsync_set_timeout(meshsync_t *ms, int timeout_ms);
 
 /* Checks that the sidecar answers. */
+/*
+ * With strong set, every get on this handle reads from Redis instead of
+ * the sidecar's cache (consistency "strong"): slower, never stale, and it
+ * fails with "unavailable" when the sidecar cannot reach Redis.
+ */
+MESHSYNC_API void meshsync_set_strong(meshsync_t *ms, int strong);
+
 MESHSYNC_API int meshsync_ping(meshsync_t *ms);
 
 /*

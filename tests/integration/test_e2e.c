@@ -764,6 +764,29 @@ static void test_reads_from_redis(void **state)
     assert_int_equal(harness_reply_version(&r.u.data), 9);
     harness_reply_free(&r);
 
+    /* The same through the library and the CLI. */
+    {
+        meshsync_t *ms = harness_client_open(d);
+        meshsync_value_t got;
+        harness_run_t run;
+
+        meshsync_set_strong(ms, 1);
+        HARNESS_CALL_OK(ms,
+                        meshsync_room_get(ms, "hidden", MESHSYNC_JSON, &got));
+        assert_string_equal(got.data, "null");
+        assert_int_equal(got.version, 9);
+        meshsync_value_free(&got);
+        meshsync_free(ms);
+        freeReplyObject(harness_command(c, "HSET mesh:roommeta:hidden data 5"));
+        cli(d->socket,
+            (const char *[]){"room", "get", "hidden", "--strong", NULL}, NULL,
+            0, "5\n", &run);
+        harness_run_free(&run);
+        cli(d->socket, (const char *[]){"room", "get", "hidden", NULL}, NULL, 0,
+            "null\n", &run);
+        harness_run_free(&run);
+    }
+
     /* Without Redis a strong read cannot be made. */
     harness_redis_stop(h);
     get_raw(fd, 6, "hidden", "strong", 0, &r);
