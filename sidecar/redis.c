@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 #include <sys/un.h>
 
 #include "alloc.h"
@@ -110,15 +111,15 @@ struct ms_redis_s {
     unsigned command_timeout; /* ms a command may wait for its reply */
     bool timed_out;           /* the cmd link is being cut for that */
     bool watchdog_closed;
-    uv_timer_t watchdog;               /* looks for commands past the timeout */
-    struct request_s *oldest, *newest; /* commands in flight, oldest first */
+    uv_timer_t watchdog;              /* looks for commands past the timeout */
+    TAILQ_HEAD(, request_s) inflight; /* commands in flight, oldest first */
 };
 
 /* A command in flight. Scripts keep their arguments for the EVAL retry. */
 typedef struct request_s {
     ms_redis_t *r;
-    struct request_s *next, *prev; /* in r's in-flight list */
-    uint64_t sent;                 /* uv_now() when sent */
+    TAILQ_ENTRY(request_s) link; /* in r's in-flight list */
+    uint64_t sent;               /* uv_now() when sent */
     ms_redis_reply_cb cb;
     void *arg;
     int script;   /* ms_script_t, or -1 for a plain command */
@@ -698,6 +699,7 @@ int ms_redis_new(uv_loop_t *loop, const ms_redis_options_t *opt,
         return ms_error_set(err, MS_EINVAL, "no change channel given");
 
     r = ms_calloc(1, sizeof(*r));
+    TAILQ_INIT(&r->inflight);
     r->loop = loop;
     r->addr = addr;
     if (opt->password != NULL)
@@ -747,27 +749,13 @@ static bool cmd_usable(ms_redis_t *r)
 static void inflight_add(ms_redis_t *r, request_t *req)
 {
     req->sent = uv_now(r->loop);
-    req->next = NULL;
-    req->prev = r->newest;
-    if (r->newest != NULL)
-        r->newest->next = req;
-    else
-        r->oldest = req;
-    r->newest = req;
+    TAILQ_INSERT_TAIL(&r->inflight, req, link);
 }
 
 
 static void inflight_remove(ms_redis_t *r, request_t *req)
 {
-    if (req->prev != NULL)
-        req->prev->next = req->next;
-    else
-        r->oldest = req->next;
-    if (req->next != NULL)
-        req->next->prev = req->prev;
-    else
-        r->newest = req->prev;
-    req->next = req->prev = NULL;
+    TAILQ_REMOVE(&r->inflight, req, link);
 }
 
 
@@ -790,12 +778,12 @@ static void watchdog_cb(uv_timer_t *t)
 {
     ms_redis_t *r = t->data;
     redisAsyncContext *ac = r->cmd.ac;
+    const request_t *oldest = TAILQ_FIRST(&r->inflight);
     uint64_t age;
 
-    if (r->oldest == NULL || ac == NULL || r->cmd.state != LINK_UP ||
-        r->timed_out)
+    if (oldest == NULL || ac == NULL || r->cmd.state != LINK_UP || r->timed_out)
         return;
-    age = uv_now(r->loop) - r->oldest->sent;
+    age = uv_now(r->loop) - oldest->sent;
     if (age < r->command_timeout)
         return;
     ms_log_warn("redis command timed out", "link=cmd waited_ms=%" PRIu64, age);

@@ -9,6 +9,7 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -31,10 +32,10 @@
 struct ms_server_s {
     ms_app_t *app;
     uv_pipe_t listener;
-    uv_check_t check;       /* flushes replies after I/O callbacks */
-    uv_prepare_t prepare;   /* ...and those made by timers, before polling */
-    ms_session_t *sessions; /* every open session */
-    ms_session_t *dirty;    /* sessions with output to send */
+    uv_check_t check;     /* flushes replies after I/O callbacks */
+    uv_prepare_t prepare; /* ...and those made by timers, before polling */
+    LIST_HEAD(, ms_session_s) sessions; /* every open session */
+    ms_session_t *dirty;                /* sessions with output to send */
     unsigned long next_number;
     int open_handles;
     bool bound;    /* the socket file is ours to remove */
@@ -49,8 +50,8 @@ struct ms_session_s {
     msgpack_sbuffer out; /* replies not yet handed to uv_write */
     msgpack_packer packer;
     size_t frame_start;
-    size_t in_flight;          /* bytes handed to uv_write, not yet done */
-    ms_session_t *next, *prev; /* in server->sessions */
+    size_t in_flight;              /* bytes handed to uv_write, not yet done */
+    LIST_ENTRY(ms_session_s) open; /* in server->sessions */
     ms_session_t *next_dirty;
     bool is_dirty;
     bool closed;
@@ -393,12 +394,7 @@ static void session_close(ms_session_t *s, const char *reason)
     s->closed = true;
     ms_log_debug("client closed", "client=%lu reason=\"%s\"", s->number,
                  reason);
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else
-        srv->sessions = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
+    LIST_REMOVE(s, open);
     ms_frame_reader_free(&s->reader);
     msgpack_sbuffer_destroy(&s->out);
     msgpack_sbuffer_init(&s->out);
@@ -441,10 +437,7 @@ static void on_connection(uv_stream_t *listener, int status)
         uv_close((uv_handle_t *)&s->pipe, on_session_closed);
         return;
     }
-    s->next = srv->sessions;
-    if (srv->sessions != NULL)
-        srv->sessions->prev = s;
-    srv->sessions = s;
+    LIST_INSERT_HEAD(&srv->sessions, s, open);
     ms_log_debug("client connected", "client=%lu", s->number);
     session_settle(s);
 }
@@ -579,8 +572,8 @@ void ms_server_drain(ms_server_t *srv)
         uv_close((uv_handle_t *)&srv->listener, on_server_handle_closed);
 
     /* As if every client had finished sending: answer, then close. */
-    for (s = srv->sessions; s != NULL; s = next) {
-        next = s->next;
+    for (s = LIST_FIRST(&srv->sessions); s != NULL; s = next) {
+        next = LIST_NEXT(s, open);
         s->eof = true;
         session_settle(s);
     }
@@ -591,7 +584,8 @@ size_t ms_server_sessions(const ms_server_t *srv)
 {
     size_t n = 0;
 
-    for (const ms_session_t *s = srv->sessions; s != NULL; s = s->next)
+    for (const ms_session_t *s = LIST_FIRST(&srv->sessions); s != NULL;
+         s = LIST_NEXT(s, open))
         n++;
     return n;
 }
@@ -613,8 +607,8 @@ void ms_server_close(ms_server_t *srv)
         ms_session_unref(s);
     }
 
-    while (srv->sessions != NULL)
-        session_close(srv->sessions, "daemon shutting down");
+    while (!LIST_EMPTY(&srv->sessions))
+        session_close(LIST_FIRST(&srv->sessions), "daemon shutting down");
 
     if (srv->bound)
         unlink(srv->app->cfg->socket_path);

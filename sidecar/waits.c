@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include "alloc.h"
 #include "direct.h"
@@ -23,12 +24,12 @@ typedef struct entry_waits_s {
     ms_kind_t kind;
     char *id;
     size_t len;
-    waiter_t *head;
+    LIST_HEAD(, waiter_s) waiters;
 } entry_waits_t;
 
 struct waiter_s {
-    waiter_t *next, *prev;     /* all reads */
-    waiter_t *e_next, *e_prev; /* this entry's reads */
+    LIST_ENTRY(waiter_s) all;      /* all reads */
+    LIST_ENTRY(waiter_s) of_entry; /* this entry's reads */
     entry_waits_t *entry;
     ms_app_t *app;
     ms_session_t *session;
@@ -40,7 +41,7 @@ struct waiter_s {
 
 struct ms_waits_s {
     void *entries; /* tsearch root of entry_waits_t */
-    waiter_t *all;
+    LIST_HEAD(, waiter_s) all;
 };
 
 static int compare_entries(const void *a, const void *b)
@@ -101,20 +102,9 @@ static void waiter_end(waiter_t *w)
     ms_waits_t *ws = w->app->waits;
     entry_waits_t *e = w->entry;
 
-    if (w->prev != NULL)
-        w->prev->next = w->next;
-    else
-        ws->all = w->next;
-    if (w->next != NULL)
-        w->next->prev = w->prev;
-
-    if (w->e_prev != NULL)
-        w->e_prev->e_next = w->e_next;
-    else
-        e->head = w->e_next;
-    if (w->e_next != NULL)
-        w->e_next->e_prev = w->e_prev;
-    if (e->head == NULL) {
+    LIST_REMOVE(w, all);
+    LIST_REMOVE(w, of_entry);
+    if (LIST_EMPTY(&e->waiters)) {
         tdelete(e, &ws->entries, compare_entries);
         free(e->id);
         free(e);
@@ -157,14 +147,8 @@ void ms_waits_add(ms_app_t *app, ms_session_t *s, uint64_t req_id,
     w->timer.data = w;
     uv_timer_start(&w->timer, on_timeout, timeout_ms, 0);
 
-    w->next = ws->all;
-    if (ws->all != NULL)
-        ws->all->prev = w;
-    ws->all = w;
-    w->e_next = e->head;
-    if (e->head != NULL)
-        e->head->e_prev = w;
-    e->head = w;
+    LIST_INSERT_HEAD(&ws->all, w, all);
+    LIST_INSERT_HEAD(&e->waiters, w, of_entry);
 }
 
 
@@ -174,13 +158,13 @@ void ms_waits_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
     entry_waits_t *e;
     waiter_t *w, *next;
 
-    if (app->waits == NULL || app->waits->all == NULL)
+    if (app->waits == NULL || LIST_EMPTY(&app->waits->all))
         return;
     e = entry_find(app->waits, kind, id, len);
 
     /* Ending the last waiter frees e: read the next one first. */
-    for (w = e != NULL ? e->head : NULL; w != NULL; w = next) {
-        next = w->e_next;
+    for (w = e != NULL ? LIST_FIRST(&e->waiters) : NULL; w != NULL; w = next) {
+        next = LIST_NEXT(w, of_entry);
         if (version < w->min_version)
             continue;
         if (!ms_session_closed(w->session))
@@ -197,10 +181,10 @@ void ms_waits_recheck(ms_app_t *app)
 
     if (app->waits == NULL)
         return;
-    for (w = app->waits->all; w != NULL; w = next) {
+    for (w = LIST_FIRST(&app->waits->all); w != NULL; w = next) {
         entry_waits_t *en = w->entry;
 
-        next = w->next;
+        next = LIST_NEXT(w, all);
         if (ms_cache_get(app->cache, en->kind, en->id, en->len, &e) < 0 ||
             e.version < w->min_version)
             continue;
@@ -218,8 +202,8 @@ void ms_waits_session_closed(ms_app_t *app, ms_session_t *s)
 
     if (app->waits == NULL)
         return;
-    for (w = app->waits->all; w != NULL; w = next) {
-        next = w->next;
+    for (w = LIST_FIRST(&app->waits->all); w != NULL; w = next) {
+        next = LIST_NEXT(w, all);
         if (w->session == s)
             waiter_end(w);
     }
@@ -230,8 +214,8 @@ void ms_waits_close(ms_app_t *app)
 {
     if (app->waits == NULL)
         return;
-    while (app->waits->all != NULL) {
-        waiter_t *w = app->waits->all;
+    while (!LIST_EMPTY(&app->waits->all)) {
+        waiter_t *w = LIST_FIRST(&app->waits->all);
 
         if (!ms_session_closed(w->session))
             ms_handlers_answer_error(w->session, w->req_id, MS_EUNAVAIL,

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include "alloc.h"
 #include "waits.h"
@@ -51,12 +52,13 @@ struct write_s {
     unsigned turn_waits; /* times it waited for another sidecar's turn */
     bool has_timer;      /* timer initialised: free w in its close callback */
     uv_timer_t timer;    /* ends a wait for another sidecar's turn */
-    write_t *next_waiting, *prev_waiting;
+    LIST_ENTRY(write_s) waiting; /* in ms_writes_s.waiting while waiting */
 };
 
 struct ms_writes_s {
-    void *queues;     /* tsearch root */
-    write_t *waiting; /* queue heads waiting for another sidecar's turn */
+    void *queues; /* tsearch root */
+    /* Queue heads waiting for another sidecar's turn. */
+    LIST_HEAD(, write_s) waiting;
 };
 
 /* How long a turn lasts, and how long a refused write waits at most
@@ -307,16 +309,8 @@ static uint64_t reply_uint(const redisReply *r)
 
 static void waiting_remove(write_t *w)
 {
-    ms_writes_t *ws = w->app->writes;
-
     uv_timer_stop(&w->timer);
-    if (w->prev_waiting != NULL)
-        w->prev_waiting->next_waiting = w->next_waiting;
-    else
-        ws->waiting = w->next_waiting;
-    if (w->next_waiting != NULL)
-        w->next_waiting->prev_waiting = w->prev_waiting;
-    w->next_waiting = w->prev_waiting = NULL;
+    LIST_REMOVE(w, waiting);
 }
 
 
@@ -360,11 +354,7 @@ static int wait_for_turn(write_t *w, ms_error_t *err)
         w->has_timer = true;
     }
     uv_timer_start(&w->timer, on_wait_timer, TURN_WAIT_MS, 0);
-    w->prev_waiting = NULL;
-    w->next_waiting = ws->waiting;
-    if (ws->waiting != NULL)
-        ws->waiting->prev_waiting = w;
-    ws->waiting = w;
+    LIST_INSERT_HEAD(&ws->waiting, w, waiting);
     return 0;
 }
 
@@ -403,7 +393,7 @@ void ms_writes_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
     queue_t key = {.kind = kind, .id = (char *)id, .id_len = id_len};
     queue_t **found;
 
-    if (app->writes == NULL || app->writes->waiting == NULL)
+    if (app->writes == NULL || LIST_EMPTY(&app->writes->waiting))
         return;
     found = tfind(&key, &app->writes->queues, compare_queues);
     if (found != NULL && (*found)->head->has_timer &&
@@ -486,8 +476,8 @@ void ms_writes_init(ms_app_t *app)
  */
 void ms_writes_close(ms_app_t *app)
 {
-    while (app->writes->waiting != NULL) {
-        write_t *w = app->writes->waiting;
+    while (!LIST_EMPTY(&app->writes->waiting)) {
+        write_t *w = LIST_FIRST(&app->writes->waiting);
         queue_t *q = w->queue;
 
         waiting_remove(w);
