@@ -1083,6 +1083,7 @@ static void test_flushall_quiet_sidecar(void **state)
     meshsync_t *ma = world_client(w);
     harness_daemon_t *b;
     meshsync_t *mb;
+    uint64_t vx = 0, vy;
 
     for (int i = 0; i < 5; i++)
         set_room(ma, "x", "\"old\"");
@@ -1092,13 +1093,27 @@ static void test_flushall_quiet_sidecar(void **state)
 
     freeReplyObject(harness_command(harness_redis(w->h), "FLUSHALL"));
     for (int i = 0; i < 3; i++)
-        set_room(ma, "x", "\"after\"");
-    set_room(ma, "y", "1");
+        vx = set_room(ma, "x", "\"after\"");
+    vy = set_room(ma, "y", "1");
     if (!harness_daemon_wait_log(b, "epoch changed", WAIT_MS) ||
         !harness_daemon_wait_log(b, "state=live", WAIT_MS))
         fail_msg("b did not rebuild; log:\n%s", harness_daemon_log(b));
-    expect_room_is(mb, "x", "\"after\"");
-    expect_room_is(mb, "y", "1");
+
+    /* Rebuilt: versions are the new history's, so waiting for them is
+     * waiting for those writes (B may have gone live before y's). */
+    {
+        meshsync_value_t got;
+
+        HARNESS_CALL_OK(mb, meshsync_room_get_min(mb, "x", vx, WAIT_MS,
+                                                  MESHSYNC_JSON, &got));
+        assert_string_equal(got.data, "\"after\"");
+        assert_int_equal(got.version, vx);
+        meshsync_value_free(&got);
+        HARNESS_CALL_OK(mb, meshsync_room_get_min(mb, "y", vy, WAIT_MS,
+                                                  MESHSYNC_JSON, &got));
+        assert_string_equal(got.data, "1");
+        meshsync_value_free(&got);
+    }
     meshsync_free(mb);
     harness_daemon_stop_clean(b);
     harness_daemon_stop_clean(w->d);
