@@ -1,7 +1,8 @@
 /*
- * mirror.c - keeps the cache equal to Redis (see mirror.h): full loads
- * when the links come up, change events in between. Entry points are the
- * two Redis callbacks. Loop thread only.
+ * mirror.c - keeps the cache equal to Redis (see mirror.h): a sync when
+ * the links come up (catch-up from the change log, or a full load),
+ * change events in between. Entry points are the two Redis callbacks and
+ * ms_mirror_rebuild(). Loop thread only.
  */
 #include "mirror.h"
 

@@ -2,11 +2,14 @@
  * mirror.h - keeps the cache equal to Redis.
  *
  * When the Redis links become live (subscribed first, so nothing is
- * missed), the mirror loads every connection and room entry with
+ * missed), or a change event skips versions, the mirror syncs
+ * (schema/sync.lua): it reads what it missed from the change log, or,
+ * when the log cannot tell (no position yet, trimmed log, another epoch
+ * or Redis process), loads every connection and room entry with
  * schema/load.lua in batches, applying each under the version guard and
  * finally tombstoning what Redis no longer has. Meanwhile and afterwards,
  * every change event on the channel is applied if it is newer than the
- * cached entry. Until a load has completed since the links last came up,
+ * cached entry. Until a sync has completed since the links last came up,
  * the cache may be behind: ms_mirror_stale() says so. Loop thread only.
  */
 #ifndef MS_MIRROR_H
