@@ -89,6 +89,7 @@ static const char help_text[] =
     "  --strong         for get: read from Redis, not the sidecar's cache\n"
     "  -v, --verbose    for get: print "
     "{\"value\":V,\"version\":N,\"stale\":B}\n"
+    "                   (and \"behind\":N, in versions, when stale)\n"
     "  -h, --help       print this help and exit\n"
     "  --version        print the version and exit\n"
     "  --               end of options\n"
@@ -357,7 +358,11 @@ static int run_get(meshsync_t *ms, const cli_args_t *a, int room)
     if (rc < 0)
         return fail_call(ms);
 
-    if (a->verbose)
+    if (a->verbose && v.stale && v.behind >= 0)
+        printf("{\"value\":%s,\"version\":%" PRIu64
+               ",\"stale\":true,\"behind\":%" PRId64 "}\n",
+               v.data, v.version, v.behind);
+    else if (a->verbose)
         printf("{\"value\":%s,\"version\":%" PRIu64 ",\"stale\":%s}\n", v.data,
                v.version, v.stale ? "true" : "false");
     else

@@ -87,6 +87,7 @@ typedef struct reply_s {
     const msgpack_object *value;
     const msgpack_object *version;
     const msgpack_object *stale;
+    const msgpack_object *behind;
 } reply_t;
 
 static void disconnect(meshsync_t *ms)
@@ -399,6 +400,8 @@ static int index_reply(meshsync_t *ms, reply_t *rep)
             rep->version = &kv->val;
         else if (str_is(&kv->key, "stale"))
             rep->stale = &kv->val;
+        else if (str_is(&kv->key, "behind"))
+            rep->behind = &kv->val;
     }
     return 0;
 }
@@ -475,6 +478,10 @@ static int check_reply(meshsync_t *ms, const reply_t *rep, uint64_t id,
         return fail(ms, MS_EPROTO, "reply version is not an unsigned integer");
     if (rep->stale != NULL && rep->stale->type != MSGPACK_OBJECT_BOOLEAN)
         return fail(ms, MS_EPROTO, "reply stale flag is not a boolean");
+    if (rep->behind != NULL && rep->behind->type != MSGPACK_OBJECT_NIL &&
+        (rep->behind->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+         rep->behind->via.u64 > INT64_MAX))
+        return fail(ms, MS_EPROTO, "reply behind is not nil or a count");
     return 0;
 }
 
@@ -648,6 +655,11 @@ static int call_get(meshsync_t *ms, request_t *req, meshsync_format_t format,
     if (rc == 0) {
         out->version = rep.version->via.u64;
         out->stale = rep.stale != NULL && rep.stale->via.boolean;
+        out->behind =
+            !out->stale ? 0
+            : rep.behind != NULL && rep.behind->type != MSGPACK_OBJECT_NIL
+                ? (int64_t)rep.behind->via.u64
+                : -1;
     }
     request_done(req, &rep);
     return rc;

@@ -57,14 +57,17 @@ typedef enum {
  * MESHSYNC_MSGPACK it is one msgpack object of len bytes, not
  * NUL-terminated (0xc0, nil, when missing).
  * version is the entry's version (0 if never written); stale is 1 when
- * the sidecar was not caught up with Redis when it answered. Release data
- * with meshsync_value_free().
+ * the sidecar was not caught up with Redis when it answered, and then
+ * behind says by how many versions (writes anywhere) its cache trailed
+ * Redis, as far as it knew, or is -1 when it could not know (Redis
+ * unreachable); 0 when not stale. Release data with meshsync_value_free().
  */
 typedef struct meshsync_value {
     char *data;
     size_t len;
     uint64_t version;
     int stale;
+    int64_t behind;
 } meshsync_value_t;
 
 /*

@@ -19,6 +19,11 @@
 -- Room keys are found by SCAN; this script reads keys not named in KEYS,
 -- which standalone Redis permits (Redis Cluster would not).
 
+-- A versions field is "<version>:<digest>" (see write.lua).
+local function version_of(field)
+    return tonumber(string.match(field or '0', '^%d+')) or 0
+end
+
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
 local out = {}
 
@@ -37,7 +42,7 @@ if ARGV[1] == 'conn' then
         for j = 1, #ids do
             out[#out + 1] = ids[j]
             out[#out + 1] = flat[first + 2 * j - 1]
-            out[#out + 1] = tonumber(vers[j] or '0')
+            out[#out + 1] = version_of(vers[j])
         end
     end
     return {r[1], seq, out}
@@ -53,7 +58,7 @@ for _, key in ipairs(r[2]) do
         local v = redis.call('HGET', KEYS[3], room)
         out[#out + 1] = room
         out[#out + 1] = data
-        out[#out + 1] = tonumber(v or '0')
+        out[#out + 1] = version_of(v)
     end
 end
 return {r[1], seq, out}

@@ -20,4 +20,5 @@ if value then
 else
     version = redis.call('GET', KEYS[3])
 end
-return {value or false, tonumber(version or '0')}
+-- A versions field is "<version>:<digest>" (see write.lua).
+return {value or false, tonumber(string.match(version or '0', '^%d+')) or 0}

@@ -13,19 +13,30 @@
 -- ARGV[4]  the kind published with the change: "conn" or "room"
 -- ARGV[5]  the check: "any" (write unconditionally), "absent" (only if
 --          the entry does not exist) or "equal" (only if the stored JSON
---          text is exactly ARGV[6]); merges use the last two
--- ARGV[6]  the expected JSON text for "equal", else ignored
+--          text is exactly ARGV[6]); merges use the last two. "adopt"
+--          versions a write made outside meshsync that the scrub found:
+--          only if the stored text is still ARGV[6] ("set"), or the entry
+--          is still absent ("del"), and is not versioned already (a
+--          matching digest; for "del", no version left); it neither waits
+--          for nor takes turns
+-- ARGV[6]  the expected JSON text for "equal" and "adopt", else ignored
 -- ARGV[7]  "set" or "del"
 -- ARGV[8]  the new JSON text for "set", else ignored
 -- ARGV[9]  the writer: the sidecar's instance id
 -- ARGV[10] how long a turn lasts, in milliseconds
 -- ARGV[11] how many changes the log keeps (about: trimmed with MAXLEN ~)
 --
+-- The versions hash holds "<version>:<digest>" per entry, the digest
+-- being the first 16 hex digits of the SHA-1 of the JSON text written,
+-- so that schema/scrub.lua can tell when a value was changed by someone
+-- else (a Mesh server, redis-cli) since meshsync wrote it.
+--
 -- Returns {1, version} when written, or {0, current JSON text or nil,
 -- current version, reason} when a check failed and nothing was written.
 -- reason is "changed" (the stored text is not the expected one) or
 -- "turn" (another writer lost a race on this entry and goes first).
--- Publishes msgpack [version, kind, id, JSON text or false] on ARGV[3],
+-- Publishes msgpack [version, kind, id, JSON text or false, existed] on
+-- ARGV[3] (existed: whether the entry had a value before this write),
 -- and appends the same bytes to the change log as field "c" of the entry
 -- with ID <version>-0, so a sidecar that missed messages can read them
 -- back by version.
@@ -40,11 +51,26 @@ local current = redis.call('HGET', KEYS[1], ARGV[1])
 local check = ARGV[5]
 
 local function refuse(reason)
-    local v = redis.call('HGET', KEYS[2], ARGV[2])
-    return {0, current, tonumber(v or '0'), reason}
+    local v = redis.call('HGET', KEYS[2], ARGV[2]) or '0'
+    return {0, current, tonumber(string.match(v, '^%d+')) or 0, reason}
 end
 
-if check ~= 'any' then
+if check == 'adopt' then
+    -- Nothing to adopt when the entry changed since the scrub read it, or
+    -- when it is versioned already (found twice, or adopted meanwhile).
+    local field = redis.call('HGET', KEYS[2], ARGV[2])
+    local digest = field and string.match(field, ':(%x+)$')
+    local stale
+    if ARGV[7] == 'set' then
+        stale = current ~= ARGV[6] or
+                digest == string.sub(redis.sha1hex(ARGV[6]), 1, 16)
+    else
+        stale = current or not field
+    end
+    if stale then
+        return refuse('changed')
+    end
+elseif check ~= 'any' then
     local turn = redis.call('GET', KEYS[4])
     if turn and turn ~= ARGV[9] then
         return refuse('turn')
@@ -63,12 +89,15 @@ local version = redis.call('INCR', KEYS[3])
 local payload
 if ARGV[7] == 'set' then
     redis.call('HSET', KEYS[1], ARGV[1], ARGV[8])
-    redis.call('HSET', KEYS[2], ARGV[2], version)
-    payload = cmsgpack.pack({version, ARGV[4], ARGV[2], ARGV[8]})
+    redis.call('HSET', KEYS[2], ARGV[2],
+               version .. ':' .. string.sub(redis.sha1hex(ARGV[8]), 1, 16))
+    payload = cmsgpack.pack({version, ARGV[4], ARGV[2], ARGV[8],
+                             current ~= false})
 else
     redis.call('HDEL', KEYS[1], ARGV[1])
     redis.call('HDEL', KEYS[2], ARGV[2])
-    payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false})
+    payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false,
+                             current ~= false})
 end
 redis.call('PUBLISH', ARGV[3], payload)
 

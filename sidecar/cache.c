@@ -92,6 +92,7 @@ struct ms_cache_s {
     sqlite3_stmt *stmt[ST_MAX];
     uint64_t gen; /* the current resync generation, as stored in meta */
     int lock_fd;  /* holds the flock on "<path>-lock", or -1 */
+    bool failing; /* an operation failed and none has worked since */
     char *buf;    /* ms_cache_get's copy of the last row it found */
     size_t buf_cap;
 };
@@ -110,11 +111,26 @@ static bool u64_fits(uint64_t v)
 }
 
 
+/*
+ * Logs a failed operation. A full disk fails every write until space
+ * returns: only the first failure of a run is an error, the rest debug.
+ */
 static int cache_fail(ms_cache_t *c, const char *op)
 {
-    ms_log_error("cache operation failed", "op=%s err=\"%s\"", op,
-                 sqlite3_errmsg(c->db));
+    ms_log(c->failing ? MS_LOG_DEBUG : MS_LOG_ERROR, "cache operation failed",
+           "op=%s err=\"%s\"", op, sqlite3_errmsg(c->db));
+    c->failing = true;
     return MS_EINTERNAL;
+}
+
+
+/* A write outside a transaction, or a commit, worked. */
+static void cache_worked(ms_cache_t *c)
+{
+    if (!c->failing || !sqlite3_get_autocommit(c->db))
+        return;
+    c->failing = false;
+    ms_log_info("cache operations work again", NULL);
 }
 
 
@@ -135,6 +151,8 @@ static int stmt_exec(ms_cache_t *c, int st, const char *op)
 {
     if (stmt_run(c->stmt[st]) != SQLITE_DONE)
         return cache_fail(c, op);
+    if (st != ST_ROLLBACK)
+        cache_worked(c);
     return 0;
 }
 
@@ -497,6 +515,7 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
 
     if (stmt_run(s) != SQLITE_DONE)
         return cache_fail(c, "apply");
+    cache_worked(c);
 
     return sqlite3_changes(c->db) > 0 ? 1 : 0;
 }

@@ -64,6 +64,10 @@ static const char usage_text[] =
     "  --log-length N         changes kept in Redis's change log, for\n"
     "                         sidecars catching up [MESHSYNC_LOG_LENGTH,\n"
     "                         10000]\n"
+    "  --scrub-interval-ms N  how often the scrub looks through Redis for\n"
+    "                         writes made outside meshsync (one sidecar at\n"
+    "                         a time does it); 0 turns it off\n"
+    "                         [MESHSYNC_SCRUB_INTERVAL_MS, 30000]\n"
     "  --redis-timeout-ms N   a Redis command unanswered this long cuts the\n"
     "                         link; its writes fail with timeout\n"
     "                         [MESHSYNC_REDIS_TIMEOUT_MS, 5000]\n"
@@ -91,7 +95,8 @@ enum {
     OPT_REDIS_TIMEOUT,
     OPT_BACKOFF_MIN,
     OPT_BACKOFF_MAX,
-    OPT_LOG_LENGTH
+    OPT_LOG_LENGTH,
+    OPT_SCRUB_INTERVAL
 };
 
 /* Option and environment names, in one table so the two never drift. */
@@ -117,6 +122,7 @@ static const struct {
     {OPT_BACKOFF_MIN, "redis-backoff-min-ms", "MESHSYNC_REDIS_BACKOFF_MIN_MS"},
     {OPT_BACKOFF_MAX, "redis-backoff-max-ms", "MESHSYNC_REDIS_BACKOFF_MAX_MS"},
     {OPT_LOG_LENGTH, "log-length", "MESHSYNC_LOG_LENGTH"},
+    {OPT_SCRUB_INTERVAL, "scrub-interval-ms", "MESHSYNC_SCRUB_INTERVAL_MS"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -268,6 +274,11 @@ static int apply(ms_config_t *cfg, int opt, const char *name, const char *v)
             return -1;
         cfg->log_length = (unsigned)n;
         return 0;
+    case OPT_SCRUB_INTERVAL:
+        if (parse_number(name, v, 10, 0, 86400000, &n) < 0)
+            return -1;
+        cfg->scrub_interval = (unsigned)n;
+        return 0;
     case OPT_BACKOFF_MIN:
     case OPT_BACKOFF_MAX:
         if (parse_number(name, v, 10, 1, 600000, &n) < 0)
@@ -300,6 +311,7 @@ static void set_defaults(ms_config_t *cfg)
     cfg->backoff_min = 100;
     cfg->backoff_max = 5000;
     cfg->log_length = 10000;
+    cfg->scrub_interval = 30000;
 
     if (gethostname(host, sizeof(host)) != 0)
         strcpy(host, "meshsyncd");

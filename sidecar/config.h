@@ -27,15 +27,16 @@ typedef struct ms_config_s {
     char *prefix;
     char *instance_id;
     ms_log_level_t log_level;
-    size_t max_frame;       /* bytes of a frame body */
-    size_t max_value;       /* bytes of a value as JSON text */
-    int max_depth;          /* nesting of a value */
-    size_t max_id;          /* bytes of a connection id or room name */
-    unsigned merge_retries; /* compare-and-set attempts per merge */
-    unsigned redis_timeout; /* ms a Redis command may take */
-    unsigned backoff_min;   /* ms, first reconnect delay (cap) */
-    unsigned backoff_max;   /* ms, largest reconnect delay */
-    unsigned log_length;    /* changes the Redis change log keeps */
+    size_t max_frame;        /* bytes of a frame body */
+    size_t max_value;        /* bytes of a value as JSON text */
+    int max_depth;           /* nesting of a value */
+    size_t max_id;           /* bytes of a connection id or room name */
+    unsigned merge_retries;  /* compare-and-set attempts per merge */
+    unsigned redis_timeout;  /* ms a Redis command may take */
+    unsigned backoff_min;    /* ms, first reconnect delay (cap) */
+    unsigned backoff_max;    /* ms, largest reconnect delay */
+    unsigned log_length;     /* changes the Redis change log keeps */
+    unsigned scrub_interval; /* ms between scrub passes; 0: no scrub */
 } ms_config_t;
 
 /*

@@ -55,8 +55,7 @@ static void answer(direct_t *d, const redisReply *r)
                                  &mp_len, &err) < 0)
         mp = NULL;
     if (!ms_session_closed(d->session))
-        ms_handlers_answer_value(d->session, d->req_id, mp, mp_len, version,
-                                 false);
+        ms_handlers_answer_value(d->session, d->req_id, mp, mp_len, version);
     free(mp);
 }
 

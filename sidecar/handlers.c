@@ -17,6 +17,7 @@
 #include "frame.h"
 #include "log.h"
 #include "mirror.h"
+#include "scrub.h"
 #include "strategy.h"
 #include "waits.h"
 #include "writes.h"
@@ -230,9 +231,12 @@ typedef struct health_s {
 } health_t;
 
 /*
- * {state, ready, seq, redisSeq, lag, conns, rooms}: seq is the highest
- * version this sidecar knows of, redisSeq Redis's sequence (nil when it
- * could not be read), lag the difference.
+ * {state, ready, seq, redisSeq, lag, conns, rooms, scrubber,
+ * keyspaceEvents, adopted, cacheFailing}: seq is the highest version this
+ * sidecar knows of, redisSeq Redis's sequence (nil when it could not be
+ * read), lag the difference; scrubber, keyspaceEvents and adopted
+ * describe the scrub (scrub.h); cacheFailing says the cache file could
+ * not be written (ms_mirror_cache_failed).
  */
 static void reply_health(ms_app_t *app, ms_session_t *s, uint64_t id,
                          const uint64_t *redis_seq)
@@ -240,7 +244,8 @@ static void reply_health(ms_app_t *app, ms_session_t *s, uint64_t id,
     request_t rq = {.id = id, .has_id = true};
     const char *state = ms_mirror_state(app);
     uint64_t seq = ms_mirror_high(app);
-    msgpack_packer *pk = reply_ok(s, &rq, 7);
+    ms_scrub_stats_t scrub;
+    msgpack_packer *pk = reply_ok(s, &rq, 11);
 
     pack_str(pk, "state");
     pack_str(pk, state);
@@ -265,6 +270,27 @@ static void reply_health(ms_app_t *app, ms_session_t *s, uint64_t id,
     msgpack_pack_int64(pk, ms_cache_count(app->cache, MS_KIND_CONN));
     pack_str(pk, "rooms");
     msgpack_pack_int64(pk, ms_cache_count(app->cache, MS_KIND_ROOM));
+
+    ms_scrub_stats(app, &scrub);
+    pack_str(pk, "scrubber");
+    if (scrub.leader)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    pack_str(pk, "keyspaceEvents");
+    if (scrub.keyspace < 0)
+        msgpack_pack_nil(pk);
+    else if (scrub.keyspace > 0)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    pack_str(pk, "adopted");
+    msgpack_pack_uint64(pk, scrub.adopted);
+    pack_str(pk, "cacheFailing");
+    if (ms_mirror_cache_failing(app))
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
     ms_session_reply_end(s);
 }
 
@@ -324,11 +350,17 @@ static void op_hello(ms_app_t *app, ms_session_t *s, const request_t *rq)
 }
 
 
-/* Answers a read from the cache. */
+/*
+ * Answers a read: from the cache when app is given (stale, and then how
+ * many versions behind, as the mirror says), else from Redis (never
+ * stale).
+ */
 static void reply_value(ms_session_t *s, const request_t *rq, const char *mp,
-                        size_t mp_len, uint64_t version, bool stale)
+                        size_t mp_len, uint64_t version, const ms_app_t *app)
 {
-    msgpack_packer *pk = reply_ok(s, rq, 3);
+    bool stale = app != NULL && ms_mirror_stale(app);
+    uint64_t behind;
+    msgpack_packer *pk = reply_ok(s, rq, stale ? 4 : 3);
 
     pack_str(pk, "value");
     if (mp != NULL)
@@ -338,10 +370,17 @@ static void reply_value(ms_session_t *s, const request_t *rq, const char *mp,
     pack_str(pk, "version");
     msgpack_pack_uint64(pk, version);
     pack_str(pk, "stale");
-    if (stale)
-        msgpack_pack_true(pk);
-    else
+    if (!stale) {
         msgpack_pack_false(pk);
+        ms_session_reply_end(s);
+        return;
+    }
+    msgpack_pack_true(pk);
+    pack_str(pk, "behind");
+    if (ms_mirror_behind(app, &behind))
+        msgpack_pack_uint64(pk, behind);
+    else
+        msgpack_pack_nil(pk);
     ms_session_reply_end(s);
 }
 
@@ -355,17 +394,16 @@ static void reply_entry(ms_app_t *app, ms_session_t *s, const request_t *rq,
         reply_error(s, rq, MS_EINTERNAL, "cache read failed");
         return;
     }
-    reply_value(s, rq, e.present ? e.mp : NULL, e.mp_len, e.version,
-                ms_mirror_stale(app));
+    reply_value(s, rq, e.present ? e.mp : NULL, e.mp_len, e.version, app);
 }
 
 
 void ms_handlers_answer_value(ms_session_t *s, uint64_t req_id, const char *mp,
-                              size_t mp_len, uint64_t version, bool stale)
+                              size_t mp_len, uint64_t version)
 {
     request_t rq = {.id = req_id, .has_id = true};
 
-    reply_value(s, &rq, mp, mp_len, version, stale);
+    reply_value(s, &rq, mp, mp_len, version, NULL);
 }
 
 

@@ -26,10 +26,10 @@ void ms_handlers_answer_get(ms_app_t *app, ms_session_t *s, uint64_t req_id,
 
 /*
  * Answers request req_id of s with a value (msgpack bytes, NULL for nil)
- * that did not come from the cache.
+ * read from Redis rather than the cache: never stale.
  */
 void ms_handlers_answer_value(ms_session_t *s, uint64_t req_id, const char *mp,
-                              size_t mp_len, uint64_t version, bool stale);
+                              size_t mp_len, uint64_t version);
 
 /* Answers request req_id of s with an error. */
 void ms_handlers_answer_error(ms_session_t *s, uint64_t req_id, int code,

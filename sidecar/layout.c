@@ -39,6 +39,7 @@ static char *glob_escape_star(const char *s)
 void ms_layout_init(ms_layout_t *l, const char *prefix, int db)
 {
     char channel[48];
+    char ks[48];
 
     l->conn_meta = join(prefix, "connection-meta");
     l->room_prefix = join(prefix, "roommeta:");
@@ -51,6 +52,13 @@ void ms_layout_init(ms_layout_t *l, const char *prefix, int db)
     l->turn_prefix = join(prefix, "meshsync:turn:");
     l->log = join(prefix, "meshsync:log");
     l->epoch = join(prefix, "meshsync:epoch");
+    l->scrubber = join(prefix, "meshsync:scrubber");
+
+    /* Keyspace channels name the key after the database's channel head. */
+    snprintf(ks, sizeof(ks), "__keyspace@%d__", db);
+    l->ks_conn = join(ks, l->conn_meta);
+    l->ks_room = join(ks, l->room_prefix);
+    l->ks_room_pattern = glob_escape_star(l->ks_room);
 }
 
 
@@ -66,6 +74,10 @@ void ms_layout_free(ms_layout_t *l)
     free(l->turn_prefix);
     free(l->log);
     free(l->epoch);
+    free(l->scrubber);
+    free(l->ks_conn);
+    free(l->ks_room);
+    free(l->ks_room_pattern);
 }
 
 

@@ -7,14 +7,17 @@
  *   <prefix>:roommeta:<room>        hash, field "data" -> JSON
  * meshsync's keys:
  *   <prefix>:meshsync:seq           global write sequence (INCR)
- *   <prefix>:meshsync:versions:conn hash, connection id -> version
- *   <prefix>:meshsync:versions:room hash, room name -> version
+ *   <prefix>:meshsync:versions:conn hash, connection id -> version:digest
+ *   <prefix>:meshsync:versions:room hash, room name -> version:digest
  *   <prefix>:meshsync:changes:<db>  pub/sub channel of change events (pub/sub
  *                                   spans databases; the name keeps them
  *                                   apart)
  *   <prefix>:meshsync:turn:<kind>:<id>  which sidecar writes an entry next
  *   <prefix>:meshsync:log           stream of recent changes, ID <version>-0
  *   <prefix>:meshsync:epoch         names the sequence's current history
+ *   <prefix>:meshsync:scrubber      which sidecar runs the scrub (a lease)
+ * and the keyspace-notification channels of Mesh's keys in database <db>:
+ *   __keyspace@<db>__:<prefix>:connection-meta, ...:roommeta:<room>
  *
  * Built once at start-up; read-only afterwards.
  */
@@ -33,9 +36,13 @@ typedef struct ms_layout_s {
     char *conn_versions;
     char *room_versions;
     char *channel;
-    char *turn_prefix; /* <prefix>:meshsync:turn: */
-    char *log;         /* <prefix>:meshsync:log */
-    char *epoch;       /* <prefix>:meshsync:epoch */
+    char *turn_prefix;     /* <prefix>:meshsync:turn: */
+    char *log;             /* <prefix>:meshsync:log */
+    char *epoch;           /* <prefix>:meshsync:epoch */
+    char *scrubber;        /* <prefix>:meshsync:scrubber */
+    char *ks_conn;         /* keyspace channel of conn_meta */
+    char *ks_room;         /* keyspace channel prefix of room keys */
+    char *ks_room_pattern; /* ks_room, glob-escaped, then "*" */
 } ms_layout_t;
 
 void ms_layout_init(ms_layout_t *l, const char *prefix, int db);

@@ -16,6 +16,7 @@
 #include "waits.h"
 #include "log.h"
 #include "mirror.h"
+#include "scrub.h"
 #include "server.h"
 #include "writes.h"
 
@@ -41,6 +42,7 @@ static void close_all(daemon_t *d)
     ms_waits_close(&d->app);
     if (d->app.server != NULL)
         ms_server_close(d->app.server);
+    ms_scrub_close(&d->app);
     ms_mirror_close(&d->app);
 
     /* Writes answered while Redis closes must not start new commands. */
@@ -57,7 +59,8 @@ static void on_drain_tick(uv_timer_t *t)
     daemon_t *d = t->data;
     size_t left = d->app.server != NULL ? ms_server_sessions(d->app.server) : 0;
 
-    if (left > 0 && uv_now(t->loop) < d->drain_deadline)
+    if ((left > 0 || ms_scrub_releasing(&d->app)) &&
+        uv_now(t->loop) < d->drain_deadline)
         return;
     if (left > 0)
         ms_log_warn("clients still busy at shutdown, closing them",
@@ -83,6 +86,7 @@ static void shutdown_daemon(daemon_t *d, const char *why)
     uv_close((uv_handle_t *)&d->sigint, NULL);
 
     ms_waits_close(&d->app);
+    ms_scrub_release(&d->app);
     if (d->app.server != NULL)
         ms_server_drain(d->app.server);
     d->drain_deadline = uv_now(d->app.loop) + d->app.cfg->redis_timeout + 500;
@@ -103,6 +107,8 @@ static int start_redis(daemon_t *d)
         .url = cfg->redis_url,
         .password = cfg->redis_password,
         .channel = d->app.layout.channel,
+        .keyspace_channel = d->app.scrub ? d->app.layout.ks_conn : NULL,
+        .keyspace_pattern = d->app.scrub ? d->app.layout.ks_room_pattern : NULL,
         .backoff_min_ms = cfg->backoff_min,
         .backoff_max_ms = cfg->backoff_max,
         .command_timeout_ms = cfg->redis_timeout,
@@ -190,6 +196,7 @@ static int run(daemon_t *d)
         return 1;
     ms_writes_init(app);
     ms_mirror_init(app);
+    ms_scrub_init(app);
     start_signals(d);
 
     if (ms_server_start(app, &err) < 0) {
@@ -223,8 +230,13 @@ int main(int argc, char **argv)
     }
     ms_log_level = cfg.log_level;
 
-    /* A client that hangs up mid-reply must not kill the daemon. */
+    /*
+     * A client that hangs up mid-reply must not kill the daemon, nor a
+     * cache file that reaches the file size limit: the write fails and
+     * the mirror deals with it like a full disk.
+     */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
     uv_loop_init(&loop);
 
     d.app.loop = &loop;

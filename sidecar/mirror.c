@@ -15,6 +15,7 @@
 #include "waits.h"
 #include "writes.h"
 #include "log.h"
+#include "scrub.h"
 
 /* The COUNT hint per SCAN/HSCAN batch of a load. */
 #define LOAD_BATCH    "500"
@@ -39,13 +40,16 @@ struct ms_mirror_s {
     unsigned rebuilds;        /* times the sequence was seen going back */
     uint64_t held_at_start;   /* the cache's highest version at load start */
     const char *logged_state; /* the state last logged */
-    bool positioned;  /* applied is known (else only a full load will do) */
-    uint64_t applied; /* every change up to this version is in the cache */
-    uint64_t epoch;   /* the history the cache comes from (sync.lua) */
-    uint64_t unsaved; /* changes applied since applied was last saved */
-    uint64_t caught;  /* changes read from the log by this catch-up */
-    char run_id[48];  /* the Redis server process last synced with */
-    uv_timer_t retry; /* restarts a failed load */
+    bool positioned;    /* applied is known (else only a full load will do) */
+    uint64_t applied;   /* every change up to this version is in the cache */
+    uint64_t epoch;     /* the history the cache comes from (sync.lua) */
+    uint64_t unsaved;   /* changes applied since applied was last saved */
+    uint64_t caught;    /* changes read from the log by this catch-up */
+    char run_id[48];    /* the Redis server process last synced with */
+    uint64_t saved_run; /* run_prefix() of the run_id in the cache file */
+    unsigned cache_failures; /* changes the cache could not take */
+    bool cache_failing;      /* since the last sync that completed */
+    uv_timer_t retry;        /* restarts a failed load */
 };
 
 /* Changes per catch-up batch; how often the position is saved. */
@@ -63,6 +67,17 @@ typedef struct batch_s {
 bool ms_mirror_stale(const ms_app_t *app)
 {
     return app->mirror == NULL || !(app->mirror->live && app->mirror->loaded);
+}
+
+
+bool ms_mirror_behind(const ms_app_t *app, uint64_t *versions)
+{
+    const ms_mirror_t *m = app->mirror;
+
+    if (m == NULL || !m->live)
+        return false;
+    *versions = m->high > m->applied ? m->high - m->applied : 0;
+    return true;
 }
 
 
@@ -100,6 +115,7 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
     char *mp = NULL;
     size_t mp_len = 0;
     ms_error_t err;
+    int rc;
 
     if (json != NULL && ms_value_json_to_msgpack(json, json_len, &app->limits,
                                                  &mp, &mp_len, &err) < 0) {
@@ -112,10 +128,13 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
         json = NULL;
         json_len = 0;
     }
-    if (ms_cache_apply(app->cache, kind, id, id_len, version, json, json_len,
-                       mp, mp_len, mode) == 1) {
+    rc = ms_cache_apply(app->cache, kind, id, id_len, version, json, json_len,
+                        mp, mp_len, mode);
+    if (rc == 1) {
         ms_waits_entry_changed(app, kind, id, id_len, version);
         ms_writes_entry_changed(app, kind, id, id_len);
+    } else if (rc < 0) {
+        ms_mirror_cache_failed(app, version);
     }
     free(mp);
 }
@@ -123,7 +142,13 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
 
 static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len);
 static void load_start(ms_app_t *app);
-static void sync_start(ms_app_t *app);
+static void sync_begin(ms_app_t *app, bool verify);
+
+static void sync_start(ms_app_t *app)
+{
+    sync_begin(app, false);
+}
+
 static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
                              bool from_channel);
 
@@ -139,8 +164,9 @@ static void on_retry(uv_timer_t *t)
 /* A load that failed while the links stay up is tried again shortly. */
 static void load_failed(ms_app_t *app, const char *why)
 {
-    ms_log_warn("resync failed", "reason=\"%s\" retry_ms=%d", why,
-                LOAD_RETRY_MS);
+    /* While the cache cannot be written, this repeats every second. */
+    ms_log(app->mirror->cache_failing ? MS_LOG_DEBUG : MS_LOG_WARN,
+           "resync failed", "reason=\"%s\" retry_ms=%d", why, LOAD_RETRY_MS);
     uv_timer_start(&app->mirror->retry, on_retry, LOAD_RETRY_MS, 0);
 }
 
@@ -151,13 +177,31 @@ static void load_failed(ms_app_t *app, const char *why)
  * instead of loading everything. A position saved a little behind is
  * harmless: replaying changes is idempotent under the version guard.
  */
+/*
+ * The cache file keeps the first 15 hex digits of the Redis run_id (60
+ * bits fit its integers): enough to tell two server processes apart.
+ */
+static uint64_t run_prefix(const char *run_id, size_t len)
+{
+    char head[16];
+
+    if (len > 15)
+        len = 15;
+    memcpy(head, run_id, len);
+    head[len] = '\0';
+    return strtoull(head, NULL, 16);
+}
+
+
 static void save_position(ms_app_t *app)
 {
     ms_mirror_t *m = app->mirror;
 
     m->unsaved = 0;
+    m->saved_run = run_prefix(m->run_id, strlen(m->run_id));
     if (ms_cache_meta_set(app->cache, "applied", m->applied) < 0 ||
-        ms_cache_meta_set(app->cache, "epoch", m->epoch) < 0)
+        ms_cache_meta_set(app->cache, "epoch", m->epoch) < 0 ||
+        ms_cache_meta_set(app->cache, "run_id", m->saved_run) < 0)
         ms_log_error("cannot save the sync position", NULL);
 }
 
@@ -174,6 +218,10 @@ static void sync_done(ms_app_t *app, uint64_t snapshot)
     m->positioned = true;
     save_position(app);
     m->loaded = true;
+    if (m->cache_failing) {
+        m->cache_failing = false;
+        ms_log_info("cache caught up after failed writes", NULL);
+    }
     log_state(app);
     ms_waits_recheck(app);
     if (!m->ready_logged) {
@@ -262,6 +310,7 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
     const redisReply *items = r->element[2];
     uint64_t seq = (uint64_t)r->element[1]->integer;
     ms_cache_entry_t e;
+    unsigned failures;
     int rc;
 
     if (!m->have_seq) {
@@ -271,6 +320,7 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
         if (rc != 0)
             return rc;
     }
+    failures = m->cache_failures;
     if (items->elements % 3 != 0 || ms_cache_begin(app->cache) < 0)
         return -1;
     for (size_t i = 0; i + 2 < items->elements; i += 3) {
@@ -289,7 +339,9 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
                     json->str, json->len, MS_APPLY_ALWAYS);
         m->entries[kind]++;
     }
-    return ms_cache_commit(app->cache);
+    if (ms_cache_commit(app->cache) < 0 || failures != m->cache_failures)
+        return -1;
+    return 0;
 }
 
 
@@ -402,8 +454,13 @@ static void sync_next(ms_app_t *app, uint64_t from);
 /* A catch-up cannot be made: load everything instead. */
 static void sync_to_load(ms_app_t *app, const char *why)
 {
-    /* Until a load completes, no catch-up may build on the old position. */
+    /*
+     * Until a load completes, no catch-up may build on the old position,
+     * not even after a restart half-way through the load.
+     */
     app->mirror->positioned = false;
+    if (ms_cache_meta_set(app->cache, "run_id", 0) < 0)
+        ms_log_error("cannot save the sync position", NULL);
     ms_log_info("full resync needed", "reason=\"%s\"", why);
     load_start(app);
 }
@@ -415,13 +472,15 @@ static void sync_to_load(ms_app_t *app, const char *why)
  */
 /*
  * Remembers the Redis process; true when it is another one than at the
- * last sync (a restart or a failover: recent history may have changed).
+ * last sync (a restart or a failover: recent history may have changed),
+ * or, at start-up, than the one the cache file was last synced with.
  */
 static bool new_server(ms_mirror_t *m, const redisReply *run_id)
 {
-    bool changed = m->run_id[0] != '\0' &&
-                   (strlen(m->run_id) != run_id->len ||
-                    memcmp(m->run_id, run_id->str, run_id->len) != 0);
+    bool changed = m->run_id[0] != '\0'
+                       ? strlen(m->run_id) != run_id->len ||
+                             memcmp(m->run_id, run_id->str, run_id->len) != 0
+                       : m->saved_run != run_prefix(run_id->str, run_id->len);
 
     memcpy(m->run_id, run_id->str, run_id->len);
     m->run_id[run_id->len] = '\0';
@@ -493,6 +552,8 @@ static bool sync_shape_ok(const redisReply *r)
  */
 static int sync_apply(ms_app_t *app, const redisReply *changes, uint64_t *last)
 {
+    unsigned failures = app->mirror->cache_failures;
+
     if (ms_cache_begin(app->cache) < 0)
         return MS_EINTERNAL;
     for (size_t i = 0; i < changes->elements; i++) {
@@ -506,7 +567,10 @@ static int sync_apply(ms_app_t *app, const redisReply *changes, uint64_t *last)
             *last = v;
         app->mirror->caught++;
     }
-    return ms_cache_commit(app->cache);
+    if (ms_cache_commit(app->cache) < 0 ||
+        failures != app->mirror->cache_failures)
+        return MS_EINTERNAL;
+    return 0;
 }
 
 
@@ -579,15 +643,17 @@ static void sync_next(ms_app_t *app, uint64_t from)
 /*
  * After the links come up, or a gap in the change events: read back from
  * the change log what the cache misses, or load everything when the log
- * cannot tell (see sync_check). Reads are stale meanwhile.
+ * cannot tell (see sync_check). Reads are stale meanwhile, unless the
+ * sync only verifies that nothing was missed (verify).
  */
-static void sync_start(ms_app_t *app)
+static void sync_begin(ms_app_t *app, bool verify)
 {
     ms_mirror_t *m = app->mirror;
 
     uv_timer_stop(&m->retry);
     m->gen++;
-    m->loaded = false;
+    if (!verify)
+        m->loaded = false;
     m->caught = 0;
     m->started = uv_now(app->loop);
     log_state(app);
@@ -617,6 +683,7 @@ void ms_mirror_on_state(void *arg, bool live)
     if (live == m->live)
         return;
     m->live = live;
+    ms_scrub_on_live(app, live);
     if (live) {
         sync_start(app);
         return;
@@ -625,6 +692,43 @@ void ms_mirror_on_state(void *arg, bool live)
     m->last_event = 0;
     m->gen++;
     log_state(app);
+}
+
+
+void ms_mirror_cache_failed(ms_app_t *app, uint64_t version)
+{
+    ms_mirror_t *m = app->mirror;
+
+    if (m == NULL)
+        return;
+    m->cache_failures++;
+
+    /* The change must be read again: the position goes back before it. A
+     * value without a version (from a load) needs a load. */
+    if (version == 0)
+        m->positioned = false;
+    else if (version - 1 < m->applied)
+        m->applied = version - 1;
+    if (!m->cache_failing) {
+        m->cache_failing = true;
+        ms_log_error("cache write failed: serving what it holds, stale, "
+                     "retrying",
+                     "version=%" PRIu64 " retry_ms=%d", version, LOAD_RETRY_MS);
+    }
+
+    /* A sync under way sees the failure itself; otherwise start one. */
+    if (m->loaded) {
+        m->loaded = false;
+        log_state(app);
+        if (m->live)
+            uv_timer_start(&m->retry, on_retry, LOAD_RETRY_MS, 0);
+    }
+}
+
+
+bool ms_mirror_cache_failing(const ms_app_t *app)
+{
+    return app->mirror != NULL && app->mirror->cache_failing;
 }
 
 
@@ -667,12 +771,13 @@ static void channel_event(ms_app_t *app, uint64_t version)
 
     /*
      * Not above the position: a message that was under way while a load
-     * ran (harmless), or Redis's sequence starting over after a flush that
-     * this sidecar has seen nothing else of. A sync tells them apart (the
-     * flush took the epoch with it).
+     * ran (harmless, and the likely case: the cache is not marked stale),
+     * or Redis's sequence starting over after a flush that this sidecar
+     * has seen nothing else of. A sync tells them apart (the flush took
+     * the epoch with it).
      */
     if (version <= m->applied) {
-        sync_start(app);
+        sync_begin(app, true);
         return;
     }
     if (version == m->applied + 1) {
@@ -691,8 +796,10 @@ static void channel_event(ms_app_t *app, uint64_t version)
 
 
 /*
- * Applies one change message, [version, kind, id, json or false], from
- * the channel or the log. Returns its version, or 0 when malformed.
+ * Applies one change message, [version, kind, id, json or false,
+ * existed], from the channel or the log (existed, whether the entry had
+ * a value before, may be missing from messages of older versions).
+ * Returns its version, or 0 when malformed.
  */
 static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
                              bool from_channel)
@@ -702,15 +809,22 @@ static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
     ms_cache_entry_t e;
     ms_kind_t kind;
     uint64_t version = 0;
+    bool existed = true;
     size_t off = 0;
 
     msgpack_unpacked_init(&up);
     if (ms_msgpack_check(payload, len, 1, NULL) < 0 ||
         msgpack_unpack_next(&up, payload, len, &off) !=
             MSGPACK_UNPACK_SUCCESS ||
-        up.data.type != MSGPACK_OBJECT_ARRAY || up.data.via.array.size != 4)
+        up.data.type != MSGPACK_OBJECT_ARRAY || up.data.via.array.size < 4 ||
+        up.data.via.array.size > 5)
         goto bad;
     f = up.data.via.array.ptr;
+    if (up.data.via.array.size == 5) {
+        if (f[4].type != MSGPACK_OBJECT_BOOLEAN)
+            goto bad;
+        existed = f[4].via.boolean;
+    }
     if (f[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || f[0].via.u64 == 0 ||
         f[1].type != MSGPACK_OBJECT_STR || f[2].type != MSGPACK_OBJECT_STR ||
         !(f[3].type == MSGPACK_OBJECT_STR ||
@@ -723,8 +837,11 @@ static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
     else
         goto bad;
     version = f[0].via.u64;
-    if (from_channel)
+    if (from_channel) {
+        ms_scrub_saw_change(app, kind, f[2].via.str.ptr, f[2].via.str.size,
+                            f[3].type != MSGPACK_OBJECT_STR, existed);
         channel_event(app, version);
+    }
 
     /* Our own writes come back too; skip converting them again. */
     if (ms_cache_get(app->cache, kind, f[2].via.str.ptr, f[2].via.str.size,
@@ -746,12 +863,18 @@ done:
 }
 
 
-void ms_mirror_on_message(void *arg, const char *payload, size_t len)
+void ms_mirror_on_message(void *arg, const char *channel, size_t channel_len,
+                          const char *payload, size_t len)
 {
     ms_app_t *app = arg;
+    const char *ours = app->layout.channel;
 
-    if (app->mirror != NULL)
+    if (app->mirror == NULL)
+        return;
+    if (channel_len == strlen(ours) && memcmp(channel, ours, channel_len) == 0)
         (void)apply_change(app, payload, len, true);
+    else
+        ms_scrub_on_keyspace(app, channel, channel_len, payload, len);
 }
 
 
@@ -764,13 +887,19 @@ void ms_mirror_init(ms_app_t *app)
     m->retry.data = app;
 
     /*
-     * A start loads everything even when the cache file says where it
-     * stopped: writes made straight into Redis while the daemon was down
-     * (by Mesh servers, by hand) are in no change log. Reconnects catch
-     * up from the log.
+     * Where the cache file says it stopped, a start catches up from the
+     * change log like a reconnect. Writes made straight into Redis while
+     * the daemon was down are not in the log: the scrub (scrub.h) finds
+     * and versions them, which puts them there. With the scrub off, only
+     * a full load would see them: a start then loads everything.
      */
-    if (ms_cache_meta_get(app->cache, "epoch", &m->epoch) < 0)
-        m->epoch = 0;
+    if (ms_cache_meta_get(app->cache, "epoch", &m->epoch) < 0 ||
+        ms_cache_meta_get(app->cache, "applied", &m->applied) < 0 ||
+        ms_cache_meta_get(app->cache, "run_id", &m->saved_run) < 0) {
+        m->epoch = m->applied = m->saved_run = 0;
+    }
+    m->positioned =
+        m->epoch != 0 && m->saved_run != 0 && app->cfg->scrub_interval != 0;
 }
 
 

@@ -9,8 +9,10 @@
  * schema/load.lua in batches, applying each under the version guard and
  * finally tombstoning what Redis no longer has. Meanwhile and afterwards,
  * every change event on the channel is applied if it is newer than the
- * cached entry. Until a sync has completed since the links last came up,
- * the cache may be behind: ms_mirror_stale() says so. Loop thread only.
+ * cached entry. Until a sync has completed since the links last came up
+ * (or since the cache failed to take a change), the cache may be behind:
+ * ms_mirror_stale() says so. A start with a cache file catches up from
+ * the position it records. Loop thread only.
  */
 #ifndef MS_MIRROR_H
 #define MS_MIRROR_H
@@ -31,6 +33,13 @@ void ms_mirror_close(ms_app_t *app);
 
 /* True unless the links are live and the load since then is done. */
 bool ms_mirror_stale(const ms_app_t *app);
+
+/*
+ * How many versions the cache is behind Redis's sequence, as far as the
+ * mirror knows: true with *versions set while the links are up, false
+ * when they are down (then nobody knows).
+ */
+bool ms_mirror_behind(const ms_app_t *app, uint64_t *versions);
 
 /*
  * "down" (a Redis link is not up), "catching_up" (links up, loading) or
@@ -55,11 +64,22 @@ void ms_mirror_rebuild(ms_app_t *app, uint64_t seq);
 uint64_t ms_mirror_high(const ms_app_t *app);
 void ms_mirror_saw_version(ms_app_t *app, uint64_t version);
 
+/*
+ * The cache could not take the change of this version (0: a value
+ * without one): a full disk, an I/O error. Reads go on from what the
+ * cache holds, marked stale, while a catch-up from the change log is
+ * tried every second; it succeeds once the cache takes writes again.
+ * ms_mirror_cache_failing() is true from then until that catch-up.
+ */
+void ms_mirror_cache_failed(ms_app_t *app, uint64_t version);
+bool ms_mirror_cache_failing(const ms_app_t *app);
+
 /* Counts rebuilds, so a write can tell one happened while it was sent. */
 unsigned ms_mirror_rebuilds(const ms_app_t *app);
 
 /* The Redis link callbacks (ms_redis_callbacks_t, arg is the app). */
 void ms_mirror_on_state(void *arg, bool live);
-void ms_mirror_on_message(void *arg, const char *payload, size_t len);
+void ms_mirror_on_message(void *arg, const char *channel, size_t channel_len,
+                          const char *payload, size_t len);
 
 #endif

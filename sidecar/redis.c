@@ -42,12 +42,12 @@ extern const char ms_script_write[];
 extern const char ms_script_load[];
 extern const char ms_script_sync[];
 extern const char ms_script_read[];
+extern const char ms_script_scrub[];
 
 static const char *const script_body[MS_SCRIPT_COUNT] = {
-    [MS_SCRIPT_WRITE] = ms_script_write,
-    [MS_SCRIPT_LOAD] = ms_script_load,
-    [MS_SCRIPT_SYNC] = ms_script_sync,
-    [MS_SCRIPT_READ] = ms_script_read,
+    [MS_SCRIPT_WRITE] = ms_script_write, [MS_SCRIPT_LOAD] = ms_script_load,
+    [MS_SCRIPT_SYNC] = ms_script_sync,   [MS_SCRIPT_READ] = ms_script_read,
+    [MS_SCRIPT_SCRUB] = ms_script_scrub,
 };
 
 /* Covers connect(2) and the handshake; a silent host must not stall us. */
@@ -99,6 +99,8 @@ struct ms_redis_s {
     redis_addr_t addr;
     char *password;
     char *channel;
+    char *ks_channel; /* NULL, or a keyspace channel to subscribe to */
+    char *ks_pattern; /* NULL, or a keyspace pattern to subscribe to */
     unsigned backoff_min;
     unsigned backoff_max;
     ms_redis_callbacks_t cb;
@@ -342,6 +344,8 @@ static void redis_maybe_free(ms_redis_t *r)
         free(r->password);
     }
     free(r->channel);
+    free(r->ks_channel);
+    free(r->ks_pattern);
     free(r);
 }
 
@@ -524,12 +528,23 @@ static void handshake_cb(redisAsyncContext *ac, void *reply, void *privdata)
 }
 
 
-/* Subscription confirmations and messages on the change channel. */
+/* How many subscriptions the subscriber link makes: channels, patterns. */
+static long long sub_count(const ms_redis_t *r)
+{
+    return 1 + (r->ks_channel != NULL) + (r->ks_pattern != NULL);
+}
+
+
+/*
+ * Subscription confirmations, and messages on the change channel or the
+ * keyspace channels. The link is up once Redis has confirmed them all.
+ */
 static void sub_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
     link_t *l = privdata;
     ms_redis_t *r = l->r;
     redisReply *rep = reply;
+    const redisReply *ch, *msg;
     const char *kind;
 
     if (rep == NULL) {
@@ -541,13 +556,28 @@ static void sub_cb(redisAsyncContext *ac, void *reply, void *privdata)
         return;
 
     kind = rep->element[0]->str;
-    if (strcasecmp(kind, "subscribe") == 0 && l->state == LINK_HANDSHAKE) {
-        link_up(l);
-    } else if (strcasecmp(kind, "message") == 0 && !r->closing &&
-               rep->element[2]->type == REDIS_REPLY_STRING &&
-               r->cb.on_message != NULL) {
-        r->cb.on_message(r->cb.arg, rep->element[2]->str, rep->element[2]->len);
+    if (strcasecmp(kind, "subscribe") == 0 ||
+        strcasecmp(kind, "psubscribe") == 0) {
+        if (l->state == LINK_HANDSHAKE &&
+            rep->element[2]->type == REDIS_REPLY_INTEGER &&
+            rep->element[2]->integer == sub_count(r))
+            link_up(l);
+        return;
     }
+
+    /* message: [kind, channel, payload]; pmessage: [kind, pattern, ...]. */
+    if (strcasecmp(kind, "message") == 0) {
+        ch = rep->element[1];
+        msg = rep->element[2];
+    } else if (strcasecmp(kind, "pmessage") == 0 && rep->elements == 4) {
+        ch = rep->element[2];
+        msg = rep->element[3];
+    } else {
+        return;
+    }
+    if (!r->closing && ch->type == REDIS_REPLY_STRING &&
+        msg->type == REDIS_REPLY_STRING && r->cb.on_message != NULL)
+        r->cb.on_message(r->cb.arg, ch->str, ch->len, msg->str, msg->len);
 }
 
 
@@ -602,10 +632,18 @@ static void link_handshake(link_t *l)
 
     /* sub_cb marks the subscriber up when Redis confirms. */
     if (l == &r->sub) {
-        const char *argv[] = {"SUBSCRIBE", r->channel};
-        size_t lens[] = {9, strlen(r->channel)};
+        const char *argv[] = {"SUBSCRIBE", r->channel, r->ks_channel};
+        size_t lens[] = {9, strlen(r->channel), 0};
 
-        link_send(l, sub_cb, l, 2, argv, lens);
+        if (r->ks_channel != NULL)
+            lens[2] = strlen(r->ks_channel);
+        link_send(l, sub_cb, l, r->ks_channel != NULL ? 3 : 2, argv, lens);
+        if (r->ks_pattern != NULL) {
+            const char *pargv[] = {"PSUBSCRIBE", r->ks_pattern};
+            size_t plens[] = {10, strlen(r->ks_pattern)};
+
+            link_send(l, sub_cb, l, 2, pargv, plens);
+        }
         return;
     }
 
@@ -705,6 +743,12 @@ int ms_redis_new(uv_loop_t *loop, const ms_redis_options_t *opt,
     if (opt->password != NULL)
         r->password = ms_strndup(opt->password, strlen(opt->password));
     r->channel = ms_strndup(opt->channel, strlen(opt->channel));
+    if (opt->keyspace_channel != NULL)
+        r->ks_channel =
+            ms_strndup(opt->keyspace_channel, strlen(opt->keyspace_channel));
+    if (opt->keyspace_pattern != NULL)
+        r->ks_pattern =
+            ms_strndup(opt->keyspace_pattern, strlen(opt->keyspace_pattern));
     r->backoff_min =
         opt->backoff_min_ms ? opt->backoff_min_ms : DEFAULT_BACKOFF_MIN;
     r->backoff_max =

@@ -1,7 +1,7 @@
 /*
  * redis.h - the daemon's two links to Redis, on the libuv loop through
  * hiredis's async API: a command link (scripts and reads) and a
- * subscriber link (the change channel).
+ * subscriber link (the change channel, and keyspace notifications).
  *
  * Each link connects by itself and, after a drop, reconnects with
  * exponential backoff and jitter. A command issued while the command link
@@ -33,6 +33,7 @@ typedef enum {
     MS_SCRIPT_LOAD,      /* schema/load.lua */
     MS_SCRIPT_SYNC,      /* schema/sync.lua */
     MS_SCRIPT_READ,      /* schema/read.lua */
+    MS_SCRIPT_SCRUB,     /* schema/scrub.lua */
     MS_SCRIPT_COUNT
 } ms_script_t;
 
@@ -53,18 +54,24 @@ typedef struct ms_redis_callbacks_s {
      * confirmed its subscription; false as soon as either drops.
      */
     void (*on_state)(void *arg, bool live);
-    /* A message on the change channel; payload valid during the call. */
-    void (*on_message)(void *arg, const char *payload, size_t len);
+    /*
+     * A message on the change channel or a keyspace channel, named by
+     * channel; both strings valid during the call only.
+     */
+    void (*on_message)(void *arg, const char *channel, size_t channel_len,
+                       const char *payload, size_t len);
 } ms_redis_callbacks_t;
 
 typedef struct ms_redis_options_s {
-    const char *url;         /* redis://host:port[/db], unix:///path[?db=N] */
-    const char *password;    /* NULL for none; sent with AUTH */
-    const char *channel;     /* the change channel to subscribe to */
-    unsigned backoff_min_ms; /* first reconnect delay (0: 100) */
-    unsigned backoff_max_ms; /* cap on the delay (0: 5000) */
-    unsigned command_timeout_ms; /* a reply later than this cuts the
-                                    command link (0: 5000) */
+    const char *url;      /* redis://host:port[/db], unix:///path[?db=N] */
+    const char *password; /* NULL for none; sent with AUTH */
+    const char *channel;  /* the change channel to subscribe to */
+    const char *keyspace_channel; /* NULL, or also this channel */
+    const char *keyspace_pattern; /* NULL, or also this pattern */
+    unsigned backoff_min_ms;      /* first reconnect delay (0: 100) */
+    unsigned backoff_max_ms;      /* cap on the delay (0: 5000) */
+    unsigned command_timeout_ms;  /* a reply later than this cuts the
+                                     command link (0: 5000) */
 } ms_redis_options_t;
 
 /*

@@ -295,6 +295,8 @@ static void apply_written(write_t *w, uint64_t version)
     ms_mirror_saw_version(app, version);
     if (rc == 1)
         ms_waits_entry_changed(app, q->kind, q->id, q->id_len, version);
+    else if (rc < 0)
+        ms_mirror_cache_failed(app, version);
     free(mp);
 }
 

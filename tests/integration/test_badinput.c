@@ -743,10 +743,10 @@ static void test_no_partial_writes(void **state)
     assert_int_equal(harness_redis_int(c, "HLEN mesh:meshsync:versions:conn"),
                      w->nconns);
     /*
-     * connection-meta, two versions hashes, seq, the log, the epoch, and
-     * the rooms.
+     * connection-meta, two versions hashes, seq, the log, the epoch, the
+     * scrub's lease, and the rooms.
      */
-    assert_int_equal(harness_redis_int(c, "DBSIZE"), 6 + w->nrooms);
+    assert_int_equal(harness_redis_int(c, "DBSIZE"), 7 + w->nrooms);
     assert_int_equal(harness_redis_int(c, "XLEN mesh:meshsync:log"), w->writes);
 
     /* The sequence counts the valid writes only. */

@@ -1,5 +1,5 @@
 /*
- * test_scripts.c - schema/write.lua and schema/load.lua against a real
+ * test_scripts.c - schema/write.lua, load.lua and scrub.lua against a real
  * redis-server (run with EVAL from a synchronous hiredis context), and
  * sidecar/redis.c's links on a libuv loop: connecting, scripts and the
  * NOSCRIPT fallback, messages, reconnecting after kills and restarts,
@@ -24,6 +24,7 @@
 
 static char *script_write;
 static char *script_load;
+static char *script_scrub;
 
 
 /* --- helpers for the scripts ------------------------------------------ */
@@ -163,6 +164,39 @@ static void expect_refused(redisReply *rep, const char *current,
 }
 
 
+/* The first 16 hex digits of the SHA-1 of text, as Redis computes them. */
+static void digest_of(redisContext *c, const char *text, char out[17])
+{
+    redisReply *rep = harness_command(c, "EVAL %s 0 %s",
+                                      "return redis.sha1hex(ARGV[1])", text);
+
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_int_equal(rep->len, 40);
+    memcpy(out, rep->str, 16);
+    out[16] = '\0';
+    freeReplyObject(rep);
+}
+
+
+/*
+ * Checks id's field in the versions hash key: "<version>:<digest>", the
+ * digest being that of json, the text written.
+ */
+static void expect_version(redisContext *c, const char *key, const char *id,
+                           long long version, const char *json)
+{
+    char want[64], digest[17];
+    redisReply *rep = harness_command(c, "HGET %s %s", key, id);
+
+    digest_of(c, json, digest);
+    snprintf(want, sizeof(want), "%lld:%s", version, digest);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, want);
+    assert_int_equal(strtoll(rep->str, NULL, 10), version);
+    freeReplyObject(rep);
+}
+
+
 /* Checks a string reply (NULL: nil) of a command. */
 static void expect_str(redisContext *c, const char *want, const char *fmt, ...)
 {
@@ -210,9 +244,13 @@ static redisReply *next_message(redisContext *s)
 }
 
 
-/* Checks a change payload: msgpack [version, kind, id, json|false]. */
-static void expect_payload(const redisReply *p, long long version,
-                           const char *kind, const char *id, const char *json)
+/*
+ * Checks a change payload: msgpack [version, kind, id, json|false,
+ * existed]; existed is checked unless it is -1.
+ */
+static void expect_payload_existed(const redisReply *p, long long version,
+                                   const char *kind, const char *id,
+                                   const char *json, int existed)
 {
     msgpack_unpacked u;
     size_t off = 0;
@@ -223,7 +261,7 @@ static void expect_payload(const redisReply *p, long long version,
                      MSGPACK_UNPACK_SUCCESS);
     assert_int_equal(off, p->len);
     assert_int_equal(u.data.type, MSGPACK_OBJECT_ARRAY);
-    assert_int_equal(u.data.via.array.size, 4);
+    assert_int_equal(u.data.via.array.size, 5);
     a = u.data.via.array.ptr;
     assert_int_equal(a[0].type, MSGPACK_OBJECT_POSITIVE_INTEGER);
     assert_int_equal(a[0].via.u64, (uint64_t)version);
@@ -235,18 +273,36 @@ static void expect_payload(const redisReply *p, long long version,
     } else {
         assert_true(harness_obj_is_str(&a[3], json));
     }
+    assert_int_equal(a[4].type, MSGPACK_OBJECT_BOOLEAN);
+    if (existed >= 0)
+        assert_int_equal(a[4].via.boolean, existed);
     msgpack_unpacked_destroy(&u);
 }
 
 
+static void expect_payload(const redisReply *p, long long version,
+                           const char *kind, const char *id, const char *json)
+{
+    expect_payload_existed(p, version, kind, id, json, -1);
+}
+
+
 /* The next message on subscriber s is that change. */
-static void expect_change(redisContext *s, long long version, const char *kind,
-                          const char *id, const char *json)
+static void expect_change_existed(redisContext *s, long long version,
+                                  const char *kind, const char *id,
+                                  const char *json, int existed)
 {
     redisReply *msg = next_message(s);
 
-    expect_payload(msg->element[2], version, kind, id, json);
+    expect_payload_existed(msg->element[2], version, kind, id, json, existed);
     freeReplyObject(msg);
+}
+
+
+static void expect_change(redisContext *s, long long version, const char *kind,
+                          const char *id, const char *json)
+{
+    expect_change_existed(s, version, kind, id, json, -1);
 }
 
 
@@ -290,14 +346,14 @@ static void test_write_set_conn(void **state)
 
     expect_written(set_conn(c, "c1", "{\"a\":1}"), 1);
     expect_str(c, "{\"a\":1}", "HGET mesh:connection-meta c1");
-    expect_str(c, "1", "HGET mesh:meshsync:versions:conn c1");
+    expect_version(c, "mesh:meshsync:versions:conn", "c1", 1, "{\"a\":1}");
     expect_str(c, "1", "GET mesh:meshsync:seq");
     expect_change(s, 1, "conn", "c1", "{\"a\":1}");
 
     /* A second write takes the next version; ':' is ordinary in ids. */
     expect_written(set_conn(c, "c:2", "[1,2]"), 2);
     expect_str(c, "[1,2]", "HGET mesh:connection-meta c:2");
-    expect_str(c, "2", "HGET mesh:meshsync:versions:conn c:2");
+    expect_version(c, "mesh:meshsync:versions:conn", "c:2", 2, "[1,2]");
     expect_str(c, "2", "GET mesh:meshsync:seq");
     expect_change(s, 2, "conn", "c:2", "[1,2]");
     redisFree(s);
@@ -313,7 +369,8 @@ static void test_write_set_room(void **state)
                                "{\"topic\":\"x\"}"),
                    1);
     expect_str(c, "{\"topic\":\"x\"}", "HGET mesh:roommeta:lobby data");
-    expect_str(c, "1", "HGET mesh:meshsync:versions:room lobby");
+    expect_version(c, "mesh:meshsync:versions:room", "lobby", 1,
+                   "{\"topic\":\"x\"}");
     expect_str(c, NULL, "HGET mesh:meshsync:versions:conn lobby");
     expect_str(c, "1", "GET mesh:meshsync:seq");
     expect_change(s, 1, "room", "lobby", "{\"topic\":\"x\"}");
@@ -327,21 +384,29 @@ static void test_write_del(void **state)
     redisContext *c = harness_redis(h), *s = subscriber(h);
 
     expect_written(set_conn(c, "c1", "1"), 1);
-    expect_change(s, 1, "conn", "c1", "1");
+    expect_change_existed(s, 1, "conn", "c1", "1", false);
     expect_written(
         write_entry(c, "mesh", "conn", "c1", "any", NULL, "del", NULL), 2);
     expect_str(c, NULL, "HGET mesh:connection-meta c1");
     expect_str(c, NULL, "HGET mesh:meshsync:versions:conn c1");
     expect_str(c, "2", "GET mesh:meshsync:seq");
-    expect_change(s, 2, "conn", "c1", NULL);
+    expect_change_existed(s, 2, "conn", "c1", NULL, true);
+
+    /* A delete of nothing still publishes, saying nothing was there. */
+    expect_written(
+        write_entry(c, "mesh", "conn", "c1", "any", NULL, "del", NULL), 3);
+    expect_change_existed(s, 3, "conn", "c1", NULL, false);
 
     expect_written(
-        write_entry(c, "mesh", "room", "r", "any", NULL, "set", "{}"), 3);
-    expect_change(s, 3, "room", "r", "{}");
+        write_entry(c, "mesh", "room", "r", "any", NULL, "set", "{}"), 4);
+    expect_change_existed(s, 4, "room", "r", "{}", false);
     expect_written(
-        write_entry(c, "mesh", "room", "r", "any", NULL, "del", NULL), 4);
+        write_entry(c, "mesh", "room", "r", "any", NULL, "set", "[]"), 5);
+    expect_change_existed(s, 5, "room", "r", "[]", true);
+    expect_written(
+        write_entry(c, "mesh", "room", "r", "any", NULL, "del", NULL), 6);
     expect_str(c, NULL, "HGET mesh:roommeta:r data");
-    expect_change(s, 4, "room", "r", NULL);
+    expect_change_existed(s, 6, "room", "r", NULL, true);
     redisFree(s);
 }
 
@@ -404,7 +469,7 @@ static void test_write_equal(void **state)
                                "set", "{\"a\":2}"),
                    2);
     expect_str(c, "{\"a\":2}", "HGET mesh:connection-meta c1");
-    expect_str(c, "2", "HGET mesh:meshsync:versions:conn c1");
+    expect_version(c, "mesh:meshsync:versions:conn", "c1", 2, "{\"a\":2}");
     expect_change(s, 2, "conn", "c1", "{\"a\":2}");
 
     /* A checked delete. */
@@ -811,6 +876,726 @@ static void test_load_many_rooms(void **state)
 }
 
 
+/* --- scrub.lua -------------------------------------------------------- */
+
+typedef struct found_s {
+    char *kind;
+    char *id;
+    char *json; /* NULL: reported absent (false) */
+} found_t;
+
+typedef struct founds_s {
+    found_t *f;
+    size_t n;
+    size_t cap;
+    int batches;
+} founds_t;
+
+
+/*
+ * Calls scrub.lua's step under prefix with a4 and a5 as ARGV[4] and
+ * ARGV[5] (holder and ms for "lease", cursor and COUNT for the scans),
+ * then the nrooms room names.
+ */
+static redisReply *scrub_step(redisContext *c, const char *prefix,
+                              const char *step, const char *a4, const char *a5,
+                              int nrooms, const char *const *rooms)
+{
+    char k1[256], k2[256], k3[256], k4[256], roomp[256], pattern[512];
+    const char *argv[32] = {"EVAL", script_scrub, "4",   k1,      k2, k3,
+                            k4,     step,         roomp, pattern, a4, a5};
+
+    assert_true(nrooms >= 0 && 12 + nrooms <= 32);
+    snprintf(k1, sizeof(k1), "%s:connection-meta", prefix);
+    snprintf(k2, sizeof(k2), "%s:meshsync:versions:conn", prefix);
+    snprintf(k3, sizeof(k3), "%s:meshsync:versions:room", prefix);
+    snprintf(k4, sizeof(k4), "%s:meshsync:scrubber", prefix);
+    snprintf(roomp, sizeof(roomp), "%s:roommeta:", prefix);
+    glob_escape(roomp, pattern, sizeof(pattern) - 1);
+    strcat(pattern, "*");
+    for (int i = 0; i < nrooms; i++)
+        argv[12 + i] = rooms[i];
+    return eval_argv(c, 12 + nrooms, argv);
+}
+
+
+/*
+ * Runs the "lease" or "release" step on prefix "mesh"'s lease for holder;
+ * returns what scrub.lua says (1 or 0).
+ */
+static long long scrub_lease_step(redisContext *c, const char *step,
+                                  const char *holder, const char *ms)
+{
+    redisReply *rep = scrub_step(c, "mesh", step, holder, ms, 0, NULL);
+    long long got;
+
+    assert_int_equal(rep->type, REDIS_REPLY_INTEGER);
+    got = rep->integer;
+    freeReplyObject(rep);
+    return got;
+}
+
+
+static long long scrub_lease(redisContext *c, const char *holder,
+                             const char *ms)
+{
+    return scrub_lease_step(c, "lease", holder, ms);
+}
+
+
+static long long scrub_release(redisContext *c, const char *holder)
+{
+    return scrub_lease_step(c, "release", holder, "1000");
+}
+
+
+static void founds_add(founds_t *fs, const redisReply *kind,
+                       const redisReply *id, const redisReply *json)
+{
+    found_t *f;
+
+    assert_int_equal(kind->type, REDIS_REPLY_STRING);
+    assert_true(strcmp(kind->str, "conn") == 0 ||
+                strcmp(kind->str, "room") == 0);
+    assert_int_equal(id->type, REDIS_REPLY_STRING);
+    assert_true(json->type == REDIS_REPLY_STRING ||
+                json->type == REDIS_REPLY_NIL);
+    if (fs->n == fs->cap) {
+        fs->cap = fs->cap ? fs->cap * 2 : 64;
+        fs->f = realloc(fs->f, fs->cap * sizeof(found_t));
+        assert_non_null(fs->f);
+    }
+    f = &fs->f[fs->n++];
+    f->kind = strdup(kind->str);
+    f->id = strdup(id->str);
+    f->json = json->type == REDIS_REPLY_STRING ? strdup(json->str) : NULL;
+}
+
+
+/*
+ * Adds a step's {cursor, {kind, id, JSON text or false, ...}} to fs and
+ * copies the cursor into cursor.
+ */
+static void founds_take(founds_t *fs, redisReply *rep, char *cursor,
+                        size_t size)
+{
+    redisReply *flat;
+
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->elements, 2);
+    assert_int_equal(rep->element[0]->type, REDIS_REPLY_STRING);
+    flat = rep->element[1];
+    assert_int_equal(flat->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(flat->elements % 3, 0);
+    for (size_t j = 0; j < flat->elements; j += 3)
+        founds_add(fs, flat->element[j], flat->element[j + 1],
+                   flat->element[j + 2]);
+    fs->batches++;
+    snprintf(cursor, size, "%s", rep->element[0]->str);
+    freeReplyObject(rep);
+}
+
+
+/* Runs a scan step from cursor 0 until the cursor comes back to 0. */
+static void scrub_all(redisContext *c, const char *prefix, const char *step,
+                      const char *count, founds_t *out)
+{
+    char cursor[64] = "0";
+
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < 100000; i++) {
+        founds_take(out, scrub_step(c, prefix, step, cursor, count, 0, NULL),
+                    cursor, sizeof(cursor));
+        if (strcmp(cursor, "0") == 0)
+            return;
+    }
+    fail_msg("scrub.lua's %s cursor never came back to 0", step);
+}
+
+
+/* Runs the "rooms" step on the named rooms: one call, cursor "0". */
+static void scrub_rooms(redisContext *c, const char *prefix, int nrooms,
+                        const char *const *rooms, founds_t *out)
+{
+    char cursor[64];
+
+    memset(out, 0, sizeof(*out));
+    founds_take(out, scrub_step(c, prefix, "rooms", "0", "0", nrooms, rooms),
+                cursor, sizeof(cursor));
+    assert_string_equal(cursor, "0");
+}
+
+
+static void founds_free(founds_t *fs)
+{
+    for (size_t i = 0; i < fs->n; i++) {
+        free(fs->f[i].kind);
+        free(fs->f[i].id);
+        free(fs->f[i].json);
+    }
+    free(fs->f);
+}
+
+
+static const found_t *found_find(const founds_t *fs, const char *kind,
+                                 const char *id)
+{
+    for (size_t i = 0; i < fs->n; i++) {
+        if (strcmp(fs->f[i].kind, kind) == 0 && strcmp(fs->f[i].id, id) == 0)
+            return &fs->f[i];
+    }
+    return NULL;
+}
+
+
+/* id was reported (every time) with json, NULL meaning false. */
+static void expect_found(const founds_t *fs, const char *kind, const char *id,
+                         const char *json)
+{
+    if (found_find(fs, kind, id) == NULL)
+        fail_msg("%s %s not reported", kind, id);
+    for (size_t i = 0; i < fs->n; i++) {
+        const found_t *f = &fs->f[i];
+
+        if (strcmp(f->kind, kind) != 0 || strcmp(f->id, id) != 0)
+            continue;
+        if (json == NULL)
+            assert_null(f->json);
+        else if (f->json == NULL)
+            fail_msg("%s %s reported absent, not as %s", kind, id, json);
+        else
+            assert_string_equal(f->json, json);
+    }
+}
+
+
+static void expect_not_found(const founds_t *fs, const char *kind,
+                             const char *id)
+{
+    if (found_find(fs, kind, id) != NULL)
+        fail_msg("%s %s reported", kind, id);
+}
+
+
+/* Number of distinct (kind, id) reported. */
+static size_t founds_distinct(const founds_t *fs)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < fs->n; i++)
+        n += found_find(fs, fs->f[i].kind, fs->f[i].id) == &fs->f[i];
+    return n;
+}
+
+
+/* Waits (bounded) until key is gone; Redis expires keys lazily on access. */
+static void await_gone(redisContext *c, const char *key)
+{
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+
+    for (int i = 0; i < 1000000 && harness_now_ms() < deadline; i++) {
+        if (harness_redis_int(c, "EXISTS %s", key) == 0)
+            return;
+    }
+    fail_msg("%s never expired", key);
+}
+
+
+static void test_scrub_lease(void **state)
+{
+    redisContext *c = harness_redis(*state);
+    long long ttl;
+
+    /* Free: taken, for the time asked. */
+    assert_int_equal(scrub_lease(c, "w1", "1000"), 1);
+    expect_str(c, "w1", "GET mesh:meshsync:scrubber");
+    ttl = harness_redis_int(c, "PTTL mesh:meshsync:scrubber");
+    assert_true(ttl > 0 && ttl <= 1000);
+
+    /* The holder renews: the TTL starts over with the new length. */
+    assert_int_equal(scrub_lease(c, "w1", "60000"), 1);
+    expect_str(c, "w1", "GET mesh:meshsync:scrubber");
+    ttl = harness_redis_int(c, "PTTL mesh:meshsync:scrubber");
+    assert_true(ttl > 1000 && ttl <= 60000);
+
+    /* Another sidecar is refused and changes nothing. */
+    assert_int_equal(scrub_lease(c, "w2", "1000"), 0);
+    expect_str(c, "w1", "GET mesh:meshsync:scrubber");
+    ttl = harness_redis_int(c, "PTTL mesh:meshsync:scrubber");
+    assert_true(ttl > 1000 && ttl <= 60000);
+
+    /* Once it expires, the other one gets it. */
+    assert_int_equal(harness_redis_int(c, "PEXPIRE mesh:meshsync:scrubber 1"),
+                     1);
+    await_gone(c, "mesh:meshsync:scrubber");
+    assert_int_equal(scrub_lease(c, "w2", "1000"), 1);
+    expect_str(c, "w2", "GET mesh:meshsync:scrubber");
+    assert_int_equal(scrub_lease(c, "w1", "1000"), 0);
+    expect_str(c, "w2", "GET mesh:meshsync:scrubber");
+
+    /* Only the holder gives it back; then it is free for anyone. */
+    assert_int_equal(scrub_release(c, "w1"), 0);
+    expect_str(c, "w2", "GET mesh:meshsync:scrubber");
+    assert_int_equal(scrub_release(c, "w2"), 1);
+    expect_str(c, NULL, "GET mesh:meshsync:scrubber");
+    assert_int_equal(scrub_release(c, "w2"), 0);
+    assert_int_equal(scrub_lease(c, "w1", "1000"), 1);
+    expect_str(c, "w1", "GET mesh:meshsync:scrubber");
+}
+
+
+static void test_scrub_conns(void **state)
+{
+    harness_t *h = *state;
+    redisContext *c = harness_redis(h), *s = subscriber(h);
+    founds_t fs;
+
+    /* Written by meshsync: not reported, whatever the text. */
+    expect_written(set_conn(c, "ok", "{\"a\":1}"), 1);
+    expect_written(set_conn(c, "ok:2", ""), 2);
+    expect_written(set_conn(c, "same", "{\"s\":1}"), 3);
+    expect_written(set_conn(c, "changed", "{\"r\":\"a\"}"), 4);
+    expect_written(set_conn(c, "gone", "{}"), 5);
+    for (int v = 1; v <= 5; v++)
+        freeReplyObject(next_message(s));
+    freeReplyObject(harness_command(c, "HDEL mesh:connection-meta gone"));
+
+    /* Written by hand: no version, other text of the same length (the
+     * digest tells them apart), a legacy bare version, the same text. */
+    freeReplyObject(
+        harness_command(c, "HSET mesh:connection-meta hand %s", "{\"h\":1}"));
+    freeReplyObject(harness_command(c, "HSET mesh:connection-meta changed %s",
+                                    "{\"r\":\"b\"}"));
+    freeReplyObject(harness_command(c, "HSET mesh:connection-meta old 5"));
+    freeReplyObject(
+        harness_command(c, "HSET mesh:meshsync:versions:conn old 7"));
+    freeReplyObject(
+        harness_command(c, "HSET mesh:connection-meta same %s", "{\"s\":1}"));
+
+    scrub_all(c, "mesh", "conn", "100", &fs);
+    assert_int_equal(founds_distinct(&fs), 3);
+    expect_found(&fs, "conn", "hand", "{\"h\":1}");
+    expect_found(&fs, "conn", "changed", "{\"r\":\"b\"}");
+    expect_found(&fs, "conn", "old", "5");
+    expect_not_found(&fs, "conn", "ok");
+    expect_not_found(&fs, "conn", "ok:2");
+    expect_not_found(&fs, "conn", "same");
+    expect_not_found(&fs, "conn", "gone");
+    founds_free(&fs);
+
+    /* A scan only reads: nothing written, nothing published. */
+    expect_str(c, "5", "GET mesh:meshsync:seq");
+    expect_str(c, NULL, "HGET mesh:meshsync:versions:conn hand");
+    expect_no_change(h, s);
+
+    /* Nothing there: one empty batch. */
+    scrub_all(c, "other", "conn", "100", &fs);
+    assert_int_equal(fs.n, 0);
+    assert_int_equal(fs.batches, 1);
+    founds_free(&fs);
+    redisFree(s);
+}
+
+
+/* Room steps under a prefix that is itself a glob pattern. */
+#define GP "p[1]*"
+
+static void test_scrub_rooms(void **state)
+{
+    redisContext *c = harness_redis(*state);
+    founds_t fs;
+
+    expect_written(
+        write_entry(c, GP, "room", "ok", "any", NULL, "set", "{\"a\":1}"), 1);
+    expect_written(write_entry(c, GP, "room", "r*", "any", NULL, "set", "[]"),
+                   2);
+    expect_written(write_entry(c, GP, "room", "changed", "any", NULL, "set",
+                               "{\"r\":\"a\"}"),
+                   3);
+    expect_written(write_entry(c, GP, "room", "gone", "any", NULL, "set", "1"),
+                   4);
+    freeReplyObject(harness_command(c, "DEL " GP ":roommeta:gone"));
+
+    freeReplyObject(
+        harness_command(c, "HSET " GP ":roommeta:hand data %s", "{\"h\":1}"));
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:changed data %s",
+                                    "{\"r\":\"b\"}"));
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:old data 5"));
+    freeReplyObject(
+        harness_command(c, "HSET " GP ":meshsync:versions:room old 7"));
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:a:b data 6"));
+
+    /* Not rooms: a hash without data, a key of another type. */
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:nodata x 1"));
+    freeReplyObject(harness_command(c, "SET " GP ":roommeta:str 1"));
+
+    /* Matched by the prefix as an unescaped pattern, but not ours. */
+    freeReplyObject(harness_command(c, "HSET p1:roommeta:x data 1"));
+    freeReplyObject(harness_command(c, "HSET p1zz:roommeta:y data 1"));
+    freeReplyObject(harness_command(c, "HSET p[1]x:roommeta:z data 1"));
+
+    scrub_all(c, GP, "room", "3", &fs);
+    assert_true(fs.batches > 1);
+    assert_int_equal(founds_distinct(&fs), 4);
+    expect_found(&fs, "room", "hand", "{\"h\":1}");
+    expect_found(&fs, "room", "changed", "{\"r\":\"b\"}");
+    expect_found(&fs, "room", "old", "5");
+    expect_found(&fs, "room", "a:b", "6");
+    expect_not_found(&fs, "room", "ok");
+    expect_not_found(&fs, "room", "r*");
+    expect_not_found(&fs, "room", "gone");
+    founds_free(&fs);
+
+    /* The other prefixes find their own. */
+    scrub_all(c, "p1", "room", "100", &fs);
+    assert_int_equal(founds_distinct(&fs), 1);
+    expect_found(&fs, "room", "x", "1");
+    founds_free(&fs);
+    expect_str(c, "4", "GET " GP ":meshsync:seq");
+}
+
+
+static void test_scrub_versions(void **state)
+{
+    redisContext *c = harness_redis(*state);
+    founds_t fs;
+
+    expect_written(set_conn(c, "kept", "{}"), 1);
+    expect_written(set_conn(c, "gone", "{}"), 2);
+    expect_written(
+        write_entry(c, "mesh", "room", "kept", "any", NULL, "set", "{}"), 3);
+    expect_written(
+        write_entry(c, "mesh", "room", "gone", "any", NULL, "set", "{}"), 4);
+    expect_written(
+        write_entry(c, "mesh", "room", "nodata", "any", NULL, "set", "{}"), 5);
+    freeReplyObject(harness_command(c, "HDEL mesh:connection-meta gone"));
+    freeReplyObject(harness_command(c, "DEL mesh:roommeta:gone"));
+
+    /* The room's key stays (another field), its data goes. */
+    freeReplyObject(harness_command(c, "HSET mesh:roommeta:nodata x 1"));
+    freeReplyObject(harness_command(c, "HDEL mesh:roommeta:nodata data"));
+
+    /* Replaced by a key that is not a hash: not Mesh's, left alone. */
+    expect_written(
+        write_entry(c, "mesh", "room", "str", "any", NULL, "set", "{}"), 6);
+    freeReplyObject(harness_command(c, "DEL mesh:roommeta:str"));
+    freeReplyObject(harness_command(c, "SET mesh:roommeta:str 1"));
+
+    /* Values without versions are the value scans' business. */
+    freeReplyObject(harness_command(c, "HSET mesh:connection-meta hand 1"));
+    freeReplyObject(harness_command(c, "HSET mesh:roommeta:hand data 1"));
+
+    /* A legacy bare version whose value is gone. */
+    freeReplyObject(
+        harness_command(c, "HSET mesh:meshsync:versions:conn old 9"));
+
+    scrub_all(c, "mesh", "connv", "100", &fs);
+    assert_int_equal(founds_distinct(&fs), 2);
+    expect_found(&fs, "conn", "gone", NULL);
+    expect_found(&fs, "conn", "old", NULL);
+    expect_not_found(&fs, "conn", "kept");
+    expect_not_found(&fs, "conn", "hand");
+    founds_free(&fs);
+
+    scrub_all(c, "mesh", "roomv", "100", &fs);
+    assert_int_equal(founds_distinct(&fs), 2);
+    expect_found(&fs, "room", "gone", NULL);
+    expect_found(&fs, "room", "nodata", NULL);
+    expect_not_found(&fs, "room", "kept");
+    expect_not_found(&fs, "room", "hand");
+    expect_not_found(&fs, "room", "str");
+    founds_free(&fs);
+}
+
+
+static void test_scrub_named_rooms(void **state)
+{
+    redisContext *c = harness_redis(*state);
+    static const char *const some[] = {"hand", "ok", "gone", "none", "r*"};
+    static const char *const other[] = {"hand2", "str", "nodata"};
+    founds_t fs;
+
+    expect_written(write_entry(c, GP, "room", "ok", "any", NULL, "set", "{}"),
+                   1);
+    expect_written(write_entry(c, GP, "room", "gone", "any", NULL, "set", "{}"),
+                   2);
+    expect_written(
+        write_entry(c, GP, "room", "gone2", "any", NULL, "set", "{}"), 3);
+    freeReplyObject(harness_command(c, "DEL " GP ":roommeta:gone"));
+    freeReplyObject(harness_command(c, "DEL " GP ":roommeta:gone2"));
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:hand data 1"));
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:hand2 data 2"));
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:r data 3"));
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:r* data 4"));
+
+    /* Not rooms (even with a version): a string, a hash without data. */
+    expect_written(write_entry(c, GP, "room", "str", "any", NULL, "set", "{}"),
+                   4);
+    freeReplyObject(harness_command(c, "SET " GP ":roommeta:str 1"));
+    freeReplyObject(harness_command(c, "HSET " GP ":roommeta:nodata x 1"));
+
+    /* Names are names, not patterns: "r*" is just that room. */
+    scrub_rooms(c, GP, 5, some, &fs);
+    assert_int_equal(fs.n, 3);
+    expect_found(&fs, "room", "hand", "1");
+    expect_found(&fs, "room", "gone", NULL);
+    expect_found(&fs, "room", "r*", "4");
+    expect_not_found(&fs, "room", "hand2");
+    expect_not_found(&fs, "room", "gone2");
+    expect_not_found(&fs, "room", "r");
+    founds_free(&fs);
+
+    scrub_rooms(c, GP, 3, other, &fs);
+    assert_int_equal(fs.n, 1);
+    expect_found(&fs, "room", "hand2", "2");
+    founds_free(&fs);
+
+    scrub_rooms(c, GP, 0, NULL, &fs);
+    assert_int_equal(fs.n, 0);
+    founds_free(&fs);
+}
+
+
+/* Every i in [0, n) was reported as <fmt>(i) at least once. */
+static void expect_all_found(const founds_t *fs, const char *kind,
+                             const char *fmt, int n)
+{
+    char *seen = calloc((size_t)n, 1);
+
+    assert_non_null(seen);
+    for (size_t k = 0; k < fs->n; k++) {
+        char name[64];
+        int i;
+
+        assert_string_equal(fs->f[k].kind, kind);
+        assert_int_equal(sscanf(fs->f[k].id, fmt, &i), 1);
+        assert_true(i >= 0 && i < n);
+        snprintf(name, sizeof(name), fmt, i);
+        assert_string_equal(fs->f[k].id, name);
+        seen[i] = 1;
+    }
+    for (int i = 0; i < n; i++) {
+        char name[64];
+
+        snprintf(name, sizeof(name), fmt, i);
+        if (!seen[i])
+            fail_msg("%s %s never reported", kind, name);
+    }
+    free(seen);
+}
+
+
+/* Pipelines n hand writes of fmt(i) = i (a conn, or a room's data). */
+static void hand_write_many(redisContext *c, const char *fmt, int n)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(redisAppendCommand(c, fmt, i, i), REDIS_OK);
+    for (int i = 0; i < n; i++) {
+        void *r = NULL;
+
+        assert_int_equal(redisGetReply(c, &r), REDIS_OK);
+        assert_int_equal(((redisReply *)r)->type, REDIS_REPLY_INTEGER);
+        freeReplyObject(r);
+    }
+}
+
+
+static void test_scrub_cursors(void **state)
+{
+    enum { N = 1200, V = 600 }; /* more than a listpack holds */
+    redisContext *c = harness_redis(*state);
+    char id[32];
+    founds_t fs;
+
+    hand_write_many(c, "HSET mesh:connection-meta hand-%d %d", N);
+    hand_write_many(c, "HSET mesh:roommeta:hand-%d data %d", N);
+    for (int i = 0; i < V; i++) {
+        snprintf(id, sizeof(id), "v-%d", i);
+        expect_written(set_conn(c, id, "{}"), i + 1);
+    }
+    expect_str(c, "hashtable", "OBJECT ENCODING mesh:connection-meta");
+
+    scrub_all(c, "mesh", "conn", "100", &fs);
+    assert_true(fs.batches > 5);
+    expect_all_found(&fs, "conn", "hand-%d", N);
+    for (size_t k = 0; k < fs.n; k++)
+        assert_int_equal(atoi(fs.f[k].json), atoi(fs.f[k].id + 5));
+    founds_free(&fs);
+
+    scrub_all(c, "mesh", "room", "100", &fs);
+    assert_true(fs.batches > 5);
+    expect_all_found(&fs, "room", "hand-%d", N);
+    founds_free(&fs);
+
+    /* The versions left behind by values deleted by hand. */
+    freeReplyObject(harness_command(c, "DEL mesh:connection-meta"));
+    expect_str(c, "hashtable", "OBJECT ENCODING mesh:meshsync:versions:conn");
+    scrub_all(c, "mesh", "connv", "50", &fs);
+    assert_true(fs.batches > 2);
+    expect_all_found(&fs, "conn", "v-%d", V);
+    for (size_t k = 0; k < fs.n; k++)
+        assert_null(fs.f[k].json);
+    founds_free(&fs);
+}
+
+
+/* --- write.lua's adopt check ------------------------------------------ */
+
+/* Adopts what the scrub found: expected is both ARGV[6] and ARGV[8]. */
+static redisReply *adopt_as(redisContext *c, const char *writer,
+                            const char *kind, const char *id, const char *json)
+{
+    return write_entry_as(c, writer, "mesh", kind, id, "adopt", json,
+                          json != NULL ? "set" : "del", json);
+}
+
+
+static void test_write_adopt_set(void **state)
+{
+    harness_t *h = *state;
+    redisContext *c = harness_redis(h), *s = subscriber(h);
+    redisReply *rep;
+    founds_t fs;
+
+    freeReplyObject(
+        harness_command(c, "HSET mesh:connection-meta c1 %s", "{\"h\":1}"));
+
+    /* Changed since the scrub saw it: refused, nothing written. */
+    expect_refused(adopt_as(c, "w1", "conn", "c1", "{\"h\":0}"), "{\"h\":1}",
+                   0);
+    expect_str(c, NULL, "GET mesh:meshsync:seq");
+    expect_str(c, NULL, "HGET mesh:meshsync:versions:conn c1");
+    expect_str(c, "{\"h\":1}", "HGET mesh:connection-meta c1");
+    expect_no_change(h, s);
+
+    /* Unchanged: versioned, published and logged like any write. */
+    expect_written(adopt_as(c, "w1", "conn", "c1", "{\"h\":1}"), 1);
+    expect_str(c, "{\"h\":1}", "HGET mesh:connection-meta c1");
+    expect_version(c, "mesh:meshsync:versions:conn", "c1", 1, "{\"h\":1}");
+    expect_change(s, 1, "conn", "c1", "{\"h\":1}");
+    rep = harness_command(c, "XRANGE mesh:meshsync:log - +");
+    assert_int_equal(rep->elements, 1);
+    assert_string_equal(rep->element[0]->element[0]->str, "1-0");
+    expect_payload(rep->element[0]->element[1]->element[1], 1, "conn", "c1",
+                   "{\"h\":1}");
+    freeReplyObject(rep);
+    scrub_all(c, "mesh", "conn", "100", &fs);
+    assert_int_equal(fs.n, 0);
+    founds_free(&fs);
+
+    /* Changed by hand again, then a stale adoption: refused. */
+    freeReplyObject(
+        harness_command(c, "HSET mesh:connection-meta c1 %s", "{\"h\":2}"));
+    expect_refused(adopt_as(c, "w1", "conn", "c1", "{\"h\":1}"), "{\"h\":2}",
+                   1);
+    expect_str(c, "1", "GET mesh:meshsync:seq");
+    expect_no_change(h, s);
+
+    /* A room: the same. */
+    freeReplyObject(harness_command(c, "HSET mesh:roommeta:r data [1]"));
+    expect_written(adopt_as(c, "w1", "room", "r", "[1]"), 2);
+    expect_version(c, "mesh:meshsync:versions:room", "r", 2, "[1]");
+    expect_change(s, 2, "room", "r", "[1]");
+    scrub_all(c, "mesh", "room", "100", &fs);
+    assert_int_equal(fs.n, 0);
+    founds_free(&fs);
+    redisFree(s);
+}
+
+
+static void test_write_adopt_del(void **state)
+{
+    harness_t *h = *state;
+    redisContext *c = harness_redis(h), *s = subscriber(h);
+    founds_t fs;
+
+    expect_written(set_conn(c, "c1", "{}"), 1);
+    expect_written(set_conn(c, "c2", "{\"b\":1}"), 2);
+    expect_written(
+        write_entry(c, "mesh", "room", "r", "any", NULL, "set", "{}"), 3);
+    expect_change(s, 1, "conn", "c1", "{}");
+    expect_change(s, 2, "conn", "c2", "{\"b\":1}");
+    expect_change(s, 3, "room", "r", "{}");
+    freeReplyObject(harness_command(c, "HDEL mesh:connection-meta c1"));
+    freeReplyObject(harness_command(c, "DEL mesh:roommeta:r"));
+
+    /* Present: a delete is not adopted. */
+    expect_refused(adopt_as(c, "w1", "conn", "c2", NULL), "{\"b\":1}", 2);
+    expect_str(c, "{\"b\":1}", "HGET mesh:connection-meta c2");
+    expect_str(c, "3", "GET mesh:meshsync:seq");
+    expect_no_change(h, s);
+
+    /* Absent: the delete is versioned and published; the version goes. */
+    expect_written(adopt_as(c, "w1", "conn", "c1", NULL), 4);
+    expect_str(c, NULL, "HGET mesh:meshsync:versions:conn c1");
+    expect_change(s, 4, "conn", "c1", NULL);
+    expect_written(adopt_as(c, "w1", "room", "r", NULL), 5);
+    expect_str(c, NULL, "HGET mesh:meshsync:versions:room r");
+    expect_change(s, 5, "room", "r", NULL);
+    expect_str(c, "5", "GET mesh:meshsync:seq");
+
+    scrub_all(c, "mesh", "connv", "100", &fs);
+    assert_int_equal(fs.n, 0);
+    founds_free(&fs);
+    scrub_all(c, "mesh", "roomv", "100", &fs);
+    assert_int_equal(fs.n, 0);
+    founds_free(&fs);
+    redisFree(s);
+}
+
+
+/* Adoptions neither wait for another writer's turn nor take one. */
+static void test_write_adopt_turn(void **state)
+{
+    redisContext *c = harness_redis(*state);
+
+    /* w1 loses a race on c1 and holds its turn. */
+    expect_written(set_conn(c, "c1", "{\"a\":1}"), 1);
+    expect_refused_for(write_entry_as(c, "w1", "mesh", "conn", "c1", "equal",
+                                      "{}", "set", "{\"b\":1}"),
+                       "{\"a\":1}", 1, "changed");
+    expect_str(c, "w1", "GET mesh:meshsync:turn:conn:c1");
+
+    /* A refused adoption says "changed", never "turn", and leaves the
+     * turn alone. */
+    freeReplyObject(
+        harness_command(c, "HSET mesh:connection-meta c1 %s", "{\"h\":1}"));
+    expect_refused_for(adopt_as(c, "w2", "conn", "c1", "{\"x\":1}"),
+                       "{\"h\":1}", 1, "changed");
+    expect_str(c, "w1", "GET mesh:meshsync:turn:conn:c1");
+
+    /* w2 adopts despite w1's turn, which stays w1's. */
+    expect_written(adopt_as(c, "w2", "conn", "c1", "{\"h\":1}"), 2);
+    expect_version(c, "mesh:meshsync:versions:conn", "c1", 2, "{\"h\":1}");
+    expect_str(c, "w1", "GET mesh:meshsync:turn:conn:c1");
+
+    /* A refused adoption takes no turn; neither does a written one. */
+    freeReplyObject(harness_command(c, "HSET mesh:connection-meta c2 1"));
+    expect_refused_for(adopt_as(c, "w2", "conn", "c2", "2"), "1", 0, "changed");
+    expect_str(c, NULL, "GET mesh:meshsync:turn:conn:c2");
+    expect_written(adopt_as(c, "w2", "conn", "c2", "1"), 3);
+    expect_str(c, NULL, "GET mesh:meshsync:turn:conn:c2");
+    freeReplyObject(harness_command(c, "HSET mesh:connection-meta c3 1"));
+    expect_refused_for(adopt_as(c, "w2", "conn", "c3", NULL), "1", 0,
+                       "changed");
+    expect_str(c, NULL, "GET mesh:meshsync:turn:conn:c3");
+    freeReplyObject(harness_command(c, "HDEL mesh:connection-meta c3"));
+
+    /* Never versioned: there is no delete to adopt. */
+    expect_refused_for(adopt_as(c, "w2", "conn", "c3", NULL), NULL, 0,
+                       "changed");
+    freeReplyObject(
+        harness_command(c, "HSET mesh:meshsync:versions:conn c3 %s", "3:ab"));
+    expect_written(adopt_as(c, "w2", "conn", "c3", NULL), 4);
+    expect_str(c, NULL, "GET mesh:meshsync:turn:conn:c3");
+
+    /* Adopted already: adopting again writes nothing. */
+    expect_refused_for(adopt_as(c, "w2", "conn", "c3", NULL), NULL, 0,
+                       "changed");
+    expect_refused_for(adopt_as(c, "w2", "conn", "c2", "1"), "1", 3, "changed");
+}
+
+
 /* --- redis.c on a loop ------------------------------------------------ */
 
 #define MAX_EVENTS 64
@@ -869,10 +1654,13 @@ static void on_state(void *arg, bool live)
 }
 
 
-static void on_message(void *arg, const char *payload, size_t len)
+static void on_message(void *arg, const char *channel, size_t channel_len,
+                       const char *payload, size_t len)
 {
     uvt_t *t = arg;
 
+    (void)channel;
+    (void)channel_len;
     if (t->closed)
         t->late_calls++;
     if (t->nmsgs < MAX_EVENTS && len <= sizeof(t->msgs[0])) {
@@ -882,9 +1670,10 @@ static void on_message(void *arg, const char *payload, size_t len)
 }
 
 
-static void on_message_close(void *arg, const char *payload, size_t len)
+static void on_message_close(void *arg, const char *channel, size_t channel_len,
+                             const char *payload, size_t len)
 {
-    on_message(arg, payload, len);
+    on_message(arg, channel, channel_len, payload, len);
     uvt_close(arg);
 }
 
@@ -1617,6 +2406,24 @@ int main(void)
                                         teardown_redis),
         cmocka_unit_test_setup_teardown(test_load_many_rooms, setup_redis,
                                         teardown_redis),
+        cmocka_unit_test_setup_teardown(test_scrub_lease, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_scrub_conns, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_scrub_rooms, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_scrub_versions, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_scrub_named_rooms, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_scrub_cursors, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_write_adopt_set, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_write_adopt_del, setup_redis,
+                                        teardown_redis),
+        cmocka_unit_test_setup_teardown(test_write_adopt_turn, setup_redis,
+                                        teardown_redis),
         cmocka_unit_test(test_url_check),
         cmocka_unit_test(test_new_refuses),
         cmocka_unit_test_setup_teardown(test_link_script, setup_uvt,
@@ -1646,8 +2453,10 @@ int main(void)
 
     script_write = read_text(SCHEMA_DIR "/write.lua");
     script_load = read_text(SCHEMA_DIR "/load.lua");
+    script_scrub = read_text(SCHEMA_DIR "/scrub.lua");
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     free(script_write);
     free(script_load);
+    free(script_scrub);
     return rc;
 }

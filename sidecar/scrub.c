@@ -1,0 +1,811 @@
+/*
+ * scrub.c - versions the writes made into Mesh's keys outside meshsync
+ * (see scrub.h): the lease, the scans, the keyspace-notification filter
+ * and the adoptions. Loop thread only.
+ */
+#include "scrub.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "log.h"
+
+/* The lease: renewed every LEASE_RENEW_MS, lost LEASE_TTL_MS after. */
+#define LEASE_RENEW_MS 1000
+#define LEASE_TTL      "3000"
+
+/* How long an unexplained notification waits for its change message. */
+#define NOTIFY_DELAY_MS 20
+/* The shortest time between two scans of the connections' hash that
+ * notifications ask for: a burst of writes costs one scan. */
+#define CONN_DELAY_MS 1000
+
+/* The COUNT hint per scan step; room names per "rooms" step. */
+#define SCAN_BATCH "500"
+#define ROOMS_MAX  500
+
+/* Notifications waiting for their explanation, at most. */
+#define PENDING_MAX 4096
+
+typedef enum {
+    STEP_CONN = 0, /* connections' values */
+    STEP_ROOM,     /* room keys */
+    STEP_CONNV,    /* connections' versions: deletes */
+    STEP_ROOMV,    /* rooms' versions: deletes */
+    STEP_DONE
+} step_t;
+
+static const char *const step_name[STEP_DONE] = {"conn", "room", "connv",
+                                                 "roomv"};
+
+/* What a notification was about: "hset" and the like, "hdel", "del". */
+typedef enum { EV_SET, EV_HDEL, EV_DEL, EV_OTHER } event_t;
+
+typedef struct pending_s {
+    bool room; /* a room key; else the connections' hash */
+    event_t ev;
+    char *id; /* the room name (rooms only) */
+    size_t id_len;
+} pending_t;
+
+struct ms_scrub_s {
+    ms_app_t *app;
+    bool live;
+    bool leader;
+    bool stopping;  /* shutting down: the lease is not taken again */
+    bool releasing; /* the lease is being given back */
+    int keyspace;   /* 1 usable, 0 not, -1 unknown */
+    unsigned gen;   /* bumped when the lease or the links go: late
+                       replies of scans started before are dropped */
+    bool scanning;  /* a scan is under way */
+    bool conn_only; /* ... of the connections only */
+    bool want_full; /* a full scan was asked for meanwhile */
+    bool want_conn; /* a connections scan was asked for */
+    step_t step;
+    uint64_t started; /* uv_now() when the scan began */
+    uint64_t found;   /* outside writes found by this scan */
+    pending_t *pending;
+    size_t npending;
+    char **rooms; /* room names to look at, from notifications */
+    size_t *room_lens;
+    size_t nrooms;
+    uint64_t passes;
+    uint64_t adopted;
+    unsigned open_timers;
+    uv_timer_t lease_timer;  /* renews the lease */
+    uv_timer_t pass_timer;   /* the periodic full scan */
+    uv_timer_t notify_timer; /* settles notifications */
+    uv_timer_t conn_timer;   /* the next connections scan */
+};
+
+/* What a scan step carries to its reply. */
+typedef struct call_s {
+    ms_app_t *app;
+    unsigned gen;
+} call_t;
+
+static call_t *call_new(ms_app_t *app)
+{
+    call_t *c = ms_malloc(sizeof(*c));
+
+    c->app = app;
+    c->gen = app->scrub->gen;
+    return c;
+}
+
+
+/* The reply belongs to the current lease and links. */
+static bool call_current(call_t *c)
+{
+    ms_scrub_t *s = c->app->scrub;
+
+    return s != NULL && c->gen == s->gen && s->live && s->leader;
+}
+
+
+/* --- adopting ---------------------------------------------------------- */
+
+/* An adoption's reply: a refusal means the entry changed again, which a
+ * later scan (or notification) looks at. */
+static void on_adopted(void *arg, redisReply *r, int err)
+{
+    call_t *c = arg;
+    ms_scrub_t *s = c->app->scrub;
+
+    if (s != NULL && err == 0 && r != NULL && r->type == REDIS_REPLY_ARRAY &&
+        r->elements >= 2 && r->element[0]->type == REDIS_REPLY_INTEGER &&
+        r->element[0]->integer == 1)
+        s->adopted++;
+    else if (r != NULL && r->type == REDIS_REPLY_ERROR)
+        ms_log_warn("adopting an outside write failed", "error=\"%.*s\"",
+                    (int)r->len, r->str);
+    free(c);
+}
+
+
+/*
+ * Versions an outside write through write.lua's "adopt" check: only if
+ * Redis still holds json (or, json NULL, still nothing), so a write made
+ * since the scan is never undone.
+ */
+static void adopt(ms_app_t *app, ms_kind_t kind, const char *id, size_t id_len,
+                  const char *json, size_t json_len)
+{
+    const ms_layout_t *l = &app->layout;
+    bool room = kind == MS_KIND_ROOM;
+    char log_len[16];
+    const char *argv[16];
+    size_t argvlen[16];
+    size_t hash_len, turn_len;
+    char *hash =
+        room ? ms_layout_key(l->room_prefix, NULL, id, id_len, &hash_len)
+             : ms_layout_key(l->conn_meta, NULL, "", 0, &hash_len);
+    char *turn = ms_layout_key(l->turn_prefix, room ? "room:" : "conn:", id,
+                               id_len, &turn_len);
+    call_t *c = call_new(app);
+
+    /* KEYS, then ARGV, as schema/write.lua lists them. */
+    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
+    argv[0] = hash;
+    argv[1] = ms_layout_versions(l, kind);
+    argv[2] = l->seq;
+    argv[3] = turn;
+    argv[4] = l->log;
+    argv[5] = room ? "data" : id;
+    argv[6] = id;
+    argv[7] = l->channel;
+    argv[8] = ms_kind_name(kind);
+    argv[9] = "adopt";
+    argv[10] = json != NULL ? json : "";
+    argv[11] = json != NULL ? "set" : "del";
+    argv[12] = argv[10];
+    argv[13] = app->cfg->instance_id;
+    argv[14] = "0";
+    argv[15] = log_len;
+    for (int i = 0; i < 16; i++)
+        argvlen[i] = strlen(argv[i]);
+    argvlen[0] = hash_len;
+    argvlen[3] = turn_len;
+    argvlen[5] = room ? 4 : id_len;
+    argvlen[6] = id_len;
+    argvlen[10] = argvlen[12] = json != NULL ? json_len : 0;
+
+    if (app->redis == NULL ||
+        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5, 16, argv, argvlen,
+                        on_adopted, c) < 0)
+        free(c);
+    free(hash);
+    free(turn);
+}
+
+
+/* Adopts each entry of a step's list {kind, id, JSON text or nil, ...}. */
+static void adopt_found(ms_app_t *app, const redisReply *found)
+{
+    ms_scrub_t *s = app->scrub;
+
+    for (size_t i = 0; i + 2 < found->elements; i += 3) {
+        const redisReply *k = found->element[i];
+        const redisReply *id = found->element[i + 1];
+        const redisReply *json = found->element[i + 2];
+        bool present = json->type == REDIS_REPLY_STRING;
+
+        if (k->type != REDIS_REPLY_STRING || id->type != REDIS_REPLY_STRING)
+            continue;
+        s->found++;
+        if (MS_LOG_DEBUG <= ms_log_level) {
+            char shown[80];
+
+            ms_log_debug("outside write found", "kind=%s id=\"%s\" value=%s",
+                         k->str,
+                         ms_log_escape(id->str, id->len, shown, sizeof(shown)),
+                         present ? "set" : "deleted");
+        }
+        adopt(app, strcmp(k->str, "room") == 0 ? MS_KIND_ROOM : MS_KIND_CONN,
+              id->str, id->len, present ? json->str : NULL,
+              present ? json->len : 0);
+    }
+}
+
+
+static bool step_shape_ok(const redisReply *r)
+{
+    return r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+           r->element[0]->type == REDIS_REPLY_STRING &&
+           r->element[1]->type == REDIS_REPLY_ARRAY;
+}
+
+
+/* --- scanning ---------------------------------------------------------- */
+
+static void scan_start(ms_app_t *app, bool conn_only);
+static void scan_step(ms_app_t *app, const char *cursor, size_t cursor_len);
+
+/* A scan ended (done, or failed): the one asked for meanwhile begins. */
+static void scan_end(ms_app_t *app, bool done)
+{
+    ms_scrub_t *s = app->scrub;
+
+    s->scanning = false;
+    if (done && !s->conn_only)
+        s->passes++;
+    /* Scans of the connections can come every second: debug only. */
+    if (done)
+        ms_log(s->conn_only ? MS_LOG_DEBUG : MS_LOG_INFO, "scrub done",
+               "scope=%s found=%" PRIu64 " ms=%" PRIu64,
+               s->conn_only ? "conns" : "all", s->found,
+               uv_now(app->loop) - s->started);
+    if (s->want_full)
+        scan_start(app, false);
+    else if (s->want_conn && !uv_is_active((uv_handle_t *)&s->conn_timer))
+        scan_start(app, true);
+}
+
+
+static void on_step(void *arg, redisReply *r, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    bool current = call_current(c);
+    ms_scrub_t *s = app->scrub;
+
+    (void)err;
+    free(c);
+    if (!current)
+        return;
+    if (!step_shape_ok(r)) {
+        if (r != NULL && r->type == REDIS_REPLY_ERROR)
+            ms_log_warn("scrub step failed", "error=\"%.*s\"", (int)r->len,
+                        r->str);
+        scan_end(app, false);
+        return;
+    }
+    adopt_found(app, r->element[1]);
+    if (strcmp(r->element[0]->str, "0") != 0) {
+        scan_step(app, r->element[0]->str, r->element[0]->len);
+        return;
+    }
+
+    /* Next step; a connections scan does only the two about them. */
+    s->step = s->step == STEP_CONN && s->conn_only    ? STEP_CONNV
+              : s->step == STEP_CONNV && s->conn_only ? STEP_DONE
+                                                      : s->step + 1;
+    if (s->step == STEP_DONE)
+        scan_end(app, true);
+    else
+        scan_step(app, "0", 1);
+}
+
+
+static void scan_step(ms_app_t *app, const char *cursor, size_t cursor_len)
+{
+    const ms_layout_t *l = &app->layout;
+    const char *argv[9] = {l->conn_meta,
+                           l->conn_versions,
+                           l->room_versions,
+                           l->scrubber,
+                           step_name[app->scrub->step],
+                           l->room_prefix,
+                           l->room_pattern,
+                           cursor,
+                           SCAN_BATCH};
+    size_t argvlen[9];
+    call_t *c = call_new(app);
+
+    for (int i = 0; i < 9; i++)
+        argvlen[i] = strlen(argv[i]);
+    argvlen[7] = cursor_len;
+    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_SCRUB, 4, 9,
+                                              argv, argvlen, on_step, c) < 0) {
+        free(c);
+        scan_end(app, false);
+    }
+}
+
+
+/*
+ * Scans everything, or only the connections (what their notifications
+ * ask for). One scan at a time: one asked for meanwhile follows it.
+ */
+static void scan_start(ms_app_t *app, bool conn_only)
+{
+    ms_scrub_t *s = app->scrub;
+
+    if (s->scanning) {
+        if (conn_only)
+            s->want_conn = true;
+        else
+            s->want_full = true;
+        return;
+    }
+    if (!conn_only)
+        s->want_full = false;
+    s->want_conn = false;
+    s->scanning = true;
+    s->conn_only = conn_only;
+    s->step = STEP_CONN;
+    s->found = 0;
+    s->started = uv_now(app->loop);
+    scan_step(app, "0", 1);
+}
+
+
+/* --- keyspace notifications -------------------------------------------- */
+
+static void pending_clear(ms_scrub_t *s)
+{
+    for (size_t i = 0; i < s->npending; i++)
+        free(s->pending[i].id);
+    s->npending = 0;
+}
+
+
+static void rooms_clear(ms_scrub_t *s)
+{
+    for (size_t i = 0; i < s->nrooms; i++)
+        free(s->rooms[i]);
+    s->nrooms = 0;
+}
+
+
+static void on_rooms(void *arg, redisReply *r, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    bool current = call_current(c);
+
+    (void)err;
+    free(c);
+    if (current && step_shape_ok(r))
+        adopt_found(app, r->element[1]);
+}
+
+
+/* Looks at the rooms that notifications named, in one script call. */
+static void rooms_check(ms_app_t *app)
+{
+    ms_scrub_t *s = app->scrub;
+    const ms_layout_t *l = &app->layout;
+    size_t argc = 9 + s->nrooms;
+    const char **argv = ms_malloc(argc * sizeof(*argv));
+    size_t *argvlen = ms_malloc(argc * sizeof(*argvlen));
+    call_t *c = call_new(app);
+
+    /* KEYS, then ARGV, as schema/scrub.lua lists them. */
+    argv[0] = l->conn_meta;
+    argv[1] = l->conn_versions;
+    argv[2] = l->room_versions;
+    argv[3] = l->scrubber;
+    argv[4] = "rooms";
+    argv[5] = l->room_prefix;
+    argv[6] = l->room_pattern;
+    argv[7] = "0";
+    argv[8] = "0";
+    for (size_t i = 0; i < 9; i++)
+        argvlen[i] = strlen(argv[i]);
+    for (size_t i = 0; i < s->nrooms; i++) {
+        argv[9 + i] = s->rooms[i];
+        argvlen[9 + i] = s->room_lens[i];
+    }
+    if (app->redis == NULL ||
+        ms_redis_script(app->redis, MS_SCRIPT_SCRUB, 4, (int)argc, argv,
+                        argvlen, on_rooms, c) < 0)
+        free(c);
+    free(argv);
+    free(argvlen);
+    rooms_clear(s);
+}
+
+
+static void room_wanted(ms_scrub_t *s, const char *id, size_t len)
+{
+    for (size_t i = 0; i < s->nrooms; i++)
+        if (s->room_lens[i] == len && memcmp(s->rooms[i], id, len) == 0)
+            return;
+    if (s->nrooms == ROOMS_MAX)
+        rooms_check(s->app);
+    s->rooms[s->nrooms] = ms_strndup(id, len);
+    s->room_lens[s->nrooms] = len;
+    s->nrooms++;
+}
+
+
+/*
+ * Notifications ask for a scan of the connections: one now, then at
+ * most one per CONN_DELAY_MS however many more ask.
+ */
+static void on_conn_timer(uv_timer_t *t);
+
+static void conn_scan_wanted(ms_app_t *app)
+{
+    ms_scrub_t *s = app->scrub;
+
+    s->want_conn = true;
+    if (uv_is_active((uv_handle_t *)&s->conn_timer))
+        return;
+    scan_start(app, true);
+    uv_timer_start(&s->conn_timer, on_conn_timer, CONN_DELAY_MS, 0);
+}
+
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    ms_app_t *app = t->data;
+
+    if (app->scrub->want_conn)
+        conn_scan_wanted(app);
+}
+
+
+/*
+ * The notifications no change message explained within NOTIFY_DELAY_MS
+ * were outside writes: the rooms they name are looked at, the
+ * connections' hash is scanned (no sooner than CONN_DELAY_MS after the
+ * last such scan began).
+ */
+static void on_notify_timer(uv_timer_t *t)
+{
+    ms_app_t *app = t->data;
+    ms_scrub_t *s = app->scrub;
+    bool conns = false;
+
+    for (size_t i = 0; i < s->npending; i++) {
+        if (s->pending[i].room)
+            room_wanted(s, s->pending[i].id, s->pending[i].id_len);
+        else
+            conns = true;
+    }
+    pending_clear(s);
+    if (s->nrooms > 0)
+        rooms_check(app);
+    if (conns)
+        conn_scan_wanted(app);
+}
+
+
+static event_t event_kind(const char *ev, size_t len)
+{
+    if ((len == 4 && memcmp(ev, "hset", 4) == 0) ||
+        (len == 6 && memcmp(ev, "hsetnx", 6) == 0) ||
+        (len == 7 && memcmp(ev, "hincrby", 7) == 0) ||
+        (len == 12 && memcmp(ev, "hincrbyfloat", 12) == 0))
+        return EV_SET;
+    if (len == 4 && memcmp(ev, "hdel", 4) == 0)
+        return EV_HDEL;
+    if (len == 3 && memcmp(ev, "del", 3) == 0)
+        return EV_DEL;
+    return EV_OTHER;
+}
+
+
+void ms_scrub_on_keyspace(ms_app_t *app, const char *channel,
+                          size_t channel_len, const char *event,
+                          size_t event_len)
+{
+    ms_scrub_t *s = app->scrub;
+    const ms_layout_t *l = &app->layout;
+    size_t head = strlen(l->ks_room);
+    pending_t *p;
+
+    if (s == NULL || !s->leader)
+        return;
+    if (s->npending == PENDING_MAX) {
+        /* Too many to sort out one by one: scan everything instead. */
+        pending_clear(s);
+        uv_timer_stop(&s->notify_timer);
+        scan_start(app, false);
+        return;
+    }
+    p = &s->pending[s->npending];
+    p->room = channel_len > head && memcmp(channel, l->ks_room, head) == 0;
+    p->ev = event_kind(event, event_len);
+    p->id = p->room ? ms_strndup(channel + head, channel_len - head) : NULL;
+    p->id_len = p->room ? channel_len - head : 0;
+    s->npending++;
+    if (!uv_is_active((uv_handle_t *)&s->notify_timer))
+        uv_timer_start(&s->notify_timer, on_notify_timer, NOTIFY_DELAY_MS, 0);
+}
+
+
+static bool pending_is(const pending_t *p, bool room, const char *id,
+                       size_t len, event_t ev)
+{
+    return p->room == room && p->ev == ev &&
+           (!room || (p->id_len == len && memcmp(p->id, id, len) == 0));
+}
+
+
+/*
+ * write.lua's notifications come just before its change message, with
+ * nothing in between (a script runs alone): an "hset", or an "hdel"
+ * followed by a "del" when the hash became empty, or nothing for the
+ * delete of an entry that had no value. Those are taken off the end of
+ * the pending list.
+ */
+void ms_scrub_saw_change(ms_app_t *app, ms_kind_t kind, const char *id,
+                         size_t id_len, bool deleted, bool existed)
+{
+    ms_scrub_t *s = app->scrub;
+    bool room = kind == MS_KIND_ROOM;
+    pending_t *last;
+
+    if (s == NULL || s->npending == 0 || (deleted && !existed))
+        return;
+    last = &s->pending[s->npending - 1];
+    if (deleted && pending_is(last, room, id, id_len, EV_DEL)) {
+        free(last->id);
+        if (--s->npending == 0)
+            return;
+        last--;
+    }
+    if (pending_is(last, room, id, id_len, deleted ? EV_HDEL : EV_SET)) {
+        free(last->id);
+        s->npending--;
+    }
+}
+
+
+/* --- the lease and the links ------------------------------------------- */
+
+static void on_pass_timer(uv_timer_t *t)
+{
+    scan_start(t->data, false);
+}
+
+
+static void lose_lease(ms_app_t *app, const char *why)
+{
+    ms_scrub_t *s = app->scrub;
+
+    s->gen++;
+    s->scanning = false;
+    s->want_full = s->want_conn = false;
+    pending_clear(s);
+    rooms_clear(s);
+    uv_timer_stop(&s->pass_timer);
+    uv_timer_stop(&s->notify_timer);
+    uv_timer_stop(&s->conn_timer);
+    if (s->leader)
+        ms_log_info("scrub lease lost", "reason=\"%s\"", why);
+    s->leader = false;
+}
+
+
+static void on_lease(void *arg, redisReply *r, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    ms_scrub_t *s = app->scrub;
+    bool held = err == 0 && r != NULL && r->type == REDIS_REPLY_INTEGER &&
+                r->integer == 1;
+
+    free(c);
+    if (s == NULL || !s->live || s->stopping)
+        return;
+    if (!held) {
+        if (s->leader)
+            lose_lease(app, r != NULL ? "held by another sidecar"
+                                      : "Redis did not answer");
+        return;
+    }
+    if (s->leader)
+        return;
+
+    /* Whatever was written outside while nobody watched is found now. */
+    s->leader = true;
+    ms_log_info("scrub lease taken", "interval_ms=%u",
+                app->cfg->scrub_interval);
+    scan_start(app, false);
+    uv_timer_start(&s->pass_timer, on_pass_timer, app->cfg->scrub_interval,
+                   app->cfg->scrub_interval);
+}
+
+
+/* Sends the "lease" or "release" step. Returns 0, or MS_EUNAVAIL. */
+static int lease_call(ms_app_t *app, const char *step, ms_redis_reply_cb cb)
+{
+    const ms_layout_t *l = &app->layout;
+    const char *argv[9] = {
+        l->conn_meta, l->conn_versions, l->room_versions, l->scrubber,
+        step,         l->room_prefix,   l->room_pattern,  app->cfg->instance_id,
+        LEASE_TTL};
+    size_t argvlen[9];
+    call_t *c = call_new(app);
+
+    for (int i = 0; i < 9; i++)
+        argvlen[i] = strlen(argv[i]);
+    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_SCRUB, 4, 9,
+                                              argv, argvlen, cb, c) < 0) {
+        free(c);
+        return MS_EUNAVAIL;
+    }
+    return 0;
+}
+
+
+static void on_lease_timer(uv_timer_t *t)
+{
+    (void)lease_call(t->data, "lease", on_lease);
+}
+
+
+static void on_released(void *arg, redisReply *r, int err)
+{
+    call_t *c = arg;
+    ms_scrub_t *s = c->app->scrub;
+
+    (void)r;
+    (void)err;
+    free(c);
+    if (s != NULL)
+        s->releasing = false;
+}
+
+
+void ms_scrub_release(ms_app_t *app)
+{
+    ms_scrub_t *s = app->scrub;
+
+    if (s == NULL)
+        return;
+    s->stopping = true;
+    uv_timer_stop(&s->lease_timer);
+    if (!s->leader)
+        return;
+    lose_lease(app, "shutting down");
+    s->releasing = lease_call(app, "release", on_released) == 0;
+}
+
+
+bool ms_scrub_releasing(const ms_app_t *app)
+{
+    return app->scrub != NULL && app->scrub->releasing;
+}
+
+
+/* Reads notify-keyspace-events: K (keyspace) and hash and generic
+ * events (h and g, or A for all) are what the filter needs. */
+static void on_keyspace_config(void *arg, redisReply *r, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    ms_scrub_t *s = app->scrub;
+    int usable = -1;
+
+    (void)err;
+    free(c);
+    if (s == NULL)
+        return;
+    if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[1]->type == REDIS_REPLY_STRING) {
+        const char *f = r->element[1]->str;
+
+        usable = strchr(f, 'K') != NULL &&
+                 (strchr(f, 'A') != NULL ||
+                  (strchr(f, 'h') != NULL && strchr(f, 'g') != NULL));
+    }
+    if (usable == s->keyspace)
+        return;
+    s->keyspace = usable;
+    if (usable == 1)
+        ms_log_info("keyspace notifications on", NULL);
+    else
+        ms_log_info("keyspace notifications off: outside writes are found "
+                    "by the periodic scrub",
+                    "setting=%s interval_ms=%u",
+                    usable == 0 ? "\"without K and hash or generic events\""
+                                : "unreadable",
+                    app->cfg->scrub_interval);
+}
+
+
+void ms_scrub_on_live(ms_app_t *app, bool live)
+{
+    ms_scrub_t *s = app->scrub;
+
+    if (s == NULL || live == s->live || s->stopping)
+        return;
+    s->live = live;
+    if (!live) {
+        /* The lease runs out by itself; another sidecar takes it. */
+        lose_lease(app, "Redis links down");
+        uv_timer_stop(&s->lease_timer);
+        return;
+    }
+
+    /* CONFIG SET does not survive a restart: asked on every connect. */
+    {
+        const char *argv[] = {"CONFIG", "GET", "notify-keyspace-events"};
+        size_t lens[] = {6, 3, 22};
+        call_t *c = call_new(app);
+
+        if (app->redis == NULL || ms_redis_command(app->redis, 3, argv, lens,
+                                                   on_keyspace_config, c) < 0)
+            free(c);
+    }
+    uv_timer_start(&s->lease_timer, on_lease_timer, 0, LEASE_RENEW_MS);
+}
+
+
+void ms_scrub_stats(const ms_app_t *app, ms_scrub_stats_t *out)
+{
+    const ms_scrub_t *s = app->scrub;
+
+    memset(out, 0, sizeof(*out));
+    out->keyspace = -1;
+    if (s == NULL)
+        return;
+    out->leader = s->leader;
+    out->keyspace = s->keyspace;
+    out->passes = s->passes;
+    out->adopted = s->adopted;
+}
+
+
+static void timer_init(ms_app_t *app, uv_timer_t *t)
+{
+    uv_timer_init(app->loop, t);
+    t->data = app;
+    app->scrub->open_timers++;
+}
+
+
+void ms_scrub_init(ms_app_t *app)
+{
+    ms_scrub_t *s;
+
+    /* An interval of 0 turns the scrub off. */
+    if (app->cfg->scrub_interval == 0)
+        return;
+    s = ms_calloc(1, sizeof(*s));
+    app->scrub = s;
+    s->app = app;
+    s->keyspace = -1;
+    s->pending = ms_malloc(PENDING_MAX * sizeof(*s->pending));
+    s->rooms = ms_malloc(ROOMS_MAX * sizeof(*s->rooms));
+    s->room_lens = ms_malloc(ROOMS_MAX * sizeof(*s->room_lens));
+    timer_init(app, &s->lease_timer);
+    timer_init(app, &s->pass_timer);
+    timer_init(app, &s->notify_timer);
+    timer_init(app, &s->conn_timer);
+}
+
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    ms_scrub_t *s = h->data;
+
+    if (--s->open_timers > 0)
+        return;
+    free(s->pending);
+    free(s->rooms);
+    free(s->room_lens);
+    free(s);
+}
+
+
+static void timer_close(ms_scrub_t *s, uv_timer_t *t)
+{
+    t->data = s;
+    uv_close((uv_handle_t *)t, on_timer_closed);
+}
+
+
+void ms_scrub_close(ms_app_t *app)
+{
+    ms_scrub_t *s = app->scrub;
+
+    if (s == NULL)
+        return;
+    pending_clear(s);
+    rooms_clear(s);
+
+    /* Late replies find no scrub and stop there. */
+    app->scrub = NULL;
+    timer_close(s, &s->lease_timer);
+    timer_close(s, &s->pass_timer);
+    timer_close(s, &s->notify_timer);
+    timer_close(s, &s->conn_timer);
+}
