@@ -49,6 +49,7 @@ enum {
     ST_COMMIT,
     ST_ROLLBACK,
     ST_RESYNC_END,
+    ST_RESYNC_TOMBS,
     ST_COUNT_LIVE,
     ST_META_GET,
     ST_META_SET,
@@ -78,6 +79,8 @@ static const char *const stmt_sql[ST_MAX] = {
                       "SET version = ?1, json = NULL, mp = NULL, gen = ?2 "
                       "WHERE gen <> ?2 AND version <= ?1 "
                       "AND json IS NOT NULL",
+    [ST_RESYNC_TOMBS] = "UPDATE entries SET version = ?1, gen = ?2 "
+                        "WHERE gen <> ?2 AND version < ?1 AND json IS NULL",
     [ST_COUNT_LIVE] = "SELECT count(*) FROM entries "
                       "WHERE kind = ?1 AND json IS NOT NULL",
     [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
@@ -560,6 +563,7 @@ int ms_cache_resync_begin(ms_cache_t *c)
 int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
 {
     sqlite3_stmt *s = c->stmt[ST_RESYNC_END];
+    int gone;
 
     if (!u64_fits(seq))
         return MS_EINVAL;
@@ -570,7 +574,19 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
     /* The tombstone takes version seq: the entry was gone by then. */
     if (stmt_run(s) != SQLITE_DONE)
         return cache_fail(c, "resync_end");
-    return sqlite3_changes(c->db);
+    gone = sqlite3_changes(c->db);
+
+    /*
+     * A tombstone held from before is as old as the delete this cache
+     * saw, but the entry may have come back and gone again meanwhile:
+     * all the load knows is that it was absent as of seq.
+     */
+    s = c->stmt[ST_RESYNC_TOMBS];
+    if (sqlite3_bind_int64(s, 1, (sqlite3_int64)seq) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK ||
+        stmt_run(s) != SQLITE_DONE)
+        return cache_fail(c, "resync_end");
+    return gone;
 }
 
 

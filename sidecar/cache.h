@@ -11,7 +11,9 @@
  * A resync (a full load from Redis) runs between ms_cache_resync_begin()
  * and ms_cache_resync_end(): entries it does not touch and that are no
  * newer than the sequence read when it began are gone from Redis, and end
- * turns them into tombstones.
+ * turns them into tombstones of that sequence; tombstones held from
+ * before are raised to it too (the entry may have come back and gone
+ * again unseen).
  *
  * The file uses WAL and prepared statements. Runs on the daemon's loop
  * thread only; not thread-safe.

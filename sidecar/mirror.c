@@ -202,7 +202,8 @@ static void save_position(ms_app_t *app)
     if (ms_cache_meta_set(app->cache, "applied", m->applied) < 0 ||
         ms_cache_meta_set(app->cache, "epoch", m->epoch) < 0 ||
         ms_cache_meta_set(app->cache, "run_id", m->saved_run) < 0)
-        ms_log_error("cannot save the sync position", NULL);
+        ms_log(m->cache_failing ? MS_LOG_DEBUG : MS_LOG_ERROR,
+               "cannot save the sync position", NULL);
 }
 
 
@@ -439,8 +440,13 @@ static void load_start(ms_app_t *app)
     m->started = uv_now(app->loop);
     max = ms_cache_max_version(app->cache);
     m->held_at_start = max > 0 ? (uint64_t)max : 0;
-    if (max < 0 || ms_cache_resync_begin(app->cache) < 0) {
+    if (max < 0) {
         load_failed(app, "cache not readable");
+        return;
+    }
+    if (ms_cache_resync_begin(app->cache) < 0) {
+        ms_mirror_cache_failed(app, 0);
+        load_failed(app, "cache write failed");
         return;
     }
     ms_log_info("resync started", NULL);
@@ -460,16 +466,15 @@ static void sync_to_load(ms_app_t *app, const char *why)
      */
     app->mirror->positioned = false;
     if (ms_cache_meta_set(app->cache, "run_id", 0) < 0)
-        ms_log_error("cannot save the sync position", NULL);
-    ms_log_info("full resync needed", "reason=\"%s\"", why);
+        ms_mirror_cache_failed(app, 0);
+
+    /* While the cache cannot be written, this repeats every second. */
+    ms_log(app->mirror->cache_failing ? MS_LOG_DEBUG : MS_LOG_INFO,
+           "full resync needed", "reason=\"%s\"", why);
     load_start(app);
 }
 
 
-/*
- * Checks that Redis holds the history the cache comes from. Returns 0 to
- * go on catching up, or 1 when a full load was started instead.
- */
 /*
  * Remembers the Redis process; true when it is another one than at the
  * last sync (a restart or a failover: recent history may have changed),
@@ -488,6 +493,10 @@ static bool new_server(ms_mirror_t *m, const redisReply *run_id)
 }
 
 
+/*
+ * Checks that Redis holds the history the cache comes from. Returns 0 to
+ * go on catching up, or 1 when a full load was started instead.
+ */
 static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
                       uint64_t oldest, uint64_t from, bool restarted)
 {

@@ -313,9 +313,11 @@ static void test_get_sizes(void **state)
 
 /*
  * Before the resync: a1 b2 c3 g0, d deleted at 4, f12 (newer than the
- * resync's sequence 9). During it: the load writes a at the same
- * version and c, events change c to 11 and create e at 10. Only b and g
- * are untouched and no newer than 9.
+ * resync's sequence 9), h deleted at 13. During it: the load writes a at
+ * the same version and c, events change c to 11 and create e at 10. Only
+ * b and g are untouched live entries no newer than 9; d's old tombstone
+ * is raised to 9 (it may have come back and gone again unseen), h's
+ * stays.
  */
 static void test_resync(void **state)
 {
@@ -328,6 +330,7 @@ static void test_resync(void **state)
     assert_int_equal(del(c, "d", 4, MS_APPLY_NEWER), 1);
     assert_int_equal(put(c, "f", 12, "\"f\"", MS_APPLY_NEWER), 1);
     assert_int_equal(put(c, "g", 0, "\"g\"", MS_APPLY_ALWAYS), 1);
+    assert_int_equal(del(c, "h", 13, MS_APPLY_NEWER), 1);
 
     assert_int_equal(ms_cache_resync_begin(c), 0);
     assert_int_equal(put(c, "a", 1, "\"a\"", MS_APPLY_ALWAYS), 1);
@@ -339,10 +342,11 @@ static void test_resync(void **state)
     expect_conn(c, "a", 1, "\"a\"");
     expect_conn(c, "b", 9, NULL);
     expect_conn(c, "c", 11, "\"c2\"");
-    expect_conn(c, "d", 4, NULL);
+    expect_conn(c, "d", 9, NULL);
     expect_conn(c, "e", 10, "\"e\"");
     expect_conn(c, "f", 12, "\"f\"");
     expect_conn(c, "g", 9, NULL);
+    expect_conn(c, "h", 13, NULL);
     assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 4);
 
     /* The tombstone's version is the resync's sequence. */
