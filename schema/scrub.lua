@@ -76,22 +76,24 @@ local function look_at(kind, id, json, field)
     end
 end
 
--- A room's value, false when absent, or nil when its key is not a hash
--- (not Mesh's: left alone).
-local function room_value(room)
-    local v = redis.pcall('HGET', ARGV[2] .. room, 'data')
+-- A value in Mesh's hash, or false when absent. A key of another type
+-- than a hash holds no Mesh value: absent too (write.lua adopts that).
+local function value_in(key, field)
+    local v = redis.pcall('HGET', key, field)
     if type(v) == 'table' then
-        return nil
+        return false
     end
     return v
 end
 
+local function room_value(room)
+    return value_in(ARGV[2] .. room, 'data')
+end
+
 if step == 'rooms' then
     for i = 6, #ARGV do
-        local data = room_value(ARGV[i])
-        if data ~= nil then
-            look_at('room', ARGV[i], data, redis.call('HGET', KEYS[3], ARGV[i]))
-        end
+        look_at('room', ARGV[i], room_value(ARGV[i]),
+                redis.call('HGET', KEYS[3], ARGV[i]))
     end
     return {'0', found}
 end
@@ -110,9 +112,13 @@ if step == 'room' then
     return {r[1], found}
 end
 
--- The hash scans: HSCAN gives {field, value, ...}.
+-- The hash scans: HSCAN gives {field, value, ...}. A scanned key of
+-- another type than a hash has nothing to scan.
 local hash = {conn = KEYS[1], connv = KEYS[2], roomv = KEYS[3]}
-local r = redis.call('HSCAN', hash[step], ARGV[4], 'COUNT', ARGV[5])
+local r = redis.pcall('HSCAN', hash[step], ARGV[4], 'COUNT', ARGV[5])
+if r.err then
+    return {'0', found}
+end
 local flat = r[2]
 for i = 1, #flat - 1, 2 do
     local id = flat[i]
@@ -120,7 +126,7 @@ for i = 1, #flat - 1, 2 do
         look_at('conn', id, flat[i + 1],
                 redis.call('HGET', KEYS[2], id))
     elseif step == 'connv' then
-        if redis.call('HEXISTS', KEYS[1], id) == 0 then
+        if value_in(KEYS[1], id) == false then
             look_at('conn', id, false, flat[i + 1])
         end
     elseif room_value(id) == false then

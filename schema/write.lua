@@ -47,8 +47,21 @@
 -- refused. Without them, a sidecar streaming merges to one entry can win
 -- every race and starve another's retries.
 
-local current = redis.call('HGET', KEYS[1], ARGV[1])
 local check = ARGV[5]
+
+-- An adoption may find Mesh's key holding another type than a hash: it
+-- holds no Mesh value, and the scrub adopts that absence.
+local foreign = false
+local current
+if check == 'adopt' then
+    current = redis.pcall('HGET', KEYS[1], ARGV[1])
+    if type(current) == 'table' then
+        current = false
+        foreign = true
+    end
+else
+    current = redis.call('HGET', KEYS[1], ARGV[1])
+end
 
 local function refuse(reason)
     local v = redis.call('HGET', KEYS[2], ARGV[2]) or '0'
@@ -94,7 +107,9 @@ if ARGV[7] == 'set' then
     payload = cmsgpack.pack({version, ARGV[4], ARGV[2], ARGV[8],
                              current ~= false})
 else
-    redis.call('HDEL', KEYS[1], ARGV[1])
+    if not foreign then
+        redis.call('HDEL', KEYS[1], ARGV[1])
+    end
     redis.call('HDEL', KEYS[2], ARGV[2])
     payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false,
                              current ~= false})

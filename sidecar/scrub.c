@@ -18,9 +18,14 @@
 
 /* How long an unexplained notification waits for its change message. */
 #define NOTIFY_DELAY_MS 20
-/* The shortest time between two scans of the connections' hash that
- * notifications ask for: a burst of writes costs one scan. */
-#define CONN_DELAY_MS 1000
+/*
+ * The shortest time between the starts of two scans of the connections'
+ * hash that notifications ask for (a burst of writes costs one scan), and
+ * its multiple of the last such scan's duration: with many connections,
+ * Redis spends at most about a fifth of its time on these scans.
+ */
+#define CONN_DELAY_MS    1000
+#define CONN_DELAY_TIMES 5
 
 /* The COUNT hint per scan step; room names per "rooms" step. */
 #define SCAN_BATCH "500"
@@ -65,6 +70,8 @@ struct ms_scrub_s {
     bool want_conn; /* a connections scan was asked for */
     step_t step;
     uint64_t started; /* uv_now() when the scan began */
+    uint64_t conn_ms; /* how long the last connections scan took */
+    bool lease_error; /* the last lease call got an error reply */
     uint64_t found;   /* outside writes found by this scan */
     pending_t *pending;
     size_t npending;
@@ -231,6 +238,8 @@ static void scan_end(ms_app_t *app, bool done)
     s->scanning = false;
     if (done && !s->conn_only)
         s->passes++;
+    if (done && s->conn_only)
+        s->conn_ms = uv_now(app->loop) - s->started;
     /* Scans of the connections can come every second: debug only. */
     if (done)
         ms_log(s->conn_only ? MS_LOG_DEBUG : MS_LOG_INFO, "scrub done",
@@ -421,12 +430,14 @@ static void on_conn_timer(uv_timer_t *t);
 static void conn_scan_wanted(ms_app_t *app)
 {
     ms_scrub_t *s = app->scrub;
+    uint64_t gap = s->conn_ms * CONN_DELAY_TIMES;
 
     s->want_conn = true;
     if (uv_is_active((uv_handle_t *)&s->conn_timer))
         return;
     scan_start(app, true);
-    uv_timer_start(&s->conn_timer, on_conn_timer, CONN_DELAY_MS, 0);
+    uv_timer_start(&s->conn_timer, on_conn_timer,
+                   gap > CONN_DELAY_MS ? gap : CONN_DELAY_MS, 0);
 }
 
 
@@ -584,10 +595,18 @@ static void on_lease(void *arg, redisReply *r, int err)
     free(c);
     if (s == NULL || !s->live || s->stopping)
         return;
+
+    /* An error (the key of another type, say) turns the scrub off: said
+     * once, not every second. */
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && !s->lease_error)
+        ms_log_warn("scrub lease unavailable, no sidecar scrubs",
+                    "error=\"%.*s\"", (int)r->len, r->str);
+    s->lease_error = r != NULL && r->type == REDIS_REPLY_ERROR;
     if (!held) {
         if (s->leader)
-            lose_lease(app, r != NULL ? "held by another sidecar"
-                                      : "Redis did not answer");
+            lose_lease(app, s->lease_error ? "error from Redis"
+                            : r != NULL    ? "held by another sidecar"
+                                           : "Redis did not answer");
         return;
     }
     if (s->leader)

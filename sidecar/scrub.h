@@ -13,7 +13,8 @@
  * connect) it also reacts to them: a room key named by a notification
  * that no change message explains is looked at within NOTIFY_DELAY_MS,
  * and the connections' hash, whose notifications do not name the field,
- * is scanned at most once per CONN_DELAY_MS. Loop thread only.
+ * is scanned at most once per CONN_DELAY_MS, or per CONN_DELAY_TIMES the
+ * duration of the last such scan if longer. Loop thread only.
  */
 #ifndef MS_SCRUB_H
 #define MS_SCRUB_H

@@ -925,6 +925,38 @@ static void test_outside_writes(void **state)
 }
 
 
+/* A lease key Redis cannot use is reported, and taken once it can. */
+static void test_scrub_lease_error(void **state)
+{
+    harness_t *h = *state;
+    redisContext *c = harness_redis(h);
+    harness_daemon_t *d;
+    meshsync_t *ms;
+    json_t *rep;
+
+    freeReplyObject(harness_command(c, "HSET mesh:meshsync:scrubber x y"));
+    d = harness_daemon_start(h, "a", NULL, NULL);
+    ms = harness_client_open(d);
+    /* It may come before "ready", which the client's opening waited for. */
+    if (strstr(harness_daemon_log(d), "scrub lease unavailable") == NULL &&
+        !harness_daemon_wait_log(d, "scrub lease unavailable",
+                                 HARNESS_TIMEOUT_MS))
+        fail_msg("no lease error logged; log:\n%s", harness_daemon_log(d));
+    rep = health(ms);
+    assert_true(json_is_false(json_object_get(rep, "scrubber")));
+    json_decref(rep);
+
+    freeReplyObject(harness_command(c, "DEL mesh:meshsync:scrubber"));
+    if (!harness_daemon_wait_log(d, "scrub lease taken", HARNESS_TIMEOUT_MS))
+        fail_msg("no lease taken; log:\n%s", harness_daemon_log(d));
+    rep = health(ms);
+    assert_true(json_is_true(json_object_get(rep, "scrubber")));
+    json_decref(rep);
+    meshsync_free(ms);
+    harness_daemon_stop_clean(d);
+}
+
+
 /* --- stopping --------------------------------------------------------- */
 
 static void test_sigterm(void **state)
@@ -973,7 +1005,8 @@ int main(void)
         TEST(test_script_flush),     TEST(test_big_integers),
         TEST(test_cli_basics),       TEST(test_cli_errors),
         TEST(test_reads_from_redis), TEST(test_health),
-        TEST(test_outside_writes),   TEST(test_sigterm),
+        TEST(test_outside_writes),   TEST(test_scrub_lease_error),
+        TEST(test_sigterm),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1275,7 +1275,7 @@ static void test_scrub_versions(void **state)
     freeReplyObject(harness_command(c, "HSET mesh:roommeta:nodata x 1"));
     freeReplyObject(harness_command(c, "HDEL mesh:roommeta:nodata data"));
 
-    /* Replaced by a key that is not a hash: not Mesh's, left alone. */
+    /* Replaced by a key that is not a hash: no Mesh value, a delete. */
     expect_written(
         write_entry(c, "mesh", "room", "str", "any", NULL, "set", "{}"), 6);
     freeReplyObject(harness_command(c, "DEL mesh:roommeta:str"));
@@ -1298,12 +1298,26 @@ static void test_scrub_versions(void **state)
     founds_free(&fs);
 
     scrub_all(c, "mesh", "roomv", "100", &fs);
-    assert_int_equal(founds_distinct(&fs), 2);
+    assert_int_equal(founds_distinct(&fs), 3);
     expect_found(&fs, "room", "gone", NULL);
     expect_found(&fs, "room", "nodata", NULL);
+    expect_found(&fs, "room", "str", NULL);
     expect_not_found(&fs, "room", "kept");
     expect_not_found(&fs, "room", "hand");
-    expect_not_found(&fs, "room", "str");
+    founds_free(&fs);
+
+    /* Adopting that delete leaves the foreign key as it is. */
+    expect_written(write_entry_as(c, "w", "mesh", "room", "str", "adopt", NULL,
+                                  "del", NULL),
+                   7);
+    expect_str(c, "1", "GET mesh:roommeta:str");
+    expect_str(c, NULL, "HGET mesh:meshsync:versions:room str");
+
+    /* A connections "hash" that is not one: nothing to scan. */
+    freeReplyObject(harness_command(c, "DEL mesh:connection-meta"));
+    freeReplyObject(harness_command(c, "SET mesh:connection-meta x"));
+    scrub_all(c, "mesh", "conn", "100", &fs);
+    assert_int_equal(fs.n, 0);
     founds_free(&fs);
 }
 
@@ -1328,7 +1342,8 @@ static void test_scrub_named_rooms(void **state)
     freeReplyObject(harness_command(c, "HSET " GP ":roommeta:r data 3"));
     freeReplyObject(harness_command(c, "HSET " GP ":roommeta:r* data 4"));
 
-    /* Not rooms (even with a version): a string, a hash without data. */
+    /* No values: a string (with a version: a delete to adopt), a hash
+     * without data. */
     expect_written(write_entry(c, GP, "room", "str", "any", NULL, "set", "{}"),
                    4);
     freeReplyObject(harness_command(c, "SET " GP ":roommeta:str 1"));
@@ -1346,8 +1361,10 @@ static void test_scrub_named_rooms(void **state)
     founds_free(&fs);
 
     scrub_rooms(c, GP, 3, other, &fs);
-    assert_int_equal(fs.n, 1);
+    assert_int_equal(fs.n, 2);
     expect_found(&fs, "room", "hand2", "2");
+    expect_found(&fs, "room", "str", NULL);
+    expect_not_found(&fs, "room", "nodata");
     founds_free(&fs);
 
     scrub_rooms(c, GP, 0, NULL, &fs);
