@@ -13,31 +13,20 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "bulk.h"
 #include "direct.h"
 #include "frame.h"
 #include "log.h"
 #include "mirror.h"
+#include "registry.h"
 #include "scrub.h"
 #include "strategy.h"
 #include "waits.h"
+#include "watch.h"
 #include "writes.h"
 
 /* What a reply adds to its value: the id, ok, version and stale fields. */
 #define REPLY_OVERHEAD 64
-
-/* The fields of a request that some operation uses. */
-typedef struct request_s {
-    uint64_t id;
-    bool has_id;
-    const msgpack_object *op;
-    const msgpack_object *conn;
-    const msgpack_object *room;
-    const msgpack_object *value;
-    const msgpack_object *strategy;
-    const msgpack_object *min_version;
-    const msgpack_object *timeout;
-    const msgpack_object *consistency;
-} request_t;
 
 /* What a write's completion needs to answer. */
 typedef struct pending_s {
@@ -45,7 +34,7 @@ typedef struct pending_s {
     uint64_t id;
 } pending_t;
 
-static void pack_str(msgpack_packer *pk, const char *s)
+void ms_pack_str(msgpack_packer *pk, const char *s)
 {
     size_t n = strlen(s);
 
@@ -54,9 +43,9 @@ static void pack_str(msgpack_packer *pk, const char *s)
 }
 
 
-static void pack_id(msgpack_packer *pk, const request_t *rq)
+static void pack_id(msgpack_packer *pk, const ms_request_t *rq)
 {
-    pack_str(pk, "id");
+    ms_pack_str(pk, "id");
     if (rq != NULL && rq->has_id)
         msgpack_pack_uint64(pk, rq->id);
     else
@@ -65,40 +54,40 @@ static void pack_id(msgpack_packer *pk, const request_t *rq)
 
 
 /* Starts {id, ok: true, ...} with room for n more fields. */
-static msgpack_packer *reply_ok(ms_session_t *s, const request_t *rq, size_t n)
+msgpack_packer *ms_reply_ok(ms_session_t *s, const ms_request_t *rq, size_t n)
 {
     msgpack_packer *pk = ms_session_reply_begin(s);
 
     msgpack_pack_map(pk, 2 + n);
     pack_id(pk, rq);
-    pack_str(pk, "ok");
+    ms_pack_str(pk, "ok");
     msgpack_pack_true(pk);
     return pk;
 }
 
 
-static void reply_error(ms_session_t *s, const request_t *rq, int code,
-                        const char *msg)
+void ms_reply_error(ms_session_t *s, const ms_request_t *rq, int code,
+                    const char *msg)
 {
     msgpack_packer *pk = ms_session_reply_begin(s);
 
     msgpack_pack_map(pk, 3);
     pack_id(pk, rq);
-    pack_str(pk, "ok");
+    ms_pack_str(pk, "ok");
     msgpack_pack_false(pk);
-    pack_str(pk, "error");
+    ms_pack_str(pk, "error");
     msgpack_pack_map(pk, 2);
-    pack_str(pk, "code");
-    pack_str(pk, ms_error_name(code));
-    pack_str(pk, "message");
-    pack_str(pk, msg);
+    ms_pack_str(pk, "code");
+    ms_pack_str(pk, ms_error_name(code));
+    ms_pack_str(pk, "message");
+    ms_pack_str(pk, msg);
     ms_session_reply_end(s);
 }
 
 
 void ms_handlers_reply_error(ms_session_t *s, int code, const char *msg)
 {
-    reply_error(s, NULL, code, msg);
+    ms_reply_error(s, NULL, code, msg);
 }
 
 
@@ -111,8 +100,42 @@ static bool key_is(const msgpack_object *k, const char *name)
 }
 
 
+/* A request is a handful of keys; more is not a request. */
+#define REQUEST_KEYS_MAX 32
+
+const msgpack_object *ms_request_field(const ms_request_t *rq, const char *name)
+{
+    const msgpack_object *map = rq->map;
+
+    for (uint32_t i = 0; map != NULL && i < map->via.map.size; i++) {
+        if (key_is(&map->via.map.ptr[i].key, name))
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+
+/* The first key that appears twice, or NULL. */
+static const msgpack_object *duplicate_key(const msgpack_object *map)
+{
+    const msgpack_object_kv *kv = map->via.map.ptr;
+
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        for (uint32_t j = 0; j < i; j++) {
+            if (kv[i].key.type == MSGPACK_OBJECT_STR &&
+                kv[j].key.type == MSGPACK_OBJECT_STR &&
+                kv[i].key.via.str.size == kv[j].key.via.str.size &&
+                memcmp(kv[i].key.via.str.ptr, kv[j].key.via.str.ptr,
+                       kv[i].key.via.str.size) == 0)
+                return &kv[i].key;
+        }
+    }
+    return NULL;
+}
+
+
 /* Picks the known fields out of the request map. */
-static int parse_request(const msgpack_object *map, request_t *rq,
+static int parse_request(const msgpack_object *map, ms_request_t *rq,
                          ms_error_t *err)
 {
     static const char *names[] = {"op",      "conn",       "room",
@@ -122,7 +145,7 @@ static int parse_request(const msgpack_object *map, request_t *rq,
         &rq->op,       &rq->conn,        &rq->room,    &rq->value,
         &rq->strategy, &rq->min_version, &rq->timeout, &rq->consistency};
     const msgpack_object *id = NULL;
-    const char *dup = NULL;
+    const msgpack_object *dup;
 
     _Static_assert(sizeof(names) / sizeof(names[0]) ==
                        sizeof(slots) / sizeof(slots[0]),
@@ -140,11 +163,8 @@ static int parse_request(const msgpack_object *map, request_t *rq,
             continue;
         }
         for (size_t j = 0; j < sizeof(names) / sizeof(names[0]); j++) {
-            if (!key_is(k, names[j]))
-                continue;
-            if (*slots[j] != NULL && dup == NULL)
-                dup = names[j];
-            *slots[j] = v;
+            if (key_is(k, names[j]))
+                *slots[j] = v;
         }
     }
 
@@ -154,8 +174,16 @@ static int parse_request(const msgpack_object *map, request_t *rq,
         return ms_error_set(err, MS_EINVAL, "'id' must be an unsigned integer");
     rq->id = id->via.u64;
     rq->has_id = true;
+    rq->map = map;
+    if (map->via.map.size > REQUEST_KEYS_MAX)
+        return ms_error_set(err, MS_EINVAL, "request has more than %d keys",
+                            REQUEST_KEYS_MAX);
+    dup = duplicate_key(map);
+    if (dup != NULL && dup->via.str.size <= 40)
+        return ms_error_set(err, MS_EINVAL, "duplicate key '%.*s'",
+                            (int)dup->via.str.size, dup->via.str.ptr);
     if (dup != NULL)
-        return ms_error_set(err, MS_EINVAL, "duplicate key '%s'", dup);
+        return ms_error_set(err, MS_EINVAL, "duplicate key");
     if (rq->op == NULL)
         return ms_error_set(err, MS_EINVAL, "request has no 'op'");
     if (rq->op->type != MSGPACK_OBJECT_STR)
@@ -164,8 +192,8 @@ static int parse_request(const msgpack_object *map, request_t *rq,
 }
 
 
-static int check_id(const ms_app_t *app, const msgpack_object *o,
-                    const char *name, ms_error_t *err)
+int ms_request_check_id(const ms_app_t *app, const msgpack_object *o,
+                        const char *name, ms_error_t *err)
 {
     if (o->type != MSGPACK_OBJECT_STR)
         return ms_error_set(err, MS_EINVAL, "'%s' must be a string", name);
@@ -186,8 +214,9 @@ static int check_id(const ms_app_t *app, const msgpack_object *o,
  * Finds the entry a request names: its room, its conn, or for conn.*
  * without one, the connection bound by hello.
  */
-static int target(const ms_app_t *app, ms_session_t *s, const request_t *rq,
-                  ms_kind_t kind, const char **id, size_t *len, ms_error_t *err)
+int ms_request_target(const ms_app_t *app, ms_session_t *s,
+                      const ms_request_t *rq, ms_kind_t kind, const char **id,
+                      size_t *len, ms_error_t *err)
 {
     const msgpack_object *o = kind == MS_KIND_ROOM ? rq->room : rq->conn;
     const char *name = kind == MS_KIND_ROOM ? "room" : "conn";
@@ -203,7 +232,7 @@ static int target(const ms_app_t *app, ms_session_t *s, const request_t *rq,
     }
     if (o == NULL)
         return ms_error_set(err, MS_EINVAL, "request has no '%s'", name);
-    rc = check_id(app, o, name, err);
+    rc = ms_request_check_id(app, o, name, err);
     if (rc < 0)
         return rc;
     *id = o->via.str.ptr;
@@ -212,13 +241,13 @@ static int target(const ms_app_t *app, ms_session_t *s, const request_t *rq,
 }
 
 
-static void op_ping(ms_app_t *app, ms_session_t *s, const request_t *rq)
+static void op_ping(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 {
-    msgpack_packer *pk = reply_ok(s, rq, 1);
+    msgpack_packer *pk = ms_reply_ok(s, rq, 1);
 
     (void)app;
-    pack_str(pk, "value");
-    pack_str(pk, "pong");
+    ms_pack_str(pk, "value");
+    ms_pack_str(pk, "pong");
     ms_session_reply_end(s);
 }
 
@@ -241,52 +270,52 @@ typedef struct health_s {
 static void reply_health(ms_app_t *app, ms_session_t *s, uint64_t id,
                          const uint64_t *redis_seq)
 {
-    request_t rq = {.id = id, .has_id = true};
+    ms_request_t rq = {.id = id, .has_id = true};
     const char *state = ms_mirror_state(app);
     uint64_t seq = ms_mirror_high(app);
     ms_scrub_stats_t scrub;
-    msgpack_packer *pk = reply_ok(s, &rq, 11);
+    msgpack_packer *pk = ms_reply_ok(s, &rq, 11);
 
-    pack_str(pk, "state");
-    pack_str(pk, state);
-    pack_str(pk, "ready");
+    ms_pack_str(pk, "state");
+    ms_pack_str(pk, state);
+    ms_pack_str(pk, "ready");
     if (strcmp(state, "live") == 0)
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
-    pack_str(pk, "seq");
+    ms_pack_str(pk, "seq");
     msgpack_pack_uint64(pk, seq);
-    pack_str(pk, "redisSeq");
+    ms_pack_str(pk, "redisSeq");
     if (redis_seq != NULL)
         msgpack_pack_uint64(pk, *redis_seq);
     else
         msgpack_pack_nil(pk);
-    pack_str(pk, "lag");
+    ms_pack_str(pk, "lag");
     if (redis_seq != NULL)
         msgpack_pack_uint64(pk, *redis_seq > seq ? *redis_seq - seq : 0);
     else
         msgpack_pack_nil(pk);
-    pack_str(pk, "conns");
+    ms_pack_str(pk, "conns");
     msgpack_pack_int64(pk, ms_cache_count(app->cache, MS_KIND_CONN));
-    pack_str(pk, "rooms");
+    ms_pack_str(pk, "rooms");
     msgpack_pack_int64(pk, ms_cache_count(app->cache, MS_KIND_ROOM));
 
     ms_scrub_stats(app, &scrub);
-    pack_str(pk, "scrubber");
+    ms_pack_str(pk, "scrubber");
     if (scrub.leader)
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
-    pack_str(pk, "keyspaceEvents");
+    ms_pack_str(pk, "keyspaceEvents");
     if (scrub.keyspace < 0)
         msgpack_pack_nil(pk);
     else if (scrub.keyspace > 0)
         msgpack_pack_true(pk);
     else
         msgpack_pack_false(pk);
-    pack_str(pk, "adopted");
+    ms_pack_str(pk, "adopted");
     msgpack_pack_uint64(pk, scrub.adopted);
-    pack_str(pk, "cacheFailing");
+    ms_pack_str(pk, "cacheFailing");
     if (ms_mirror_cache_failing(app))
         msgpack_pack_true(pk);
     else
@@ -312,7 +341,7 @@ static void on_health_seq(void *arg, redisReply *r, int err)
 
 
 /* Reports the sync state; when Redis is reachable, how far behind. */
-static void op_health(ms_app_t *app, ms_session_t *s, const request_t *rq)
+static void op_health(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 {
     const char *argv[] = {"GET", app->layout.seq};
     size_t lens[] = {3, strlen(app->layout.seq)};
@@ -328,22 +357,22 @@ static void op_health(ms_app_t *app, ms_session_t *s, const request_t *rq)
 }
 
 
-static void op_hello(ms_app_t *app, ms_session_t *s, const request_t *rq)
+static void op_hello(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 {
     ms_error_t err;
     msgpack_packer *pk;
 
     if (rq->conn == NULL) {
-        reply_error(s, rq, MS_EINVAL, "hello needs 'conn'");
+        ms_reply_error(s, rq, MS_EINVAL, "hello needs 'conn'");
         return;
     }
-    if (check_id(app, rq->conn, "conn", &err) < 0) {
-        reply_error(s, rq, err.code, err.msg);
+    if (ms_request_check_id(app, rq->conn, "conn", &err) < 0) {
+        ms_reply_error(s, rq, err.code, err.msg);
         return;
     }
     ms_session_bind(s, rq->conn->via.str.ptr, rq->conn->via.str.size);
-    pk = reply_ok(s, rq, 1);
-    pack_str(pk, "conn");
+    pk = ms_reply_ok(s, rq, 1);
+    ms_pack_str(pk, "conn");
     msgpack_pack_str(pk, rq->conn->via.str.size);
     msgpack_pack_str_body(pk, rq->conn->via.str.ptr, rq->conn->via.str.size);
     ms_session_reply_end(s);
@@ -355,28 +384,28 @@ static void op_hello(ms_app_t *app, ms_session_t *s, const request_t *rq)
  * many versions behind, as the mirror says), else from Redis (never
  * stale).
  */
-static void reply_value(ms_session_t *s, const request_t *rq, const char *mp,
+static void reply_value(ms_session_t *s, const ms_request_t *rq, const char *mp,
                         size_t mp_len, uint64_t version, const ms_app_t *app)
 {
     bool stale = app != NULL && ms_mirror_stale(app);
     uint64_t behind;
-    msgpack_packer *pk = reply_ok(s, rq, stale ? 4 : 3);
+    msgpack_packer *pk = ms_reply_ok(s, rq, stale ? 4 : 3);
 
-    pack_str(pk, "value");
+    ms_pack_str(pk, "value");
     if (mp != NULL)
         pk->callback(pk->data, mp, mp_len);
     else
         msgpack_pack_nil(pk);
-    pack_str(pk, "version");
+    ms_pack_str(pk, "version");
     msgpack_pack_uint64(pk, version);
-    pack_str(pk, "stale");
+    ms_pack_str(pk, "stale");
     if (!stale) {
         msgpack_pack_false(pk);
         ms_session_reply_end(s);
         return;
     }
     msgpack_pack_true(pk);
-    pack_str(pk, "behind");
+    ms_pack_str(pk, "behind");
     if (ms_mirror_behind(app, &behind))
         msgpack_pack_uint64(pk, behind);
     else
@@ -385,13 +414,13 @@ static void reply_value(ms_session_t *s, const request_t *rq, const char *mp,
 }
 
 
-static void reply_entry(ms_app_t *app, ms_session_t *s, const request_t *rq,
+static void reply_entry(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
                         ms_kind_t kind, const char *id, size_t len)
 {
     ms_cache_entry_t e;
 
     if (ms_cache_get(app->cache, kind, id, len, &e) < 0) {
-        reply_error(s, rq, MS_EINTERNAL, "cache read failed");
+        ms_reply_error(s, rq, MS_EINTERNAL, "cache read failed");
         return;
     }
     reply_value(s, rq, e.present ? e.mp : NULL, e.mp_len, e.version, app);
@@ -401,7 +430,7 @@ static void reply_entry(ms_app_t *app, ms_session_t *s, const request_t *rq,
 void ms_handlers_answer_value(ms_session_t *s, uint64_t req_id, const char *mp,
                               size_t mp_len, uint64_t version)
 {
-    request_t rq = {.id = req_id, .has_id = true};
+    ms_request_t rq = {.id = req_id, .has_id = true};
 
     reply_value(s, &rq, mp, mp_len, version, NULL);
 }
@@ -410,7 +439,7 @@ void ms_handlers_answer_value(ms_session_t *s, uint64_t req_id, const char *mp,
 void ms_handlers_answer_get(ms_app_t *app, ms_session_t *s, uint64_t req_id,
                             ms_kind_t kind, const char *id, size_t len)
 {
-    request_t rq = {.id = req_id, .has_id = true};
+    ms_request_t rq = {.id = req_id, .has_id = true};
 
     reply_entry(app, s, &rq, kind, id, len);
 }
@@ -419,14 +448,14 @@ void ms_handlers_answer_get(ms_app_t *app, ms_session_t *s, uint64_t req_id,
 void ms_handlers_answer_error(ms_session_t *s, uint64_t req_id, int code,
                               const char *msg)
 {
-    request_t rq = {.id = req_id, .has_id = true};
+    ms_request_t rq = {.id = req_id, .has_id = true};
 
-    reply_error(s, &rq, code, msg);
+    ms_reply_error(s, &rq, code, msg);
 }
 
 
 /* Reads minVersion and timeout (milliseconds, default 1 s, at most 60 s). */
-static int read_wait_options(const request_t *rq, uint64_t *timeout,
+static int read_wait_options(const ms_request_t *rq, uint64_t *timeout,
                              ms_error_t *err)
 {
     *timeout = 1000;
@@ -446,7 +475,8 @@ static int read_wait_options(const request_t *rq, uint64_t *timeout,
 
 
 /* consistency: "cache" (the default) or "strong" (read from Redis). */
-static int read_consistency(const request_t *rq, bool *strong, ms_error_t *err)
+static int read_consistency(const ms_request_t *rq, bool *strong,
+                            ms_error_t *err)
 {
     *strong = false;
     if (rq->consistency == NULL || key_is(rq->consistency, "cache"))
@@ -460,7 +490,7 @@ static int read_consistency(const request_t *rq, bool *strong, ms_error_t *err)
 }
 
 
-static void op_get(ms_app_t *app, ms_session_t *s, const request_t *rq,
+static void op_get(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
                    ms_kind_t kind)
 {
     ms_cache_entry_t e;
@@ -471,14 +501,14 @@ static void op_get(ms_app_t *app, ms_session_t *s, const request_t *rq,
     const char *id;
     size_t len;
 
-    if (target(app, s, rq, kind, &id, &len, &err) < 0 ||
+    if (ms_request_target(app, s, rq, kind, &id, &len, &err) < 0 ||
         read_wait_options(rq, &timeout, &err) < 0 ||
         read_consistency(rq, &strong, &err) < 0) {
-        reply_error(s, rq, err.code, err.msg);
+        ms_reply_error(s, rq, err.code, err.msg);
         return;
     }
     if (ms_cache_get(app->cache, kind, id, len, &e) < 0) {
-        reply_error(s, rq, MS_EINTERNAL, "cache read failed");
+        ms_reply_error(s, rq, MS_EINTERNAL, "cache read failed");
         return;
     }
 
@@ -504,15 +534,15 @@ static void on_write_done(void *arg, int code, const char *msg,
                           uint64_t version)
 {
     pending_t *p = arg;
-    request_t rq = {.id = p->id, .has_id = true};
+    ms_request_t rq = {.id = p->id, .has_id = true};
 
     if (!ms_session_closed(p->session)) {
         if (code < 0) {
-            reply_error(p->session, &rq, code, msg);
+            ms_reply_error(p->session, &rq, code, msg);
         } else {
-            msgpack_packer *pk = reply_ok(p->session, &rq, 1);
+            msgpack_packer *pk = ms_reply_ok(p->session, &rq, 1);
 
-            pack_str(pk, "version");
+            ms_pack_str(pk, "version");
             msgpack_pack_uint64(pk, version);
             ms_session_reply_end(p->session);
         }
@@ -522,7 +552,7 @@ static void on_write_done(void *arg, int code, const char *msg,
 }
 
 
-static void submit(ms_app_t *app, ms_session_t *s, const request_t *rq,
+static void submit(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
                    ms_kind_t kind, const char *id, size_t len,
                    ms_strategy_t strategy, json_t *update)
 {
@@ -535,7 +565,7 @@ static void submit(ms_app_t *app, ms_session_t *s, const request_t *rq,
 }
 
 
-static void op_set(ms_app_t *app, ms_session_t *s, const request_t *rq,
+static void op_set(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
                    ms_kind_t kind)
 {
     ms_strategy_t strategy = MS_STRATEGY_REPLACE;
@@ -544,7 +574,7 @@ static void op_set(ms_app_t *app, ms_session_t *s, const request_t *rq,
     const char *id;
     size_t len;
 
-    if (target(app, s, rq, kind, &id, &len, &err) < 0)
+    if (ms_request_target(app, s, rq, kind, &id, &len, &err) < 0)
         goto failed;
     if (rq->value == NULL) {
         ms_error_set(&err, MS_EINVAL, "request has no 'value'");
@@ -571,62 +601,61 @@ static void op_set(ms_app_t *app, ms_session_t *s, const request_t *rq,
     return;
 
 failed:
-    reply_error(s, rq, err.code, err.msg);
+    ms_reply_error(s, rq, err.code, err.msg);
 }
 
 
-static void op_delete(ms_app_t *app, ms_session_t *s, const request_t *rq,
+static void op_delete(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
                       ms_kind_t kind)
 {
     ms_error_t err;
     const char *id;
     size_t len;
 
-    if (target(app, s, rq, kind, &id, &len, &err) < 0) {
-        reply_error(s, rq, err.code, err.msg);
+    if (ms_request_target(app, s, rq, kind, &id, &len, &err) < 0) {
+        ms_reply_error(s, rq, err.code, err.msg);
         return;
     }
     submit(app, s, rq, kind, id, len, MS_STRATEGY_REPLACE, NULL);
 }
 
 
-static void op_conn_get(ms_app_t *a, ms_session_t *s, const request_t *r)
+static void op_conn_get(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {
     op_get(a, s, r, MS_KIND_CONN);
 }
-static void op_conn_set(ms_app_t *a, ms_session_t *s, const request_t *r)
+static void op_conn_set(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {
     op_set(a, s, r, MS_KIND_CONN);
 }
-static void op_conn_close(ms_app_t *a, ms_session_t *s, const request_t *r)
+static void op_conn_close(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {
     op_delete(a, s, r, MS_KIND_CONN);
 }
-static void op_room_get(ms_app_t *a, ms_session_t *s, const request_t *r)
+static void op_room_get(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {
     op_get(a, s, r, MS_KIND_ROOM);
 }
-static void op_room_set(ms_app_t *a, ms_session_t *s, const request_t *r)
+static void op_room_set(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {
     op_set(a, s, r, MS_KIND_ROOM);
 }
-static void op_room_delete(ms_app_t *a, ms_session_t *s, const request_t *r)
+static void op_room_delete(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {
     op_delete(a, s, r, MS_KIND_ROOM);
 }
 
-typedef void (*op_fn)(ms_app_t *, ms_session_t *, const request_t *);
-
-static const struct {
-    const char *name;
-    op_fn fn;
-} ops[] = {
+static const ms_op_t core_ops[] = {
     {"conn.get", op_conn_get},     {"room.get", op_room_get},
     {"conn.set", op_conn_set},     {"room.set", op_room_set},
     {"conn.close", op_conn_close}, {"room.delete", op_room_delete},
     {"hello", op_hello},           {"ping", op_ping},
-    {"health", op_health},
+    {"health", op_health},         {NULL, NULL},
 };
+
+/* Every module's operations. */
+static const ms_op_t *const op_tables[] = {core_ops, ms_watch_ops, ms_bulk_ops,
+                                           ms_registry_ops};
 
 /* Valid UTF-8 without control characters: fit for a one-line message. */
 static bool printable(const char *s, size_t n)
@@ -639,15 +668,17 @@ static bool printable(const char *s, size_t n)
 }
 
 
-static void dispatch(ms_app_t *app, ms_session_t *s, const request_t *rq)
+static void dispatch(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 {
     const msgpack_object *op = rq->op;
     char msg[96];
 
-    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
-        if (key_is(op, ops[i].name)) {
-            ops[i].fn(app, s, rq);
-            return;
+    for (size_t t = 0; t < sizeof(op_tables) / sizeof(op_tables[0]); t++) {
+        for (const ms_op_t *o = op_tables[t]; o->name != NULL; o++) {
+            if (key_is(op, o->name)) {
+                o->fn(app, s, rq);
+                return;
+            }
         }
     }
     /* The name is echoed only when it is short, printable UTF-8. */
@@ -656,7 +687,7 @@ static void dispatch(ms_app_t *app, ms_session_t *s, const request_t *rq)
                  op->via.str.ptr);
     else
         snprintf(msg, sizeof(msg), "unknown op");
-    reply_error(s, rq, MS_EUNKNOWNOP, msg);
+    ms_reply_error(s, rq, MS_EUNKNOWNOP, msg);
 }
 
 
@@ -664,7 +695,7 @@ void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
                        size_t len)
 {
     msgpack_unpacked up;
-    request_t rq;
+    ms_request_t rq;
     ms_error_t err;
     size_t off = 0;
 
@@ -681,20 +712,20 @@ void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
         if (err.code == MS_ETOOLARGE)
             snprintf(err.msg, sizeof(err.msg),
                      "value nests deeper than %d levels", app->cfg->max_depth);
-        reply_error(s, &rq, err.code, err.msg);
+        ms_reply_error(s, &rq, err.code, err.msg);
         return;
     }
     msgpack_unpacked_init(&up);
     if (msgpack_unpack_next(&up, body, len, &off) != MSGPACK_UNPACK_SUCCESS) {
-        reply_error(s, NULL, MS_EINVAL, "frame is not msgpack");
+        ms_reply_error(s, NULL, MS_EINVAL, "frame is not msgpack");
         goto done;
     }
     if (up.data.type != MSGPACK_OBJECT_MAP) {
-        reply_error(s, NULL, MS_EINVAL, "request must be a map");
+        ms_reply_error(s, NULL, MS_EINVAL, "request must be a map");
         goto done;
     }
     if (parse_request(&up.data, &rq, &err) < 0) {
-        reply_error(s, &rq, err.code, err.msg);
+        ms_reply_error(s, &rq, err.code, err.msg);
         goto done;
     }
     dispatch(app, s, &rq);
