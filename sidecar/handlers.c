@@ -691,6 +691,13 @@ static void dispatch(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 }
 
 
+void ms_handlers_session_closed(ms_app_t *app, ms_session_t *s)
+{
+    ms_watch_session_closed(app, s);
+    ms_registry_session_closed(app, s);
+}
+
+
 void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
                        size_t len)
 {

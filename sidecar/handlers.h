@@ -82,6 +82,12 @@ void ms_reply_error(ms_session_t *s, const ms_request_t *rq, int code,
 
 void ms_pack_str(msgpack_packer *pk, const char *s);
 
+/*
+ * Session s has ended (the client went, or was closed): each module lets
+ * go of what it kept for it. Called once, before its memory goes.
+ */
+void ms_handlers_session_closed(ms_app_t *app, ms_session_t *s);
+
 /* Handles one frame body received on session s. */
 void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
                        size_t len);

@@ -11,4 +11,7 @@
 /* The operations of this module (see handlers.h). */
 extern const ms_op_t ms_registry_ops[];
 
+/* Session s has ended: the connections it opened with bind go with it. */
+void ms_registry_session_closed(ms_app_t *app, ms_session_t *s);
+
 #endif

@@ -399,6 +399,7 @@ static void session_close(ms_session_t *s, const char *reason)
     msgpack_sbuffer_destroy(&s->out);
     msgpack_sbuffer_init(&s->out);
     ms_waits_session_closed(srv->app, s);
+    ms_handlers_session_closed(srv->app, s);
     uv_close((uv_handle_t *)&s->pipe, on_session_closed);
 }
 

@@ -10,4 +10,7 @@
 /* The operations of this module (see handlers.h). */
 extern const ms_op_t ms_watch_ops[];
 
+/* Session s has ended: its watches go with it. */
+void ms_watch_session_closed(ms_app_t *app, ms_session_t *s);
+
 #endif
