@@ -77,6 +77,10 @@ typedef struct request_s {
     uint64_t min_version;
     int wait_ms; /* sent as "timeout"; -1 leaves the daemon's default */
     int strong;  /* sends consistency "strong" */
+    /* More fields: extra_n key/value pairs packed by pack_extra. */
+    uint32_t extra_n;
+    int (*pack_extra)(msgpack_packer *pk, const void *arg);
+    const void *extra_arg;
 } request_t;
 
 typedef struct reply_s {
@@ -327,6 +331,7 @@ static int pack_request(const request_t *req, uint64_t id, msgpack_sbuffer *sb)
     n += req->has_value != 0;
     n += req->has_min ? 1 + (req->wait_ms >= 0) : 0;
     n += req->strong != 0;
+    n += req->extra_n;
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     if (msgpack_pack_map(&pk, n) || pack_str(&pk, "id") ||
         msgpack_pack_uint64(&pk, id) || pack_str(&pk, "op") ||
@@ -346,6 +351,8 @@ static int pack_request(const request_t *req, uint64_t id, msgpack_sbuffer *sb)
         return MS_ENOMEM;
     if (req->strong &&
         (pack_str(&pk, "consistency") || pack_str(&pk, "strong")))
+        return MS_ENOMEM;
+    if (req->extra_n > 0 && req->pack_extra(&pk, req->extra_arg) != 0)
         return MS_ENOMEM;
     return req->has_value ? pack_value(req, &pk, sb) : 0;
 }
@@ -855,6 +862,32 @@ int meshsync_hello(meshsync_t *ms, const char *conn)
     int rc = begin_call(ms);
 
     if (rc == 0)
+        rc = need_id(ms, conn, "connection");
+    if (rc == 0)
+        rc = call_version(ms, &req, NULL);
+    return status(rc);
+}
+
+static int pack_bind(msgpack_packer *pk, const void *arg)
+{
+    const int *bind = arg;
+
+    if (pack_str(pk, "bind"))
+        return -1;
+    return *bind ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+}
+
+int meshsync_conn_open(meshsync_t *ms, const char *conn, int bind)
+{
+    request_t req = {.op = "conn.open", .key = "conn", .target = conn};
+    int rc = begin_call(ms);
+
+    if (bind >= 0) {
+        req.extra_n = 1;
+        req.pack_extra = pack_bind;
+        req.extra_arg = &bind;
+    }
+    if (rc == 0 && conn != NULL)
         rc = need_id(ms, conn, "connection");
     if (rc == 0)
         rc = call_version(ms, &req, NULL);

@@ -156,7 +156,18 @@ MESHSYNC_API int meshsync_conn_set(meshsync_t *ms, const char *conn,
                                    size_t len, meshsync_strategy_t strategy,
                                    uint64_t *version);
 
-/* Removes a connection's metadata (conn NULL: the bound connection). */
+/*
+ * Registers a connection as owned by the sidecar's instance, in Mesh's
+ * registry (conn NULL: the bound connection). bind 1 ties it to this
+ * session: it is closed when the session ends; 0 does not; -1 takes the
+ * sidecar's default (bound when the session said hello).
+ */
+MESHSYNC_API int meshsync_conn_open(meshsync_t *ms, const char *conn, int bind);
+
+/*
+ * Closes a connection (conn NULL: the bound connection): its metadata,
+ * its place in Mesh's registry and its room memberships go together.
+ */
 MESHSYNC_API int meshsync_conn_close(meshsync_t *ms, const char *conn,
                                      uint64_t *version);
 

@@ -20,11 +20,13 @@
 --          matching digest; for "del", no version left); it neither waits
 --          for nor takes turns
 -- ARGV[6]  the expected JSON text for "equal" and "adopt", else ignored
--- ARGV[7]  "set" or "del"
+-- ARGV[7]  "set", "del", or "close": a connection's delete that also
+--          ends it in Mesh's registry (see the end of this comment)
 -- ARGV[8]  the new JSON text for "set", else ignored
 -- ARGV[9]  the writer: the sidecar's instance id
 -- ARGV[10] how long a turn lasts, in milliseconds
 -- ARGV[11] how many changes the log keeps (about: trimmed with MAXLEN ~)
+-- ARGV[12] for "close", the key prefix followed by ":" (e.g. "mesh:")
 --
 -- The versions hash holds "<version>:<digest>" per entry, the digest
 -- being the first 16 hex digits of the SHA-1 of the JSON text written,
@@ -40,6 +42,14 @@
 -- and appends the same bytes to the change log as field "c" of the entry
 -- with ID <version>-0, so a sidecar that missed messages can read them
 -- back by version.
+--
+-- "close" does what Mesh does when a connection closes, in the same
+-- atomic step as the metadata's delete: the connection leaves
+-- <p>:connections and its owner's <p>:connections:<instance> set, every
+-- room of <p>:connection:<id>:rooms (the <p>:room:<room> member sets and
+-- Mesh's presence keys of those rooms), and that rooms set goes. These
+-- keys are not in KEYS: standalone Redis allows it, Redis Cluster would
+-- not.
 --
 -- Turns keep compare-and-set fair: the writer whose check failed because
 -- the value changed takes the entry's turn (if nobody holds it), and until
@@ -113,6 +123,23 @@ else
     redis.call('HDEL', KEYS[2], ARGV[2])
     payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false,
                              current ~= false})
+end
+
+if ARGV[7] == 'close' then
+    local p, conn = ARGV[12], ARGV[2]
+    local owner = redis.call('HGET', p .. 'connections', conn)
+    if owner then
+        redis.call('HDEL', p .. 'connections', conn)
+        redis.call('SREM', p .. 'connections:' .. owner, conn)
+    end
+    local rooms = p .. 'connection:' .. conn .. ':rooms'
+    for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
+        redis.call('SREM', p .. 'room:' .. room, conn)
+        redis.call('SREM', p .. 'presence:room:' .. room, conn)
+        redis.call('DEL', p .. 'presence:room:' .. room .. ':conn:' .. conn,
+                   p .. 'presence:state:' .. room .. ':conn:' .. conn)
+    end
+    redis.call('DEL', rooms)
 end
 redis.call('PUBLISH', ARGV[3], payload)
 

@@ -19,6 +19,7 @@ typedef struct ms_mirror_s ms_mirror_t;
 typedef struct ms_writes_s ms_writes_t;
 typedef struct ms_waits_s ms_waits_t;
 typedef struct ms_scrub_s ms_scrub_t;
+typedef struct ms_registry_s ms_registry_t;
 
 typedef struct ms_app_s {
     uv_loop_t *loop;
@@ -30,8 +31,9 @@ typedef struct ms_app_s {
     ms_mirror_t *mirror;
     ms_writes_t *writes;
     ms_server_t *server;
-    ms_waits_t *waits; /* reads waiting for a version (waits.c) */
-    ms_scrub_t *scrub; /* NULL when the scrub is off (scrub.c) */
+    ms_waits_t *waits;       /* reads waiting for a version (waits.c) */
+    ms_scrub_t *scrub;       /* NULL when the scrub is off (scrub.c) */
+    ms_registry_t *registry; /* Mesh's registry (registry.c) */
 } ms_app_t;
 
 #endif

@@ -68,6 +68,17 @@ static const char usage_text[] =
     "                         writes made outside meshsync (one sidecar at\n"
     "                         a time does it); 0 turns it off\n"
     "                         [MESHSYNC_SCRUB_INTERVAL_MS, 30000]\n"
+    "  --heartbeat-ms N       how often this instance refreshes its heartbeat\n"
+    "                         in Mesh's registry [MESHSYNC_HEARTBEAT_MS, "
+    "1000]\n"
+    "  --heartbeat-ttl-ms N   how long a heartbeat lasts: an instance silent\n"
+    "                         this long is dead, its connections reaped\n"
+    "                         [MESHSYNC_HEARTBEAT_TTL_MS, 5000]\n"
+    "  --reap-interval-ms N   how often to look for dead instances to reap;\n"
+    "                         0 never [MESHSYNC_REAP_INTERVAL_MS, 2000]\n"
+    "  --close-on-exit yes|no on SIGTERM, close the connections this\n"
+    "                         instance owns and leave the registry\n"
+    "                         [MESHSYNC_CLOSE_ON_EXIT, yes]\n"
     "  --redis-timeout-ms N   a Redis command unanswered this long cuts the\n"
     "                         link; its writes fail with timeout\n"
     "                         [MESHSYNC_REDIS_TIMEOUT_MS, 5000]\n"
@@ -96,7 +107,11 @@ enum {
     OPT_BACKOFF_MIN,
     OPT_BACKOFF_MAX,
     OPT_LOG_LENGTH,
-    OPT_SCRUB_INTERVAL
+    OPT_SCRUB_INTERVAL,
+    OPT_HEARTBEAT,
+    OPT_HEARTBEAT_TTL,
+    OPT_REAP_INTERVAL,
+    OPT_CLOSE_ON_EXIT
 };
 
 /* Option and environment names, in one table so the two never drift. */
@@ -123,6 +138,10 @@ static const struct {
     {OPT_BACKOFF_MAX, "redis-backoff-max-ms", "MESHSYNC_REDIS_BACKOFF_MAX_MS"},
     {OPT_LOG_LENGTH, "log-length", "MESHSYNC_LOG_LENGTH"},
     {OPT_SCRUB_INTERVAL, "scrub-interval-ms", "MESHSYNC_SCRUB_INTERVAL_MS"},
+    {OPT_HEARTBEAT, "heartbeat-ms", "MESHSYNC_HEARTBEAT_MS"},
+    {OPT_HEARTBEAT_TTL, "heartbeat-ttl-ms", "MESHSYNC_HEARTBEAT_TTL_MS"},
+    {OPT_REAP_INTERVAL, "reap-interval-ms", "MESHSYNC_REAP_INTERVAL_MS"},
+    {OPT_CLOSE_ON_EXIT, "close-on-exit", "MESHSYNC_CLOSE_ON_EXIT"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -274,6 +293,29 @@ static int apply(ms_config_t *cfg, int opt, const char *name, const char *v)
             return -1;
         cfg->log_length = (unsigned)n;
         return 0;
+    case OPT_HEARTBEAT:
+        if (parse_number(name, v, 10, 10, 3600000, &n) < 0)
+            return -1;
+        cfg->heartbeat = (unsigned)n;
+        return 0;
+    case OPT_HEARTBEAT_TTL:
+        if (parse_number(name, v, 10, 20, 86400000, &n) < 0)
+            return -1;
+        cfg->heartbeat_ttl = (unsigned)n;
+        return 0;
+    case OPT_REAP_INTERVAL:
+        if (parse_number(name, v, 10, 0, 86400000, &n) < 0)
+            return -1;
+        cfg->reap_interval = (unsigned)n;
+        return 0;
+    case OPT_CLOSE_ON_EXIT:
+        if (strcmp(v, "yes") != 0 && strcmp(v, "no") != 0) {
+            fprintf(stderr, "meshsyncd: --%s wants yes or no, not '%s'\n", name,
+                    v);
+            return -1;
+        }
+        cfg->close_on_exit = strcmp(v, "yes") == 0;
+        return 0;
     case OPT_SCRUB_INTERVAL:
         if (parse_number(name, v, 10, 0, 86400000, &n) < 0)
             return -1;
@@ -312,6 +354,10 @@ static void set_defaults(ms_config_t *cfg)
     cfg->backoff_max = 5000;
     cfg->log_length = 10000;
     cfg->scrub_interval = 30000;
+    cfg->heartbeat = 1000;
+    cfg->heartbeat_ttl = 5000;
+    cfg->reap_interval = 2000;
+    cfg->close_on_exit = true;
 
     if (gethostname(host, sizeof(host)) != 0)
         strcpy(host, "meshsyncd");
@@ -356,6 +402,12 @@ static int validate(ms_config_t *cfg)
     if (cfg->backoff_max < cfg->backoff_min) {
         fprintf(stderr, "meshsyncd: --redis-backoff-max-ms cannot be below "
                         "--redis-backoff-min-ms\n");
+        return -1;
+    }
+    /* One late beat must not kill an instance. */
+    if (cfg->heartbeat_ttl < 2 * cfg->heartbeat) {
+        fprintf(stderr, "meshsyncd: --heartbeat-ttl-ms must be at least "
+                        "twice --heartbeat-ms\n");
         return -1;
     }
     if (cfg->max_value > cfg->max_frame) {

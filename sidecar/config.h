@@ -8,6 +8,7 @@
 #ifndef MS_CONFIG_H
 #define MS_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "log.h"
@@ -37,6 +38,10 @@ typedef struct ms_config_s {
     unsigned backoff_max;    /* ms, largest reconnect delay */
     unsigned log_length;     /* changes the Redis change log keeps */
     unsigned scrub_interval; /* ms between scrub passes; 0: no scrub */
+    unsigned heartbeat;      /* ms between heartbeats */
+    unsigned heartbeat_ttl;  /* ms a heartbeat lasts */
+    unsigned reap_interval;  /* ms between looks for dead instances */
+    bool close_on_exit;      /* SIGTERM closes our connections */
 } ms_config_t;
 
 /*

@@ -628,9 +628,27 @@ static void op_conn_set(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {
     op_set(a, s, r, MS_KIND_CONN);
 }
+/*
+ * A connection's close: its metadata goes, and with it its place in
+ * Mesh's registry and its rooms, in one step (schema/write.lua).
+ */
 static void op_conn_close(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {
-    op_delete(a, s, r, MS_KIND_CONN);
+    ms_error_t err;
+    const char *id;
+    size_t len;
+    pending_t *p;
+
+    if (ms_request_target(a, s, r, MS_KIND_CONN, &id, &len, &err) < 0) {
+        ms_reply_error(s, r, err.code, err.msg);
+        return;
+    }
+    p = ms_malloc(sizeof(*p));
+    p->session = s;
+    p->id = r->id;
+    ms_session_hold(s, 0);
+    ms_registry_forget(a, id, len);
+    ms_writes_close_conn(a, id, len, on_write_done, p);
 }
 static void op_room_get(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {

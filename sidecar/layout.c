@@ -53,6 +53,10 @@ void ms_layout_init(ms_layout_t *l, const char *prefix, int db)
     l->log = join(prefix, "meshsync:log");
     l->epoch = join(prefix, "meshsync:epoch");
     l->scrubber = join(prefix, "meshsync:scrubber");
+    l->key_prefix = join(prefix, "");
+    l->connections = join(prefix, "connections");
+    l->instances = join(prefix, "instances");
+    l->cleanup_lock = join(prefix, "cleanup:lock");
 
     /* Keyspace channels name the key after the database's channel head. */
     snprintf(ks, sizeof(ks), "__keyspace@%d__", db);
@@ -75,6 +79,10 @@ void ms_layout_free(ms_layout_t *l)
     free(l->log);
     free(l->epoch);
     free(l->scrubber);
+    free(l->key_prefix);
+    free(l->connections);
+    free(l->instances);
+    free(l->cleanup_lock);
     free(l->ks_conn);
     free(l->ks_room);
     free(l->ks_room_pattern);

@@ -16,6 +16,13 @@
  *   <prefix>:meshsync:log           stream of recent changes, ID <version>-0
  *   <prefix>:meshsync:epoch         names the sequence's current history
  *   <prefix>:meshsync:scrubber      which sidecar runs the scrub (a lease)
+ * Mesh's connection registry and instance liveness:
+ *   <prefix>:connections            hash, connection id -> instance id
+ *   <prefix>:connections:<instance> set of that instance's connections
+ *   <prefix>:instances              set of instance ids
+ *   <prefix>:instance:<id>:heartbeat  string with a TTL while it lives
+ *   <prefix>:cleanup:lock           held while dead instances are reaped
+ *   <prefix>:connection:<id>:rooms, <prefix>:room:<room>  memberships
  * and the keyspace-notification channels of Mesh's keys in database <db>:
  *   __keyspace@<db>__:<prefix>:connection-meta, ...:roommeta:<room>
  *
@@ -40,6 +47,10 @@ typedef struct ms_layout_s {
     char *log;             /* <prefix>:meshsync:log */
     char *epoch;           /* <prefix>:meshsync:epoch */
     char *scrubber;        /* <prefix>:meshsync:scrubber */
+    char *key_prefix;      /* <prefix>: */
+    char *connections;     /* <prefix>:connections */
+    char *instances;       /* <prefix>:instances */
+    char *cleanup_lock;    /* <prefix>:cleanup:lock */
     char *ks_conn;         /* keyspace channel of conn_meta */
     char *ks_room;         /* keyspace channel prefix of room keys */
     char *ks_room_pattern; /* ks_room, glob-escaped, then "*" */

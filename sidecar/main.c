@@ -16,6 +16,7 @@
 #include "waits.h"
 #include "log.h"
 #include "mirror.h"
+#include "registry.h"
 #include "scrub.h"
 #include "server.h"
 #include "writes.h"
@@ -43,6 +44,7 @@ static void close_all(daemon_t *d)
     if (d->app.server != NULL)
         ms_server_close(d->app.server);
     ms_scrub_close(&d->app);
+    ms_registry_close(&d->app);
     ms_mirror_close(&d->app);
 
     /* Writes answered while Redis closes must not start new commands. */
@@ -59,7 +61,8 @@ static void on_drain_tick(uv_timer_t *t)
     daemon_t *d = t->data;
     size_t left = d->app.server != NULL ? ms_server_sessions(d->app.server) : 0;
 
-    if ((left > 0 || ms_scrub_releasing(&d->app)) &&
+    if ((left > 0 || ms_scrub_releasing(&d->app) ||
+         ms_registry_busy(&d->app)) &&
         uv_now(t->loop) < d->drain_deadline)
         return;
     if (left > 0)
@@ -87,6 +90,7 @@ static void shutdown_daemon(daemon_t *d, const char *why)
 
     ms_waits_close(&d->app);
     ms_scrub_release(&d->app);
+    ms_registry_shutdown(&d->app);
     if (d->app.server != NULL)
         ms_server_drain(d->app.server);
     d->drain_deadline = uv_now(d->app.loop) + d->app.cfg->redis_timeout + 500;
@@ -197,6 +201,7 @@ static int run(daemon_t *d)
     ms_writes_init(app);
     ms_mirror_init(app);
     ms_scrub_init(app);
+    ms_registry_init(app);
     start_signals(d);
 
     if (ms_server_start(app, &err) < 0) {

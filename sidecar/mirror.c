@@ -15,6 +15,7 @@
 #include "waits.h"
 #include "writes.h"
 #include "log.h"
+#include "registry.h"
 #include "scrub.h"
 
 /* The COUNT hint per SCAN/HSCAN batch of a load. */
@@ -693,6 +694,7 @@ void ms_mirror_on_state(void *arg, bool live)
         return;
     m->live = live;
     ms_scrub_on_live(app, live);
+    ms_registry_on_live(app, live);
     if (live) {
         sync_start(app);
         return;

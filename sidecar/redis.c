@@ -43,11 +43,15 @@ extern const char ms_script_load[];
 extern const char ms_script_sync[];
 extern const char ms_script_read[];
 extern const char ms_script_scrub[];
+extern const char ms_script_registry[];
 
 static const char *const script_body[MS_SCRIPT_COUNT] = {
-    [MS_SCRIPT_WRITE] = ms_script_write, [MS_SCRIPT_LOAD] = ms_script_load,
-    [MS_SCRIPT_SYNC] = ms_script_sync,   [MS_SCRIPT_READ] = ms_script_read,
+    [MS_SCRIPT_WRITE] = ms_script_write,
+    [MS_SCRIPT_LOAD] = ms_script_load,
+    [MS_SCRIPT_SYNC] = ms_script_sync,
+    [MS_SCRIPT_READ] = ms_script_read,
     [MS_SCRIPT_SCRUB] = ms_script_scrub,
+    [MS_SCRIPT_REGISTRY] = ms_script_registry,
 };
 
 /* Covers connect(2) and the handshake; a silent host must not stall us. */

@@ -1,15 +1,844 @@
 /*
- * registry.c - see registry.h. Loop thread only.
+ * registry.c - Mesh's connection registry and instance liveness (see
+ * registry.h): conn.open and bound connections, the heartbeat, the
+ * reaper of dead instances, and the close of owned connections at
+ * shutdown. Loop thread only.
  */
+#define _GNU_SOURCE /* tdestroy, twalk_r */
 #include "registry.h"
 
-const ms_op_t ms_registry_ops[] = {
-    {NULL, NULL},
+#include <inttypes.h>
+#include <search.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "alloc.h"
+#include "log.h"
+#include "writes.h"
+
+/* Mesh's cleanup lock lasts this long unless given back sooner. */
+#define LOCK_MS "10000"
+/* The COUNT hint per step of the search for dead instances. */
+#define DEAD_BATCH "500"
+
+/* A connection opened with bind, closed when its session ends. */
+typedef struct bound_s {
+    LIST_ENTRY(bound_s) link;
+    ms_session_t *session;
+    char *id;
+    size_t len;
+} bound_t;
+
+/* A set of strings (ids, instances), binary-safe, kept in a tree. */
+typedef struct str_s {
+    char *s;
+    size_t len;
+} str_t;
+
+struct ms_registry_s {
+    ms_app_t *app;
+    bool live;
+    bool stopping;
+    bool busy;    /* the shutdown's closes are under way */
+    bool reaping; /* holds the cleanup lock and reaps */
+    unsigned gen; /* bumped when the links go: late replies are dropped */
+    LIST_HEAD(, bound_s) bound;
+    void *dead;     /* tree of str_t: dead instances found by this reap */
+    void *doomed;   /* tree of str_t: connections it closes */
+    size_t ndead;   /* in dead */
+    size_t ndoomed; /* in doomed */
+    size_t waiting; /* replies or closes this reap still waits for */
+    bool failed;    /* a close of this reap failed */
+    uint64_t reap_started;
+    unsigned open_timers;
+    uv_timer_t beat_timer;
+    uv_timer_t reap_timer;
 };
+
+/* What a call carries to its reply. */
+typedef struct call_s {
+    ms_app_t *app;
+    unsigned gen;
+    ms_session_t *session; /* conn.open: the request's session */
+    uint64_t req_id;
+    bool bind;
+    char *conn;
+    size_t conn_len;
+} call_t;
+
+static call_t *call_new(ms_app_t *app)
+{
+    call_t *c = ms_calloc(1, sizeof(*c));
+
+    c->app = app;
+    c->gen = app->registry->gen;
+    return c;
+}
+
+
+static void call_free(call_t *c)
+{
+    free(c->conn);
+    free(c);
+}
+
+
+/* The reply belongs to the links and reap it was sent for. */
+static bool call_current(const call_t *c)
+{
+    const ms_registry_t *r = c->app->registry;
+
+    return r != NULL && c->gen == r->gen && r->live;
+}
+
+
+/*
+ * Sends a step of schema/registry.lua with up to two arguments of its
+ * own. Returns 0 (cb will be called), or MS_EUNAVAIL.
+ */
+static int step_call(ms_app_t *app, const char *step, const char *a,
+                     size_t a_len, const char *b, ms_redis_reply_cb cb,
+                     call_t *c)
+{
+    const ms_layout_t *l = &app->layout;
+    const char *argv[7] = {
+        l->connections,    l->instances,          step,
+        l->key_prefix,     app->cfg->instance_id, a != NULL ? a : "",
+        b != NULL ? b : ""};
+    size_t argvlen[7];
+    int argc = 5 + (a != NULL) + (b != NULL);
+
+    for (int i = 0; i < 7; i++)
+        argvlen[i] = strlen(argv[i]);
+    if (a != NULL)
+        argvlen[5] = a_len;
+    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_REGISTRY, 2,
+                                              argc, argv, argvlen, cb, c) < 0)
+        return MS_EUNAVAIL;
+    return 0;
+}
+
+
+/* --- string sets ------------------------------------------------------- */
+
+static int str_compare(const void *a, const void *b)
+{
+    const str_t *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int rc = memcmp(x->s, y->s, n);
+
+    if (rc != 0)
+        return rc;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+
+/* Adds a copy of s; returns true if it was not there yet. */
+static bool str_add(void **tree, const char *s, size_t len)
+{
+    str_t key = {(char *)s, len};
+    str_t *e;
+    void *slot;
+
+    if (tfind(&key, tree, str_compare) != NULL)
+        return false;
+    e = ms_malloc(sizeof(*e));
+    e->s = ms_strndup(s, len);
+    e->len = len;
+    slot = tsearch(e, tree, str_compare);
+    if (slot == NULL)
+        ms_oom();
+    return true;
+}
+
+
+static void str_free(void *p)
+{
+    str_t *e = p;
+
+    free(e->s);
+    free(e);
+}
+
+
+typedef struct walk_s {
+    ms_app_t *app;
+    void (*fn)(ms_app_t *app, const str_t *e);
+} walk_t;
+
+static void walk_cb(const void *node, VISIT which, void *closure)
+{
+    const walk_t *w = closure;
+
+    if (which == postorder || which == leaf)
+        w->fn(w->app, *(str_t *const *)node);
+}
+
+
+/* Calls fn for each string; fn must not change the tree. */
+static void str_each(ms_app_t *app, void *tree,
+                     void (*fn)(ms_app_t *app, const str_t *e))
+{
+    walk_t w = {app, fn};
+
+    twalk_r(tree, walk_cb, &w);
+}
+
+
+/* --- closing connections ------------------------------------------------ */
+
+static void on_bound_closed(void *arg, int code, const char *msg,
+                            uint64_t version)
+{
+    (void)arg;
+    (void)version;
+    if (code < 0)
+        ms_log_warn("closing a bound connection failed", "error=\"%s\"", msg);
+}
+
+
+static void bound_remove(bound_t *b)
+{
+    LIST_REMOVE(b, link);
+    free(b->id);
+    free(b);
+}
+
+
+void ms_registry_forget(ms_app_t *app, const char *id, size_t len)
+{
+    ms_registry_t *r = app->registry;
+    bound_t *b, *next;
+
+    if (r == NULL)
+        return;
+    for (b = LIST_FIRST(&r->bound); b != NULL; b = next) {
+        next = LIST_NEXT(b, link);
+        if (b->len == len && memcmp(b->id, id, len) == 0)
+            bound_remove(b);
+    }
+}
 
 
 void ms_registry_session_closed(ms_app_t *app, ms_session_t *s)
 {
-    (void)app;
-    (void)s;
+    ms_registry_t *r = app->registry;
+    bound_t *b, *next;
+
+    if (r == NULL)
+        return;
+    for (b = LIST_FIRST(&r->bound); b != NULL; b = next) {
+        next = LIST_NEXT(b, link);
+        if (b->session != s)
+            continue;
+
+        /* At shutdown the owned connections are closed all together. */
+        if (!r->stopping) {
+            ms_log_debug("closing a bound connection", "conn_bytes=%zu",
+                         b->len);
+            ms_writes_close_conn(app, b->id, b->len, on_bound_closed, NULL);
+        }
+        bound_remove(b);
+    }
+}
+
+
+/* --- conn.open ---------------------------------------------------------- */
+
+static void bind_conn(ms_app_t *app, ms_session_t *s, const char *id,
+                      size_t len)
+{
+    ms_registry_t *r = app->registry;
+    bound_t *b;
+
+    LIST_FOREACH(b, &r->bound, link)
+    {
+        if (b->session == s && b->len == len && memcmp(b->id, id, len) == 0)
+            return;
+    }
+    b = ms_malloc(sizeof(*b));
+    b->session = s;
+    b->id = ms_strndup(id, len);
+    b->len = len;
+    LIST_INSERT_HEAD(&r->bound, b, link);
+}
+
+
+static void on_opened(void *arg, redisReply *reply, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    ms_session_t *s = c->session;
+    ms_request_t rq = {.id = c->req_id, .has_id = true};
+    bool ok = err == 0 && reply != NULL && reply->type != REDIS_REPLY_ERROR;
+    msgpack_packer *pk;
+
+    if (!ok || app->registry == NULL) {
+        if (!ms_session_closed(s))
+            ms_reply_error(s, &rq,
+                           err == MS_ETIMEOUT ? MS_ETIMEOUT : MS_EUNAVAIL,
+                           reply != NULL && reply->type == REDIS_REPLY_ERROR
+                               ? "Redis refused the registration"
+                               : "Redis is not reachable");
+        goto done;
+    }
+
+    /* The app went while Redis answered: nobody will close it later. */
+    if (c->bind && ms_session_closed(s)) {
+        ms_writes_close_conn(app, c->conn, c->conn_len, on_bound_closed, NULL);
+        goto done;
+    }
+    if (c->bind)
+        bind_conn(app, s, c->conn, c->conn_len);
+    if (!ms_session_closed(s)) {
+        pk = ms_reply_ok(s, &rq, 3);
+        ms_pack_str(pk, "conn");
+        msgpack_pack_str(pk, c->conn_len);
+        msgpack_pack_str_body(pk, c->conn, c->conn_len);
+        ms_pack_str(pk, "instance");
+        ms_pack_str(pk, app->cfg->instance_id);
+        ms_pack_str(pk, "bind");
+        if (c->bind)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
+        ms_session_reply_end(s);
+    }
+done:
+    ms_session_release(s, 0);
+    call_free(c);
+}
+
+
+/*
+ * conn.open {conn?, bind?}: registers the connection as this instance's.
+ * bind defaults to true for a session that said hello.
+ */
+static void op_conn_open(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
+{
+    const msgpack_object *bind = ms_request_field(rq, "bind");
+    ms_error_t err;
+    const char *id;
+    size_t len;
+    size_t hello_len;
+    call_t *c;
+
+    if (ms_request_target(app, s, rq, MS_KIND_CONN, &id, &len, &err) < 0) {
+        ms_reply_error(s, rq, err.code, err.msg);
+        return;
+    }
+    if (bind != NULL && bind->type != MSGPACK_OBJECT_BOOLEAN) {
+        ms_reply_error(s, rq, MS_EINVAL, "'bind' must be a boolean");
+        return;
+    }
+    if (app->registry == NULL || app->registry->stopping) {
+        ms_reply_error(s, rq, MS_EUNAVAIL, "the sidecar is stopping");
+        return;
+    }
+    c = call_new(app);
+    c->session = s;
+    c->req_id = rq->id;
+    c->bind = bind != NULL ? bind->via.boolean
+                           : ms_session_conn(s, &hello_len) != NULL;
+    c->conn = ms_strndup(id, len);
+    c->conn_len = len;
+    ms_session_hold(s, 0);
+    if (step_call(app, "open", id, len, NULL, on_opened, c) < 0)
+        on_opened(c, NULL, MS_EUNAVAIL);
+}
+
+
+const ms_op_t ms_registry_ops[] = {
+    {"conn.open", op_conn_open},
+    {NULL, NULL},
+};
+
+
+/* --- the heartbeat ------------------------------------------------------ */
+
+static void on_beat(void *arg, redisReply *reply, int err)
+{
+    call_t *c = arg;
+
+    if (err == 0 && reply != NULL && reply->type == REDIS_REPLY_ERROR)
+        ms_log_warn("heartbeat refused", "error=\"%.*s\"", (int)reply->len,
+                    reply->str);
+    call_free(c);
+}
+
+
+static void on_beat_timer(uv_timer_t *t)
+{
+    ms_app_t *app = t->data;
+    char ttl[24];
+    call_t *c = call_new(app);
+
+    snprintf(ttl, sizeof(ttl), "%u", app->cfg->heartbeat_ttl);
+    if (step_call(app, "beat", ttl, strlen(ttl), NULL, on_beat, c) < 0)
+        call_free(c);
+}
+
+
+/* --- reaping dead instances -------------------------------------------- */
+
+static void reap_end(ms_app_t *app, const char *why)
+{
+    ms_registry_t *r = app->registry;
+
+    if (why != NULL)
+        ms_log_warn("reaping dead instances failed", "reason=\"%s\"", why);
+    r->reaping = false;
+    r->waiting = 0;
+    r->failed = false;
+    tdestroy(r->dead, str_free);
+    tdestroy(r->doomed, str_free);
+    r->dead = r->doomed = NULL;
+    r->ndead = r->ndoomed = 0;
+}
+
+
+static void on_unlocked(void *arg, redisReply *reply, int err)
+{
+    (void)reply;
+    (void)err;
+    call_free(arg);
+}
+
+
+/* Gives Mesh's cleanup lock back if this instance still holds it. */
+static void unlock(ms_app_t *app)
+{
+    const ms_layout_t *l = &app->layout;
+    const char *argv[] = {"EVAL",
+                          "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                          "return redis.call('DEL', KEYS[1]) end return 0",
+                          "1", l->cleanup_lock, app->cfg->instance_id};
+    size_t lens[5];
+    call_t *c = call_new(app);
+
+    for (int i = 0; i < 5; i++)
+        lens[i] = strlen(argv[i]);
+    if (app->redis == NULL ||
+        ms_redis_command(app->redis, 5, argv, lens, on_unlocked, c) < 0)
+        call_free(c);
+}
+
+
+static void on_gone(void *arg, redisReply *reply, int err)
+{
+    (void)reply;
+    (void)err;
+    call_free(arg);
+}
+
+
+static void forget_instance(ms_app_t *app, const str_t *e)
+{
+    call_t *c = call_new(app);
+
+    ms_log_info("dead instance reaped", "instance=\"%.*s\"", (int)e->len, e->s);
+    if (step_call(app, "gone", e->s, e->len, NULL, on_gone, c) < 0)
+        call_free(c);
+}
+
+
+/* Every close is answered: the dead instances go, the lock with them. */
+static void reap_finish(ms_app_t *app)
+{
+    ms_registry_t *r = app->registry;
+
+    str_each(app, r->dead, forget_instance);
+    unlock(app);
+    if (r->ndead > 0)
+        ms_log_info("reaping done", "instances=%zu conns=%zu ms=%" PRIu64,
+                    r->ndead, r->ndoomed, uv_now(app->loop) - r->reap_started);
+    reap_end(app, NULL);
+}
+
+
+/* A close (or the hold reap_close keeps while submitting) is done. */
+static void reap_closed(ms_app_t *app)
+{
+    ms_registry_t *r = app->registry;
+
+    if (--r->waiting > 0)
+        return;
+
+    /* The instances stay until a reap closes all of theirs. */
+    if (r->failed)
+        reap_end(app, "a connection could not be closed");
+    else
+        reap_finish(app);
+}
+
+
+static void on_reap_closed(void *arg, int code, const char *msg,
+                           uint64_t version)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    bool current = call_current(c);
+
+    (void)version;
+    call_free(c);
+    if (!current || !app->registry->reaping)
+        return;
+    if (code < 0) {
+        ms_log_debug("closing a dead instance's connection failed",
+                     "error=\"%s\"", msg);
+        app->registry->failed = true;
+    }
+    reap_closed(app);
+}
+
+
+static void close_doomed(ms_app_t *app, const str_t *e)
+{
+    call_t *c = call_new(app);
+
+    app->registry->waiting++;
+    ms_writes_close_conn(app, e->s, e->len, on_reap_closed, c);
+}
+
+
+/*
+ * Everything to close is known: close it (through the write pipeline).
+ * A close may be answered at once; the hold keeps the trees alive until
+ * the walk is over.
+ */
+static void reap_close(ms_app_t *app)
+{
+    ms_registry_t *r = app->registry;
+
+    r->waiting = 1;
+    r->failed = false;
+    str_each(app, r->doomed, close_doomed);
+    reap_closed(app);
+}
+
+
+/* Adds the connections of a reply list (every stride-th from first). */
+static void doom(ms_registry_t *r, const redisReply *list, size_t stride)
+{
+    for (size_t i = 0; i < list->elements; i += stride) {
+        const redisReply *e = list->element[i];
+
+        if (e->type == REDIS_REPLY_STRING &&
+            str_add(&r->doomed, e->str, e->len))
+            r->ndoomed++;
+    }
+}
+
+
+static void on_members(void *arg, redisReply *reply, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    bool current = call_current(c);
+
+    (void)err;
+    call_free(c);
+    if (!current || !app->registry->reaping)
+        return;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        reap_end(app, "unexpected reply listing a dead instance's "
+                      "connections");
+        return;
+    }
+    doom(app->registry, reply, 1);
+    if (--app->registry->waiting == 0)
+        reap_close(app);
+}
+
+
+static void ask_members(ms_app_t *app, const str_t *e)
+{
+    call_t *c = call_new(app);
+
+    app->registry->waiting++;
+    if (step_call(app, "members", e->s, e->len, NULL, on_members, c) < 0) {
+        app->registry->waiting--;
+        call_free(c);
+    }
+}
+
+
+static void dead_step(ms_app_t *app, const char *cursor, size_t len);
+
+static bool dead_shape_ok(const redisReply *r)
+{
+    return r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+           r->element[0]->type == REDIS_REPLY_STRING &&
+           r->element[1]->type == REDIS_REPLY_ARRAY &&
+           r->element[2]->type == REDIS_REPLY_ARRAY;
+}
+
+
+static void on_dead(void *arg, redisReply *reply, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    ms_registry_t *r = app->registry;
+    bool current = call_current(c);
+
+    (void)err;
+    call_free(c);
+    if (!current || !r->reaping)
+        return;
+    if (!dead_shape_ok(reply)) {
+        reap_end(app, "unexpected reply from the search for dead instances");
+        return;
+    }
+    for (size_t i = 0; i < reply->element[1]->elements; i++) {
+        const redisReply *e = reply->element[1]->element[i];
+
+        if (e->type == REDIS_REPLY_STRING && str_add(&r->dead, e->str, e->len))
+            r->ndead++;
+    }
+    doom(r, reply->element[2], 2);
+    if (strcmp(reply->element[0]->str, "0") != 0) {
+        dead_step(app, reply->element[0]->str, reply->element[0]->len);
+        return;
+    }
+
+    /* A dead instance's own set may list connections the hash lacks. */
+    if (r->ndead == 0) {
+        reap_finish(app);
+        return;
+    }
+    r->waiting = 0;
+    str_each(app, r->dead, ask_members);
+    if (r->waiting == 0)
+        reap_end(app, "Redis not reachable");
+}
+
+
+static void dead_step(ms_app_t *app, const char *cursor, size_t len)
+{
+    call_t *c = call_new(app);
+
+    if (step_call(app, "dead", cursor, len, DEAD_BATCH, on_dead, c) < 0) {
+        call_free(c);
+        reap_end(app, "Redis not reachable");
+    }
+}
+
+
+static void on_locked(void *arg, redisReply *reply, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    bool current = call_current(c);
+
+    (void)err;
+    call_free(c);
+    if (!current || app->registry->stopping)
+        return;
+
+    /* Another instance (a sidecar or a Mesh server) is reaping. */
+    if (reply == NULL || reply->type != REDIS_REPLY_STATUS) {
+        app->registry->reaping = false;
+        return;
+    }
+    app->registry->reap_started = uv_now(app->loop);
+    dead_step(app, "0", 1);
+}
+
+
+static void on_reap_timer(uv_timer_t *t)
+{
+    ms_app_t *app = t->data;
+    ms_registry_t *r = app->registry;
+    const ms_layout_t *l = &app->layout;
+    const char *argv[] = {"SET", l->cleanup_lock, app->cfg->instance_id, "NX",
+                          "PX",  LOCK_MS};
+    size_t lens[6];
+    call_t *c;
+
+    if (r->reaping || !r->live || r->stopping)
+        return;
+    for (int i = 0; i < 6; i++)
+        lens[i] = strlen(argv[i]);
+    c = call_new(app);
+    r->reaping = true;
+    if (app->redis == NULL ||
+        ms_redis_command(app->redis, 6, argv, lens, on_locked, c) < 0) {
+        r->reaping = false;
+        call_free(c);
+    }
+}
+
+
+/* --- links, shutdown ---------------------------------------------------- */
+
+void ms_registry_on_live(ms_app_t *app, bool live)
+{
+    ms_registry_t *r = app->registry;
+
+    if (r == NULL || live == r->live || r->stopping)
+        return;
+    r->live = live;
+    r->gen++;
+    if (!live) {
+        uv_timer_stop(&r->beat_timer);
+        uv_timer_stop(&r->reap_timer);
+        if (r->reaping)
+            reap_end(app, "Redis links down");
+        return;
+    }
+    uv_timer_start(&r->beat_timer, on_beat_timer, 0, app->cfg->heartbeat);
+    if (app->cfg->reap_interval > 0)
+        uv_timer_start(&r->reap_timer, on_reap_timer, app->cfg->reap_interval,
+                       app->cfg->reap_interval);
+}
+
+
+static void on_left(void *arg, redisReply *reply, int err)
+{
+    call_t *c = arg;
+    ms_registry_t *r = c->app->registry;
+
+    (void)reply;
+    if (err == 0)
+        ms_log_info("left the registry", NULL);
+    call_free(c);
+    if (r != NULL)
+        r->busy = false;
+}
+
+
+static void leave(ms_app_t *app)
+{
+    call_t *c = call_new(app);
+
+    if (step_call(app, "leave", NULL, 0, NULL, on_left, c) < 0) {
+        call_free(c);
+        app->registry->busy = false;
+    }
+}
+
+
+static void on_own_closed(void *arg, int code, const char *msg,
+                          uint64_t version)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    ms_registry_t *r = app->registry;
+
+    (void)version;
+    call_free(c);
+    if (code < 0)
+        ms_log_warn("closing a connection at shutdown failed", "error=\"%s\"",
+                    msg);
+    if (r != NULL && r->busy && --r->waiting == 0)
+        leave(app);
+}
+
+
+static void on_own_members(void *arg, redisReply *reply, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    ms_registry_t *r = app->registry;
+
+    (void)err;
+    call_free(c);
+    if (r == NULL)
+        return;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        r->busy = false;
+        return;
+    }
+    ms_log_info("closing this instance's connections", "conns=%zu",
+                reply->elements);
+    r->waiting = 1; /* held until every close is submitted */
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *e = reply->element[i];
+
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        r->waiting++;
+        ms_writes_close_conn(app, e->str, e->len, on_own_closed, call_new(app));
+    }
+    if (--r->waiting == 0)
+        leave(app);
+}
+
+
+void ms_registry_shutdown(ms_app_t *app)
+{
+    ms_registry_t *r = app->registry;
+    call_t *c;
+
+    if (r == NULL || r->stopping)
+        return;
+    r->stopping = true;
+    uv_timer_stop(&r->beat_timer);
+    uv_timer_stop(&r->reap_timer);
+    if (r->reaping)
+        reap_end(app, NULL);
+    r->gen++;
+    while (!LIST_EMPTY(&r->bound))
+        bound_remove(LIST_FIRST(&r->bound));
+
+    /* Without --close-on-exit the heartbeat just stops: other instances
+     * reap what is left once it has run out. */
+    if (!app->cfg->close_on_exit || !r->live)
+        return;
+    r->busy = true;
+    c = call_new(app);
+    if (step_call(app, "members", app->cfg->instance_id,
+                  strlen(app->cfg->instance_id), NULL, on_own_members, c) < 0) {
+        call_free(c);
+        r->busy = false;
+    }
+}
+
+
+bool ms_registry_busy(const ms_app_t *app)
+{
+    return app->registry != NULL && app->registry->busy;
+}
+
+
+void ms_registry_init(ms_app_t *app)
+{
+    ms_registry_t *r = ms_calloc(1, sizeof(*r));
+
+    app->registry = r;
+    r->app = app;
+    LIST_INIT(&r->bound);
+    uv_timer_init(app->loop, &r->beat_timer);
+    uv_timer_init(app->loop, &r->reap_timer);
+    r->beat_timer.data = r->reap_timer.data = app;
+    r->open_timers = 2;
+}
+
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    ms_registry_t *r = h->data;
+
+    if (--r->open_timers == 0)
+        free(r);
+}
+
+
+void ms_registry_close(ms_app_t *app)
+{
+    ms_registry_t *r = app->registry;
+
+    if (r == NULL)
+        return;
+    if (r->reaping)
+        reap_end(app, NULL);
+    while (!LIST_EMPTY(&r->bound))
+        bound_remove(LIST_FIRST(&r->bound));
+
+    /* Late replies find no registry and stop there. */
+    app->registry = NULL;
+    r->beat_timer.data = r->reap_timer.data = r;
+    uv_close((uv_handle_t *)&r->beat_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&r->reap_timer, on_timer_closed);
 }

@@ -39,6 +39,7 @@ struct write_s {
     write_t *next;
     ms_strategy_t strategy;
     json_t *update; /* NULL: delete */
+    bool close;     /* a connection's close: also leaves the registry */
     ms_write_done_cb cb;
     void *arg;
     unsigned attempts;
@@ -202,8 +203,8 @@ static int write_start(write_t *w, ms_error_t *err)
     const ms_layout_t *l = &app->layout;
     bool merging = w->update != NULL && w->strategy != MS_STRATEGY_REPLACE;
     json_t *current = NULL, *result;
-    const char *argv[16], *check;
-    size_t argvlen[16];
+    const char *argv[17], *check;
+    size_t argvlen[17];
     char log_len[24];
     int rc;
 
@@ -236,12 +237,13 @@ static int write_start(write_t *w, ms_error_t *err)
     argv[8] = ms_kind_name(q->kind);
     argv[9] = check;
     argv[10] = w->base != NULL ? w->base : "";
-    argv[11] = w->json != NULL ? "set" : "del";
+    argv[11] = w->json != NULL ? "set" : w->close ? "close" : "del";
     argv[12] = w->json != NULL ? w->json : "";
     argv[13] = app->cfg->instance_id;
     argv[14] = TURN_MS;
     argv[15] = log_len;
-    for (int i = 0; i < 16; i++)
+    argv[16] = l->key_prefix;
+    for (int i = 0; i < 17; i++)
         argvlen[i] = strlen(argv[i]);
     argvlen[0] = q->hash_key_len;
     argvlen[3] = q->turn_key_len;
@@ -254,7 +256,7 @@ static int write_start(write_t *w, ms_error_t *err)
     w->floor = ms_mirror_high(app);
     w->rebuilds = ms_mirror_rebuilds(app);
     if (app->redis == NULL ||
-        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5, 16, argv, argvlen,
+        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5, 17, argv, argvlen,
                         on_script_reply, w) < 0)
         return ms_error_set(err, MS_EUNAVAIL, "Redis is not reachable");
     return 0;
@@ -442,9 +444,9 @@ static void on_script_reply(void *arg, redisReply *reply, int status)
 }
 
 
-void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
-                      size_t id_len, ms_strategy_t strategy, json_t *update,
-                      ms_write_done_cb cb, void *arg)
+static void submit(ms_app_t *app, ms_kind_t kind, const char *id, size_t id_len,
+                   ms_strategy_t strategy, json_t *update, bool close,
+                   ms_write_done_cb cb, void *arg)
 {
     write_t *w = ms_calloc(1, sizeof(*w));
     queue_t *q = queue_find_or_add(app, kind, id, id_len);
@@ -453,6 +455,7 @@ void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
     w->queue = q;
     w->strategy = strategy;
     w->update = update;
+    w->close = close;
     w->cb = cb;
     w->arg = arg;
 
@@ -463,6 +466,22 @@ void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
     }
     q->head = q->tail = w;
     queue_run(app, q);
+}
+
+
+void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
+                      size_t id_len, ms_strategy_t strategy, json_t *update,
+                      ms_write_done_cb cb, void *arg)
+{
+    submit(app, kind, id, id_len, strategy, update, false, cb, arg);
+}
+
+
+void ms_writes_close_conn(ms_app_t *app, const char *id, size_t id_len,
+                          ms_write_done_cb cb, void *arg)
+{
+    submit(app, MS_KIND_CONN, id, id_len, MS_STRATEGY_REPLACE, NULL, true, cb,
+           arg);
 }
 
 

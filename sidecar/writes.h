@@ -54,4 +54,12 @@ void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
                       size_t id_len, ms_strategy_t strategy, json_t *update,
                       ms_write_done_cb cb, void *arg);
 
+/*
+ * Queues a connection's close: its metadata's delete, in the same step
+ * as its removal from Mesh's registry and from its rooms (schema/
+ * write.lua, "close").
+ */
+void ms_writes_close_conn(ms_app_t *app, const char *id, size_t id_len,
+                          ms_write_done_cb cb, void *arg);
+
 #endif

@@ -744,9 +744,10 @@ static void test_no_partial_writes(void **state)
                      w->nconns);
     /*
      * connection-meta, two versions hashes, seq, the log, the epoch, the
-     * scrub's lease, and the rooms.
+     * scrub's lease, the registry's instances set and heartbeat, and the
+     * rooms.
      */
-    assert_int_equal(harness_redis_int(c, "DBSIZE"), 7 + w->nrooms);
+    assert_int_equal(harness_redis_int(c, "DBSIZE"), 9 + w->nrooms);
     assert_int_equal(harness_redis_int(c, "XLEN mesh:meshsync:log"), w->writes);
 
     /* The sequence counts the valid writes only. */
