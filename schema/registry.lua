@@ -27,10 +27,12 @@
 --                  Returns {next cursor, {dead instance, ...},
 --                  {connection, dead owner, ...}}. An instance is dead
 --                  when its heartbeat key is gone; this one never is.
---   members inst   the connections in <p>:connections:<inst>.
+--   members inst   the connections in <p>:connections:<inst> (none if
+--                  that key is of another type).
 --   gone inst      forgets a dead instance once its connections are
 --                  closed: leaves the instances set; its connections set
---                  goes. Returns 1.
+--                  goes. Returns 1, or 0 (and does nothing) if it beats
+--                  again meanwhile.
 
 local step, p, me = ARGV[1], ARGV[2], ARGV[3]
 
@@ -52,8 +54,8 @@ end
 if step == 'beat' then
     local t = redis.call('TIME')
     local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    redis.call('SADD', KEYS[2], me)
     redis.call('SET', heartbeat(me), string.format('%d', ms), 'PX', ARGV[4])
+    redis.call('SADD', KEYS[2], me)
     return 1
 end
 
@@ -67,10 +69,17 @@ if step == 'leave' then
 end
 
 if step == 'members' then
-    return redis.call('SMEMBERS', p .. 'connections:' .. ARGV[4])
+    local m = redis.pcall('SMEMBERS', p .. 'connections:' .. ARGV[4])
+    if m.err then
+        return {}
+    end
+    return m
 end
 
 if step == 'gone' then
+    if redis.call('EXISTS', heartbeat(ARGV[4])) == 1 then
+        return 0
+    end
     redis.call('SREM', KEYS[2], ARGV[4])
     redis.call('DEL', p .. 'connections:' .. ARGV[4])
     return 1

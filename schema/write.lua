@@ -27,6 +27,10 @@
 -- ARGV[10] how long a turn lasts, in milliseconds
 -- ARGV[11] how many changes the log keeps (about: trimmed with MAXLEN ~)
 -- ARGV[12] for "close", the key prefix followed by ":" (e.g. "mesh:")
+-- ARGV[13] for "close", the instance expected to own the connection, or
+--          "" for any: a connection registered to another instance since
+--          (opened again elsewhere) is not closed, and the reply is
+--          {0, current JSON text or nil, current version, "moved"}
 --
 -- The versions hash holds "<version>:<digest>" per entry, the digest
 -- being the first 16 hex digits of the SHA-1 of the JSON text written,
@@ -49,7 +53,8 @@
 -- room of <p>:connection:<id>:rooms (the <p>:room:<room> member sets and
 -- Mesh's presence keys of those rooms), and that rooms set goes. These
 -- keys are not in KEYS: standalone Redis allows it, Redis Cluster would
--- not.
+-- not. A registry key of another type than Mesh's is skipped, so that
+-- nothing fails half-way (Lua would not undo what was done before).
 --
 -- Turns keep compare-and-set fair: the writer whose check failed because
 -- the value changed takes the entry's turn (if nobody holds it), and until
@@ -73,9 +78,26 @@ else
     current = redis.call('HGET', KEYS[1], ARGV[1])
 end
 
+-- A registry key of a foreign type holds nothing of Mesh's: skipped.
+local function try(...)
+    local r = redis.pcall(...)
+    if type(r) == 'table' and r.err then
+        return false
+    end
+    return r
+end
+
 local function refuse(reason)
     local v = redis.call('HGET', KEYS[2], ARGV[2]) or '0'
     return {0, current, tonumber(string.match(v, '^%d+')) or 0, reason}
+end
+
+local owner = false
+if ARGV[7] == 'close' then
+    owner = try('HGET', ARGV[12] .. 'connections', ARGV[2])
+    if ARGV[13] ~= '' and owner and owner ~= ARGV[13] then
+        return refuse('moved')
+    end
 end
 
 if check == 'adopt' then
@@ -127,15 +149,14 @@ end
 
 if ARGV[7] == 'close' then
     local p, conn = ARGV[12], ARGV[2]
-    local owner = redis.call('HGET', p .. 'connections', conn)
     if owner then
-        redis.call('HDEL', p .. 'connections', conn)
-        redis.call('SREM', p .. 'connections:' .. owner, conn)
+        try('HDEL', p .. 'connections', conn)
+        try('SREM', p .. 'connections:' .. owner, conn)
     end
     local rooms = p .. 'connection:' .. conn .. ':rooms'
-    for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
-        redis.call('SREM', p .. 'room:' .. room, conn)
-        redis.call('SREM', p .. 'presence:room:' .. room, conn)
+    for _, room in ipairs(try('SMEMBERS', rooms) or {}) do
+        try('SREM', p .. 'room:' .. room, conn)
+        try('SREM', p .. 'presence:room:' .. room, conn)
         redis.call('DEL', p .. 'presence:room:' .. room .. ':conn:' .. conn,
                    p .. 'presence:state:' .. room .. ':conn:' .. conn)
     end

@@ -32,6 +32,9 @@
 typedef struct pending_s {
     ms_session_t *session;
     uint64_t id;
+    ms_app_t *app; /* a close: the connection no session closes again */
+    char *conn;
+    size_t conn_len;
 } pending_t;
 
 void ms_pack_str(msgpack_packer *pk, const char *s)
@@ -552,11 +555,25 @@ static void on_write_done(void *arg, int code, const char *msg,
 }
 
 
+/* A close done: a session that bound the connection lets it go. */
+static void on_close_done(void *arg, int code, const char *msg,
+                          uint64_t version)
+{
+    pending_t *p = arg;
+    char *conn = p->conn;
+
+    if (code == 0)
+        ms_registry_forget(p->app, conn, p->conn_len);
+    on_write_done(arg, code, msg, version);
+    free(conn);
+}
+
+
 static void submit(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
                    ms_kind_t kind, const char *id, size_t len,
                    ms_strategy_t strategy, json_t *update)
 {
-    pending_t *p = ms_malloc(sizeof(*p));
+    pending_t *p = ms_calloc(1, sizeof(*p));
 
     p->session = s;
     p->id = rq->id;
@@ -643,12 +660,14 @@ static void op_conn_close(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
         ms_reply_error(s, r, err.code, err.msg);
         return;
     }
-    p = ms_malloc(sizeof(*p));
+    p = ms_calloc(1, sizeof(*p));
     p->session = s;
     p->id = r->id;
+    p->app = a;
+    p->conn = ms_strndup(id, len);
+    p->conn_len = len;
     ms_session_hold(s, 0);
-    ms_registry_forget(a, id, len);
-    ms_writes_close_conn(a, id, len, on_write_done, p);
+    ms_writes_close_conn(a, id, len, NULL, on_close_done, p);
 }
 static void op_room_get(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
 {

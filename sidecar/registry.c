@@ -30,10 +30,14 @@ typedef struct bound_s {
     size_t len;
 } bound_t;
 
-/* A set of strings (ids, instances), binary-safe, kept in a tree. */
+/*
+ * A set of strings (ids, instances), binary-safe, kept in a tree; a
+ * connection to close also names the instance it belonged to.
+ */
 typedef struct str_s {
     char *s;
     size_t len;
+    char *owner;
 } str_t;
 
 struct ms_registry_s {
@@ -44,12 +48,17 @@ struct ms_registry_s {
     bool reaping; /* holds the cleanup lock and reaps */
     unsigned gen; /* bumped when the links go: late replies are dropped */
     LIST_HEAD(, bound_s) bound;
+    void *retry;    /* tree of str_t: bound closes to try again */
     void *dead;     /* tree of str_t: dead instances found by this reap */
     void *doomed;   /* tree of str_t: connections it closes */
     size_t ndead;   /* in dead */
     size_t ndoomed; /* in doomed */
     size_t waiting; /* replies or closes this reap still waits for */
     bool failed;    /* a close of this reap failed */
+    bool locked;    /* this reap holds Mesh's cleanup lock */
+    str_t **todo;   /* the doomed connections, to close in order */
+    size_t ntodo;
+    size_t next; /* the next one of todo to close */
     uint64_t reap_started;
     unsigned open_timers;
     uv_timer_t beat_timer;
@@ -109,10 +118,9 @@ static int step_call(ms_app_t *app, const char *step, const char *a,
     size_t argvlen[7];
     int argc = 5 + (a != NULL) + (b != NULL);
 
+    /* a may be an id straight from a frame: not NUL-terminated. */
     for (int i = 0; i < 7; i++)
-        argvlen[i] = strlen(argv[i]);
-    if (a != NULL)
-        argvlen[5] = a_len;
+        argvlen[i] = i == 5 && a != NULL ? a_len : strlen(argv[i]);
     if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_REGISTRY, 2,
                                               argc, argv, argvlen, cb, c) < 0)
         return MS_EUNAVAIL;
@@ -135,9 +143,10 @@ static int str_compare(const void *a, const void *b)
 
 
 /* Adds a copy of s; returns true if it was not there yet. */
-static bool str_add(void **tree, const char *s, size_t len)
+static bool str_add(void **tree, const char *s, size_t len, const char *owner,
+                    size_t owner_len)
 {
-    str_t key = {(char *)s, len};
+    str_t key = {(char *)s, len, NULL};
     str_t *e;
     void *slot;
 
@@ -146,6 +155,7 @@ static bool str_add(void **tree, const char *s, size_t len)
     e = ms_malloc(sizeof(*e));
     e->s = ms_strndup(s, len);
     e->len = len;
+    e->owner = owner != NULL ? ms_strndup(owner, owner_len) : NULL;
     slot = tsearch(e, tree, str_compare);
     if (slot == NULL)
         ms_oom();
@@ -158,6 +168,7 @@ static void str_free(void *p)
     str_t *e = p;
 
     free(e->s);
+    free(e->owner);
     free(e);
 }
 
@@ -188,13 +199,62 @@ static void str_each(ms_app_t *app, void *tree,
 
 /* --- closing connections ------------------------------------------------ */
 
+static void close_bound(ms_app_t *app, const char *id, size_t len);
+
+/*
+ * A bound connection's close failed for want of Redis: it is tried again
+ * when the links come back (a conflict means it moved: left alone).
+ */
 static void on_bound_closed(void *arg, int code, const char *msg,
                             uint64_t version)
 {
-    (void)arg;
+    call_t *c = arg;
+    ms_registry_t *r = c->app->registry;
+
     (void)version;
-    if (code < 0)
+    if ((code == MS_EUNAVAIL || code == MS_ETIMEOUT) && r != NULL &&
+        !r->stopping) {
+        ms_log_warn("closing a bound connection failed, will retry",
+                    "error=\"%s\"", msg);
+        str_add(&r->retry, c->conn, c->conn_len, NULL, 0);
+    } else if (code == MS_ECONFLICT) {
+        ms_log_info("bound connection moved to another instance, left open",
+                    NULL);
+    } else if (code < 0) {
         ms_log_warn("closing a bound connection failed", "error=\"%s\"", msg);
+    }
+    call_free(c);
+}
+
+
+/* Closes a connection of this instance (only while it still is). */
+static void close_bound(ms_app_t *app, const char *id, size_t len)
+{
+    call_t *c = call_new(app);
+
+    c->conn = ms_strndup(id, len);
+    c->conn_len = len;
+    ms_writes_close_conn(app, id, len, app->cfg->instance_id, on_bound_closed,
+                         c);
+}
+
+
+static void retry_one(ms_app_t *app, const str_t *e)
+{
+    close_bound(app, e->s, e->len);
+}
+
+
+/* The links are back: the closes that failed go again. */
+static void retry_bound(ms_app_t *app)
+{
+    ms_registry_t *r = app->registry;
+    void *retry = r->retry;
+
+    /* A close failing again at once adds to a fresh tree. */
+    r->retry = NULL;
+    str_each(app, retry, retry_one);
+    tdestroy(retry, str_free);
 }
 
 
@@ -237,7 +297,7 @@ void ms_registry_session_closed(ms_app_t *app, ms_session_t *s)
         if (!r->stopping) {
             ms_log_debug("closing a bound connection", "conn_bytes=%zu",
                          b->len);
-            ms_writes_close_conn(app, b->id, b->len, on_bound_closed, NULL);
+            close_bound(app, b->id, b->len);
         }
         bound_remove(b);
     }
@@ -286,7 +346,7 @@ static void on_opened(void *arg, redisReply *reply, int err)
 
     /* The app went while Redis answered: nobody will close it later. */
     if (c->bind && ms_session_closed(s)) {
-        ms_writes_close_conn(app, c->conn, c->conn_len, on_bound_closed, NULL);
+        close_bound(app, c->conn, c->conn_len);
         goto done;
     }
     if (c->bind)
@@ -382,21 +442,8 @@ static void on_beat_timer(uv_timer_t *t)
 
 /* --- reaping dead instances -------------------------------------------- */
 
-static void reap_end(ms_app_t *app, const char *why)
-{
-    ms_registry_t *r = app->registry;
-
-    if (why != NULL)
-        ms_log_warn("reaping dead instances failed", "reason=\"%s\"", why);
-    r->reaping = false;
-    r->waiting = 0;
-    r->failed = false;
-    tdestroy(r->dead, str_free);
-    tdestroy(r->doomed, str_free);
-    r->dead = r->doomed = NULL;
-    r->ndead = r->ndoomed = 0;
-}
-
+/* Closes in flight at once: a big reap must not starve the heartbeat. */
+#define REAP_INFLIGHT 256
 
 static void on_unlocked(void *arg, redisReply *reply, int err)
 {
@@ -406,22 +453,51 @@ static void on_unlocked(void *arg, redisReply *reply, int err)
 }
 
 
-/* Gives Mesh's cleanup lock back if this instance still holds it. */
-static void unlock(ms_app_t *app)
+/*
+ * Renews (op "renew") or gives back (op "unlock") Mesh's cleanup lock if
+ * this instance still holds it.
+ */
+static void lock_call(ms_app_t *app, bool renew)
 {
+    static const char *const script[] = {
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+        "return redis.call('DEL', KEYS[1]) end return 0",
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+        "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"};
     const ms_layout_t *l = &app->layout;
-    const char *argv[] = {"EVAL",
-                          "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-                          "return redis.call('DEL', KEYS[1]) end return 0",
-                          "1", l->cleanup_lock, app->cfg->instance_id};
-    size_t lens[5];
+    const char *argv[] = {"EVAL",          script[renew],         "1",
+                          l->cleanup_lock, app->cfg->instance_id, LOCK_MS};
+    size_t lens[6];
     call_t *c = call_new(app);
 
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         lens[i] = strlen(argv[i]);
-    if (app->redis == NULL ||
-        ms_redis_command(app->redis, 5, argv, lens, on_unlocked, c) < 0)
+    if (app->redis == NULL || ms_redis_command(app->redis, renew ? 6 : 5, argv,
+                                               lens, on_unlocked, c) < 0)
         call_free(c);
+}
+
+
+/* Ends a reap, done or not; the lock goes back either way. */
+static void reap_end(ms_app_t *app, const char *why)
+{
+    ms_registry_t *r = app->registry;
+
+    if (why != NULL)
+        ms_log_warn("reaping dead instances failed", "reason=\"%s\"", why);
+    if (r->locked)
+        lock_call(app, false);
+    r->locked = false;
+    r->reaping = false;
+    r->waiting = 0;
+    r->failed = false;
+    free(r->todo);
+    r->todo = NULL;
+    r->ntodo = r->next = 0;
+    tdestroy(r->dead, str_free);
+    tdestroy(r->doomed, str_free);
+    r->dead = r->doomed = NULL;
+    r->ndead = r->ndoomed = 0;
 }
 
 
@@ -449,7 +525,6 @@ static void reap_finish(ms_app_t *app)
     ms_registry_t *r = app->registry;
 
     str_each(app, r->dead, forget_instance);
-    unlock(app);
     if (r->ndead > 0)
         ms_log_info("reaping done", "instances=%zu conns=%zu ms=%" PRIu64,
                     r->ndead, r->ndoomed, uv_now(app->loop) - r->reap_started);
@@ -457,15 +532,56 @@ static void reap_finish(ms_app_t *app)
 }
 
 
-/* A close (or the hold reap_close keeps while submitting) is done. */
-static void reap_closed(ms_app_t *app)
+static void close_next(ms_app_t *app);
+
+static void on_reap_closed(void *arg, int code, const char *msg,
+                           uint64_t version)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    ms_registry_t *r = app->registry;
+    bool current = call_current(c);
+
+    (void)version;
+    call_free(c);
+    if (!current || !r->reaping)
+        return;
+
+    /* Opened again elsewhere meanwhile (conflict): rightly left alone. */
+    if (code < 0 && code != MS_ECONFLICT) {
+        ms_log_debug("closing a dead instance's connection failed",
+                     "error=\"%s\"", msg);
+        r->failed = true;
+    }
+    r->waiting--;
+    close_next(app);
+}
+
+
+/*
+ * Keeps REAP_INFLIGHT closes going, renewing the lock as it goes; once
+ * all are answered, the reap ends (the instances stay, for the next reap,
+ * if a close failed).
+ */
+static void close_next(ms_app_t *app)
 {
     ms_registry_t *r = app->registry;
 
-    if (--r->waiting > 0)
-        return;
+    while (r->next < r->ntodo && r->waiting < REAP_INFLIGHT) {
+        str_t *e = r->todo[r->next++];
 
-    /* The instances stay until a reap closes all of theirs. */
+        if (r->next % REAP_INFLIGHT == 0)
+            lock_call(app, true);
+        r->waiting++;
+        ms_writes_close_conn(app, e->s, e->len, e->owner, on_reap_closed,
+                             call_new(app));
+
+        /* An answer given at once may have ended the reap. */
+        if (!r->reaping)
+            return;
+    }
+    if (r->waiting > 0 || r->next < r->ntodo)
+        return;
     if (r->failed)
         reap_end(app, "a connection could not be closed");
     else
@@ -473,64 +589,51 @@ static void reap_closed(ms_app_t *app)
 }
 
 
-static void on_reap_closed(void *arg, int code, const char *msg,
-                           uint64_t version)
+static void collect(const void *node, VISIT which, void *closure)
 {
-    call_t *c = arg;
-    ms_app_t *app = c->app;
-    bool current = call_current(c);
+    ms_registry_t *r = closure;
 
-    (void)version;
-    call_free(c);
-    if (!current || !app->registry->reaping)
-        return;
-    if (code < 0) {
-        ms_log_debug("closing a dead instance's connection failed",
-                     "error=\"%s\"", msg);
-        app->registry->failed = true;
-    }
-    reap_closed(app);
+    if (which == postorder || which == leaf)
+        r->todo[r->ntodo++] = *(str_t *const *)node;
 }
 
 
-static void close_doomed(ms_app_t *app, const str_t *e)
-{
-    call_t *c = call_new(app);
-
-    app->registry->waiting++;
-    ms_writes_close_conn(app, e->s, e->len, on_reap_closed, c);
-}
-
-
-/*
- * Everything to close is known: close it (through the write pipeline).
- * A close may be answered at once; the hold keeps the trees alive until
- * the walk is over.
- */
+/* Everything to close is known: close it (through the write pipeline). */
 static void reap_close(ms_app_t *app)
 {
     ms_registry_t *r = app->registry;
 
-    r->waiting = 1;
+    r->todo = ms_malloc((r->ndoomed + 1) * sizeof(*r->todo));
+    r->ntodo = r->next = 0;
+    twalk_r(r->doomed, collect, r);
+    r->waiting = 0;
     r->failed = false;
-    str_each(app, r->doomed, close_doomed);
-    reap_closed(app);
+    close_next(app);
 }
 
 
-/* Adds the connections of a reply list (every stride-th from first). */
-static void doom(ms_registry_t *r, const redisReply *list, size_t stride)
+/*
+ * Adds the connections of a reply list: {conn, owner, ...} (stride 2),
+ * or {conn, ...} of the given owner (stride 1).
+ */
+static void doom(ms_registry_t *r, const redisReply *list, size_t stride,
+                 const char *owner, size_t owner_len)
 {
-    for (size_t i = 0; i < list->elements; i += stride) {
+    for (size_t i = 0; i + stride - 1 < list->elements; i += stride) {
         const redisReply *e = list->element[i];
+        const redisReply *o = stride == 2 ? list->element[i + 1] : NULL;
 
-        if (e->type == REDIS_REPLY_STRING &&
-            str_add(&r->doomed, e->str, e->len))
+        if (e->type != REDIS_REPLY_STRING ||
+            (o != NULL && o->type != REDIS_REPLY_STRING))
+            continue;
+        if (str_add(&r->doomed, e->str, e->len, o != NULL ? o->str : owner,
+                    o != NULL ? o->len : owner_len))
             r->ndoomed++;
     }
 }
 
 
+/* What a members step carries: the instance it lists. */
 static void on_members(void *arg, redisReply *reply, int err)
 {
     call_t *c = arg;
@@ -538,17 +641,20 @@ static void on_members(void *arg, redisReply *reply, int err)
     bool current = call_current(c);
 
     (void)err;
-    call_free(c);
-    if (!current || !app->registry->reaping)
-        return;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
-        reap_end(app, "unexpected reply listing a dead instance's "
-                      "connections");
-        return;
+    if (current && app->registry->reaping) {
+        if (reply != NULL && reply->type == REDIS_REPLY_ARRAY)
+            doom(app->registry, reply, 1, c->conn, c->conn_len);
+        else
+            app->registry->failed = true;
+        if (--app->registry->waiting == 0) {
+            if (app->registry->failed)
+                reap_end(app, "a dead instance's connections could not "
+                              "be listed");
+            else
+                reap_close(app);
+        }
     }
-    doom(app->registry, reply, 1);
-    if (--app->registry->waiting == 0)
-        reap_close(app);
+    call_free(c);
 }
 
 
@@ -556,9 +662,12 @@ static void ask_members(ms_app_t *app, const str_t *e)
 {
     call_t *c = call_new(app);
 
+    c->conn = ms_strndup(e->s, e->len);
+    c->conn_len = e->len;
     app->registry->waiting++;
     if (step_call(app, "members", e->s, e->len, NULL, on_members, c) < 0) {
         app->registry->waiting--;
+        app->registry->failed = true;
         call_free(c);
     }
 }
@@ -593,10 +702,11 @@ static void on_dead(void *arg, redisReply *reply, int err)
     for (size_t i = 0; i < reply->element[1]->elements; i++) {
         const redisReply *e = reply->element[1]->element[i];
 
-        if (e->type == REDIS_REPLY_STRING && str_add(&r->dead, e->str, e->len))
+        if (e->type == REDIS_REPLY_STRING &&
+            str_add(&r->dead, e->str, e->len, NULL, 0))
             r->ndead++;
     }
-    doom(r, reply->element[2], 2);
+    doom(r, reply->element[2], 2, NULL, 0);
     if (strcmp(reply->element[0]->str, "0") != 0) {
         dead_step(app, reply->element[0]->str, reply->element[0]->len);
         return;
@@ -608,6 +718,7 @@ static void on_dead(void *arg, redisReply *reply, int err)
         return;
     }
     r->waiting = 0;
+    r->failed = false;
     str_each(app, r->dead, ask_members);
     if (r->waiting == 0)
         reap_end(app, "Redis not reachable");
@@ -641,6 +752,7 @@ static void on_locked(void *arg, redisReply *reply, int err)
         app->registry->reaping = false;
         return;
     }
+    app->registry->locked = true;
     app->registry->reap_started = uv_now(app->loop);
     dead_step(app, "0", 1);
 }
@@ -660,6 +772,8 @@ static void on_reap_timer(uv_timer_t *t)
         return;
     for (int i = 0; i < 6; i++)
         lens[i] = strlen(argv[i]);
+    /* Replies to an earlier reap must not count in this one. */
+    r->gen++;
     c = call_new(app);
     r->reaping = true;
     if (app->redis == NULL ||
@@ -688,6 +802,7 @@ void ms_registry_on_live(ms_app_t *app, bool live)
         return;
     }
     uv_timer_start(&r->beat_timer, on_beat_timer, 0, app->cfg->heartbeat);
+    retry_bound(app);
     if (app->cfg->reap_interval > 0)
         uv_timer_start(&r->reap_timer, on_reap_timer, app->cfg->reap_interval,
                        app->cfg->reap_interval);
@@ -759,7 +874,8 @@ static void on_own_members(void *arg, redisReply *reply, int err)
         if (e->type != REDIS_REPLY_STRING)
             continue;
         r->waiting++;
-        ms_writes_close_conn(app, e->str, e->len, on_own_closed, call_new(app));
+        ms_writes_close_conn(app, e->str, e->len, app->cfg->instance_id,
+                             on_own_closed, call_new(app));
     }
     if (--r->waiting == 0)
         leave(app);
@@ -835,6 +951,7 @@ void ms_registry_close(ms_app_t *app)
         reap_end(app, NULL);
     while (!LIST_EMPTY(&r->bound))
         bound_remove(LIST_FIRST(&r->bound));
+    tdestroy(r->retry, str_free);
 
     /* Late replies find no registry and stop there. */
     app->registry = NULL;

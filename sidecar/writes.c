@@ -40,6 +40,7 @@ struct write_s {
     ms_strategy_t strategy;
     json_t *update; /* NULL: delete */
     bool close;     /* a connection's close: also leaves the registry */
+    char *owner;    /* for a close: the instance expected to own it */
     ms_write_done_cb cb;
     void *arg;
     unsigned attempts;
@@ -116,6 +117,7 @@ static void write_free(write_t *w)
     json_decref(w->update);
     free(w->base);
     free(w->json);
+    free(w->owner);
     if (w->has_timer)
         uv_close((uv_handle_t *)&w->timer, on_timer_closed);
     else
@@ -203,8 +205,8 @@ static int write_start(write_t *w, ms_error_t *err)
     const ms_layout_t *l = &app->layout;
     bool merging = w->update != NULL && w->strategy != MS_STRATEGY_REPLACE;
     json_t *current = NULL, *result;
-    const char *argv[17], *check;
-    size_t argvlen[17];
+    const char *argv[18], *check;
+    size_t argvlen[18];
     char log_len[24];
     int rc;
 
@@ -243,7 +245,8 @@ static int write_start(write_t *w, ms_error_t *err)
     argv[14] = TURN_MS;
     argv[15] = log_len;
     argv[16] = l->key_prefix;
-    for (int i = 0; i < 17; i++)
+    argv[17] = w->owner != NULL ? w->owner : "";
+    for (int i = 0; i < 18; i++)
         argvlen[i] = strlen(argv[i]);
     argvlen[0] = q->hash_key_len;
     argvlen[3] = q->turn_key_len;
@@ -256,7 +259,7 @@ static int write_start(write_t *w, ms_error_t *err)
     w->floor = ms_mirror_high(app);
     w->rebuilds = ms_mirror_rebuilds(app);
     if (app->redis == NULL ||
-        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5, 17, argv, argvlen,
+        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5, 18, argv, argvlen,
                         on_script_reply, w) < 0)
         return ms_error_set(err, MS_EUNAVAIL, "Redis is not reachable");
     return 0;
@@ -374,6 +377,9 @@ static int retry_after_conflict(write_t *w, redisReply *reply, ms_error_t *err)
 
     if (reason->type == REDIS_REPLY_STRING && strcmp(reason->str, "turn") == 0)
         return wait_for_turn(w, err);
+    if (reason->type == REDIS_REPLY_STRING && strcmp(reason->str, "moved") == 0)
+        return ms_error_set(err, MS_ECONFLICT,
+                            "the connection belongs to another instance now");
     if (w->attempts >= w->app->cfg->merge_retries)
         return ms_error_set(err, MS_ECONFLICT,
                             "gave up after %u conflicting concurrent writes",
@@ -446,7 +452,7 @@ static void on_script_reply(void *arg, redisReply *reply, int status)
 
 static void submit(ms_app_t *app, ms_kind_t kind, const char *id, size_t id_len,
                    ms_strategy_t strategy, json_t *update, bool close,
-                   ms_write_done_cb cb, void *arg)
+                   const char *owner, ms_write_done_cb cb, void *arg)
 {
     write_t *w = ms_calloc(1, sizeof(*w));
     queue_t *q = queue_find_or_add(app, kind, id, id_len);
@@ -456,6 +462,8 @@ static void submit(ms_app_t *app, ms_kind_t kind, const char *id, size_t id_len,
     w->strategy = strategy;
     w->update = update;
     w->close = close;
+    if (owner != NULL)
+        w->owner = ms_strndup(owner, strlen(owner));
     w->cb = cb;
     w->arg = arg;
 
@@ -473,15 +481,15 @@ void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
                       size_t id_len, ms_strategy_t strategy, json_t *update,
                       ms_write_done_cb cb, void *arg)
 {
-    submit(app, kind, id, id_len, strategy, update, false, cb, arg);
+    submit(app, kind, id, id_len, strategy, update, false, NULL, cb, arg);
 }
 
 
 void ms_writes_close_conn(ms_app_t *app, const char *id, size_t id_len,
-                          ms_write_done_cb cb, void *arg)
+                          const char *owner, ms_write_done_cb cb, void *arg)
 {
-    submit(app, MS_KIND_CONN, id, id_len, MS_STRATEGY_REPLACE, NULL, true, cb,
-           arg);
+    submit(app, MS_KIND_CONN, id, id_len, MS_STRATEGY_REPLACE, NULL, true,
+           owner, cb, arg);
 }
 
 

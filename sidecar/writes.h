@@ -57,9 +57,11 @@ void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
 /*
  * Queues a connection's close: its metadata's delete, in the same step
  * as its removal from Mesh's registry and from its rooms (schema/
- * write.lua, "close").
+ * write.lua, "close"). With owner (copied), only while the connection is
+ * that instance's or nobody's: else it ends with MS_ECONFLICT, nothing
+ * done.
  */
 void ms_writes_close_conn(ms_app_t *app, const char *id, size_t id_len,
-                          ms_write_done_cb cb, void *arg);
+                          const char *owner, ms_write_done_cb cb, void *arg);
 
 #endif

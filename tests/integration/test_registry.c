@@ -157,6 +157,17 @@ static void test_open_close(void **state)
     assert_int_equal(rint_(h, "SISMEMBER mesh:room:lobby %s", "other"), 1);
     expect_conn(mb, "c1", v + 1, "null");
 
+    /* Mesh keys of a foreign type do not make a close fail half-way. */
+    HARNESS_CALL_OK(ma, meshsync_conn_open(ma, "w1", 0));
+    v = set_conn(ma, "w1", "{}");
+    freeReplyObject(
+        harness_command(harness_redis(h), "SET mesh:connection:w1:rooms x"));
+    freeReplyObject(
+        harness_command(harness_redis(h), "SET mesh:connections:A x"));
+    HARNESS_CALL_OK(ma, meshsync_conn_close(ma, "w1", NULL));
+    expect_conn_gone(h, "w1", NULL);
+    expect_conn(mb, "w1", v + 1, "null");
+
     /* No conn, and no hello to take it from. */
     assert_int_equal(meshsync_conn_open(ma, NULL, 0), -1);
     assert_string_equal(meshsync_errcode(ma), "invalid_request");
@@ -190,6 +201,18 @@ static void test_bound_to_session(void **state)
     expect_conn(mb, "c2", v + 1, "null");
     expect_conn_gone(h, "c2", "r");
     expect_owner(h, "kept", "A");
+
+    /* A bound connection opened again through B is B's: left alone. */
+    app = harness_client_open(a);
+    HARNESS_CALL_OK(app, meshsync_hello(app, "mv"));
+    HARNESS_CALL_OK(app, meshsync_conn_open(app, NULL, -1));
+    HARNESS_CALL_OK(mb, meshsync_conn_open(mb, "mv", 0));
+    v = set_conn(mb, "mv", "{\"on\":\"B\"}");
+    meshsync_free(app);
+    if (!harness_daemon_wait_log(a, "moved to another instance", WAIT_MS))
+        fail_msg("no refused close; log:\n%s", harness_daemon_log(a));
+    expect_owner(h, "mv", "B");
+    expect_conn(mb, "mv", v, "{\"on\":\"B\"}");
 
     meshsync_free(mb);
     harness_daemon_stop_clean(a);
@@ -270,7 +293,11 @@ static void test_mesh_ghost_reaped(void **state)
     meshsync_t *mb;
     meshsync_value_t v;
 
-    freeReplyObject(harness_command(c, "SADD mesh:instances ghost alive"));
+    freeReplyObject(
+        harness_command(c, "SADD mesh:instances ghost alive ghost2"));
+
+    /* A dead instance whose set is of a foreign type stops no reap. */
+    freeReplyObject(harness_command(c, "SET mesh:connections:ghost2 x"));
     freeReplyObject(harness_command(c, "HSET mesh:connections g1 ghost "
                                        "g2 ghost a1 alive"));
     freeReplyObject(harness_command(c, "SADD mesh:connections:ghost g1 g3"));
@@ -295,6 +322,7 @@ static void test_mesh_ghost_reaped(void **state)
     expect_conn_gone(h, "g2", NULL);
     expect_conn_gone(h, "g3", NULL);
     assert_int_equal(rint_(h, "SISMEMBER mesh:instances %s", "ghost"), 0);
+    assert_int_equal(rint_(h, "SISMEMBER mesh:instances %s", "ghost2"), 0);
     assert_int_equal(rint_(h, "EXISTS %s", "mesh:connections:ghost"), 0);
     HARNESS_CALL_OK(mb, meshsync_conn_get(mb, "g1", MESHSYNC_JSON, &v));
     assert_string_equal(v.data, "null");
