@@ -1,9 +1,11 @@
 /*
- * cli.c - the meshsync command: one request to the sidecar per run.
+ * cli.c - the meshsync command: one command against the sidecar per run
+ * (one request, or as many as a list's pages, an mget's batches or a
+ * watch's events need).
  *
  * main() parses the command line (options may stand anywhere among the
  * command words), reads a JSON value from an argument or stdin, makes the
- * call through libmeshsync and prints the result as JSON on one line.
+ * calls through libmeshsync and prints results as JSON, one per line.
  * Single-threaded. Exit status: 0 success, 1 the request failed, 2 usage
  * error, 3 the sidecar cannot be reached.
  */
@@ -28,7 +30,8 @@ enum { EXIT_OK = 0, EXIT_REQUEST = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
 /* The sidecar refuses bigger frames, so more input cannot succeed. */
 #define INPUT_MAX (1024 * 1024)
 
-#define MAX_WORDS 4
+/* An mget asks for at most this many ids at once; more take more calls. */
+#define MGET_BATCH 1000
 
 typedef struct cli_args_s {
     const char *socket; /* NULL: the library's default */
@@ -43,7 +46,18 @@ typedef struct cli_args_s {
     uint64_t min_version;
     int wait_ms;    /* -1: the sidecar's default */
     const char *as; /* hello: the connection conn commands default to */
-    const char *words[MAX_WORDS];
+    size_t limit;   /* list: entries per request; 0: the sidecar's default */
+    const char *limit_arg;
+    /* watch: --room and --conn (argc slots each, main frees them) */
+    const char **rooms;
+    size_t nrooms;
+    const char **conns;
+    size_t nconns;
+    int all;
+    const char *count_arg;
+    uint64_t count; /* watch: stop after this many events; 0: never */
+    /* argc + 1 slots (mget takes any number of ids); main frees it */
+    const char **words;
     int nwords;
 } cli_args_t;
 
@@ -64,8 +78,35 @@ static const char help_text[] =
     "  conn get [CONN]     print a connection's metadata (null when none)\n"
     "  conn set [CONN] JSON\n"
     "                      set a connection's metadata\n"
-    "  conn close [CONN]   remove a connection's metadata\n"
+    "  conn close [CONN]   close a connection: its metadata, registration\n"
+    "                      and room memberships go\n"
     "                      (CONN may be left out after --as CONN)\n"
+    "  conn open [CONN]    register a connection in Mesh's registry as\n"
+    "                      owned by the sidecar's instance (with --as,\n"
+    "                      bound: closed when this command exits)\n"
+    "  room list           print every room's metadata, one line per room:\n"
+    "                      {\"id\":ROOM,\"value\":V,\"version\":N}, in id\n"
+    "                      (byte) order, fetched a page at a time\n"
+    "  conn list           the same for every connection\n"
+    "  room mget ROOM...   print the metadata of the rooms named, one line\n"
+    "                      per room in the order given, as list does\n"
+    "                      (value null when none)\n"
+    "  conn mget CONN...   the same for connections\n"
+    "  room join ROOM CONN, room leave ROOM CONN\n"
+    "                      put a connection in a room, or take it out\n"
+    "                      (Mesh's membership sets); prints {\"version\":N}\n"
+    "                      (0 when nothing changed)\n"
+    "  room members ROOM   print the connections in a room, one line each,\n"
+    "                      with their metadata, as list does\n"
+    "  watch               print each change to the entries named by\n"
+    "                      --room, --conn or --all as it happens, one line\n"
+    "                      per change, in version order:\n"
+    "                      {\"kind\":K,\"id\":ID,\"value\":V,\"version\":N}\n"
+    "                      (K \"room\" or \"conn\", V null when deleted),\n"
+    "                      or {\"reset\":true,\"version\":N} when changes\n"
+    "                      up to N may have been missed (read again what\n"
+    "                      you need); runs until killed, or for --count N\n"
+    "                      events; exit 3 if the sidecar goes away\n"
     "\n"
     "JSON is one JSON value (quote it for the shell), or - to read it\n"
     "from standard input. A get prints the value as JSON on one line; a\n"
@@ -87,9 +128,16 @@ static const char help_text[] =
     "                   the sidecar asks Redis, and fails with timeout\n"
     "                   if Redis lacks it too. Added to --timeout.\n"
     "  --strong         for get: read from Redis, not the sidecar's cache\n"
+    "  --limit N        for list: entries per request, 1 to 10000 (default\n"
+    "                   1000); list still prints every entry\n"
+    "  --room ROOM      for watch: watch this room (repeatable)\n"
+    "  --conn CONN      for watch: watch this connection (repeatable)\n"
+    "  --all            for watch: watch every room and connection\n"
+    "  --count N        for watch: exit 0 after N events\n"
     "  -v, --verbose    for get: print "
     "{\"value\":V,\"version\":N,\"stale\":B}\n"
-    "                   (and \"behind\":N, in versions, when stale)\n"
+    "                   (and \"behind\":N, in versions, when stale); for\n"
+    "                   list and mget: add \"stale\":B to each line\n"
     "  -h, --help       print this help and exit\n"
     "  --version        print the version and exit\n"
     "  --               end of options\n"
@@ -169,6 +217,49 @@ static int parse_min_version(const char *s, cli_args_t *a)
     return 0;
 }
 
+static int parse_count(const char *s, cli_args_t *a)
+{
+    unsigned long long v;
+    char *end;
+
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (!isdigit((unsigned char)s[0]) || *end != '\0' || errno != 0 || v == 0)
+        return usage_error("bad --count '%s': want a number of events", s);
+    a->count_arg = s;
+    a->count = (uint64_t)v;
+    return 0;
+}
+
+/* Adds a --room or --conn id to its list (argc slots, made on first use). */
+static int add_watch_id(const char ***list, size_t *n, int argc, const char *id)
+{
+    if (*list == NULL)
+        *list = calloc((size_t)argc, sizeof(**list));
+    if (*list == NULL) {
+        fputs("meshsync: internal: out of memory\n", stderr);
+        return -1;
+    }
+    (*list)[(*n)++] = id;
+    return 0;
+}
+
+/* The sidecar judges the upper bound (10000); 0 would mean its default. */
+static int parse_limit(const char *s, cli_args_t *a)
+{
+    unsigned long long v;
+    char *end;
+
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (!isdigit((unsigned char)s[0]) || *end != '\0' || errno != 0 || v == 0 ||
+        v > SIZE_MAX)
+        return usage_error("bad --limit '%s': want a number of entries", s);
+    a->limit_arg = s;
+    a->limit = (size_t)v;
+    return 0;
+}
+
 /*
  * Takes the value of an option given as "--name VALUE" or "--name=VALUE".
  * Returns 1 when arg is that option, 0 when not, -1 on a missing value.
@@ -216,6 +307,16 @@ static int parse_option(cli_args_t *a, int argc, char **argv, int *i)
         return rc < 0 ? rc : parse_min_version(v, a);
     else if ((rc = take_option("--wait-ms", argc, argv, i, &v)) != 0)
         return rc < 0 ? rc : parse_wait(v, &a->wait_ms);
+    else if ((rc = take_option("--limit", argc, argv, i, &v)) != 0)
+        return rc < 0 ? rc : parse_limit(v, a);
+    else if (strcmp(arg, "--all") == 0)
+        a->all = 1;
+    else if ((rc = take_option("--room", argc, argv, i, &v)) != 0)
+        return rc < 0 ? rc : add_watch_id(&a->rooms, &a->nrooms, argc, v);
+    else if ((rc = take_option("--conn", argc, argv, i, &v)) != 0)
+        return rc < 0 ? rc : add_watch_id(&a->conns, &a->nconns, argc, v);
+    else if ((rc = take_option("--count", argc, argv, i, &v)) != 0)
+        return rc < 0 ? rc : parse_count(v, a);
     else if ((rc = take_option("--as", argc, argv, i, &v)) != 0)
         return rc < 0 ? rc : (a->as = v, 0);
     else if ((rc = take_option("--strategy", argc, argv, i, &v)) != 0) {
@@ -246,14 +347,19 @@ static int parse_args(int argc, char **argv, cli_args_t *a)
     memset(a, 0, sizeof(*a));
     a->timeout_ms = -1;
     a->wait_ms = -1;
+
+    /* A slot per argument, and one more for omit_conn() to shift into. */
+    a->words = calloc((size_t)argc + 1, sizeof(*a->words));
+    if (a->words == NULL) {
+        fputs("meshsync: internal: out of memory\n", stderr);
+        return -1;
+    }
     for (i = 1; i < argc; i++) {
         if (!options_done && strcmp(argv[i], "--") == 0) {
             options_done = 1;
         } else if (!options_done && is_option(argv[i])) {
             if (parse_option(a, argc, argv, &i) < 0)
                 return -1;
-        } else if (a->nwords == MAX_WORDS) {
-            return usage_error("unexpected argument '%s'", argv[i]);
         } else {
             a->words[a->nwords++] = argv[i];
         }
@@ -314,8 +420,10 @@ static int fail_call(const meshsync_t *ms)
 }
 
 /* Prints the health report; succeeds only when the sidecar is live. */
-static int run_health(meshsync_t *ms)
+static int run_health(meshsync_t *ms, const cli_args_t *a, int room)
 {
+    (void)a;
+    (void)room;
     meshsync_value_t v;
     json_t *report;
     int ready;
@@ -331,8 +439,10 @@ static int run_health(meshsync_t *ms)
 }
 
 
-static int run_ping(meshsync_t *ms)
+static int run_ping(meshsync_t *ms, const cli_args_t *a, int room)
 {
+    (void)a;
+    (void)room;
     if (meshsync_ping(ms) < 0)
         return fail_call(ms);
     puts("pong");
@@ -412,25 +522,238 @@ static int run_remove(meshsync_t *ms, const cli_args_t *a, int room)
     return EXIT_OK;
 }
 
-typedef enum { CMD_PING, CMD_HEALTH, CMD_GET, CMD_SET, CMD_REMOVE } cmd_t;
+/* Prints {"key":"value"} with value as a JSON string. */
+static int print_json_field(const char *key, const char *value)
+{
+    json_t *o = json_pack("{ss}", key, value);
+    char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+
+    json_decref(o);
+    if (text == NULL) {
+        fputs("meshsync: internal: cannot print the reply\n", stderr);
+        return EXIT_REQUEST;
+    }
+    printf("%s\n", text);
+    free(text);
+    return EXIT_OK;
+}
+
+
+/* conn open CONN: registers the connection (bound only with --as). */
+static int run_open(meshsync_t *ms, const cli_args_t *a, int room)
+{
+    const char *conn = a->words[2] != NULL ? a->words[2] : a->as;
+
+    (void)room;
+    if (meshsync_conn_open(ms, a->words[2], -1) < 0)
+        return fail_call(ms);
+    return print_json_field("conn", conn);
+}
+
+/*
+ * Prints {"id":ID,"value":V,"version":N} on one line, with "stale":B
+ * added when verbose. Returns 0, or -1 after a message.
+ */
+static int print_entry(const char *id, size_t id_len, const char *value,
+                       uint64_t version, int stale, int verbose)
+{
+    /* Ids come from Redis as they are: printed even if not UTF-8. */
+    json_t *s = json_stringn_nocheck(id, id_len);
+    char *text = s != NULL ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
+
+    json_decref(s);
+    if (text == NULL) {
+        fputs("meshsync: internal: out of memory\n", stderr);
+        return -1;
+    }
+    printf("{\"id\":%s,\"value\":%s,\"version\":%" PRIu64 "%s}\n", text, value,
+           version,
+           !verbose ? ""
+           : stale  ? ",\"stale\":true"
+                    : ",\"stale\":false");
+    free(text);
+    return 0;
+}
+
+
+/* list: every entry, one page per request, each entry on its own line. */
+static int run_list(meshsync_t *ms, const cli_args_t *a, int room)
+{
+    meshsync_page_t page;
+    char *after = NULL;
+    int rc;
+
+    do {
+        if (strcmp(a->words[1], "members") == 0)
+            rc = meshsync_room_members(ms, a->words[2], after, a->limit,
+                                       MESHSYNC_JSON, &page);
+        else if (room)
+            rc = meshsync_room_list(ms, after, a->limit, MESHSYNC_JSON, &page);
+        else
+            rc = meshsync_conn_list(ms, after, a->limit, MESHSYNC_JSON, &page);
+        free(after);
+        if (rc < 0)
+            return fail_call(ms);
+        for (size_t i = 0; i < page.count && rc == 0; i++)
+            rc = print_entry(page.items[i].id, page.items[i].id_len,
+                             page.items[i].data, page.items[i].version,
+                             page.stale, a->verbose);
+
+        /* The library checked that next is the page's last id. */
+        after = page.next;
+        page.next = NULL;
+        meshsync_page_free(&page);
+    } while (rc == 0 && after != NULL);
+    free(after);
+    return rc == 0 ? EXIT_OK : EXIT_REQUEST;
+}
+
+
+/* room join|leave ROOM CONN: prints {"version":N}, 0 if unchanged. */
+static int run_membership(meshsync_t *ms, const cli_args_t *a, int room)
+{
+    uint64_t version = 0;
+    int rc;
+
+    (void)room;
+    if (strcmp(a->words[1], "join") == 0)
+        rc = meshsync_room_join(ms, a->words[2], a->words[3], &version);
+    else
+        rc = meshsync_room_leave(ms, a->words[2], a->words[3], &version);
+    if (rc < 0)
+        return fail_call(ms);
+    printf("{\"version\":%" PRIu64 "}\n", version);
+    return EXIT_OK;
+}
+
+
+/* mget ID...: one line per id, in order; MGET_BATCH ids per request. */
+static int run_mget(meshsync_t *ms, const cli_args_t *a, int room)
+{
+    const char *const *ids = a->words + 2;
+    size_t n = a->nwords > 2 ? (size_t)a->nwords - 2 : 0;
+    meshsync_value_t *v;
+    int status = EXIT_OK;
+
+    v = calloc(n < MGET_BATCH ? n : MGET_BATCH, sizeof(*v));
+    if (v == NULL) {
+        fputs("meshsync: internal: out of memory\n", stderr);
+        return EXIT_REQUEST;
+    }
+    for (size_t off = 0; off < n && status == EXIT_OK; off += MGET_BATCH) {
+        size_t k = n - off < MGET_BATCH ? n - off : MGET_BATCH;
+        int rc = room ? meshsync_room_mget(ms, ids + off, k, MESHSYNC_JSON, v)
+                      : meshsync_conn_mget(ms, ids + off, k, MESHSYNC_JSON, v);
+
+        if (rc < 0) {
+            status = fail_call(ms);
+            break;
+        }
+        for (size_t i = 0; i < k && status == EXIT_OK; i++) {
+            if (print_entry(ids[off + i], strlen(ids[off + i]), v[i].data,
+                            v[i].version, v[i].stale, a->verbose) < 0)
+                status = EXIT_REQUEST;
+        }
+        meshsync_values_free(v, k);
+    }
+    free(v);
+    return status;
+}
+
+/*
+ * Prints a watch event on one line: {"kind":K,"id":ID,"value":V,
+ * "version":N}, or {"reset":true,"version":N}. 0, or -1 after a message.
+ */
+static int print_event(const meshsync_event_t *ev)
+{
+    json_t *s;
+    char *id;
+
+    if (ev->reset) {
+        printf("{\"reset\":true,\"version\":%" PRIu64 "}\n", ev->version);
+        return 0;
+    }
+
+    /* Ids come from Redis as they are: printed even if not UTF-8. */
+    s = json_stringn_nocheck(ev->id, ev->id_len);
+    id = s != NULL ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
+    json_decref(s);
+    if (id == NULL) {
+        fputs("meshsync: internal: out of memory\n", stderr);
+        return -1;
+    }
+    printf("{\"kind\":\"%s\",\"id\":%s,\"value\":%s,\"version\":%" PRIu64 "}\n",
+           ev->kind == MESHSYNC_ROOM ? "room" : "conn", id, ev->data,
+           ev->version);
+    free(id);
+    return 0;
+}
+
+
+/* watch: one line per event, flushed at once, until --count or killed. */
+static int run_watch(meshsync_t *ms, const cli_args_t *a, int room)
+{
+    meshsync_event_t ev;
+    uint64_t seen = 0;
+    int rc;
+
+    (void)room;
+    if (meshsync_watch(ms, a->rooms, a->nrooms, a->conns, a->nconns, a->all,
+                       NULL) < 0)
+        return fail_call(ms);
+    while (a->count == 0 || seen < a->count) {
+        rc = meshsync_next_event(ms, &ev, -1);
+        if (rc < 0)
+            return fail_call(ms);
+        if (rc == 0)
+            continue;
+        rc = print_event(&ev);
+        meshsync_event_free(&ev);
+        if (rc < 0)
+            return EXIT_REQUEST;
+        if (fflush(stdout) != 0)
+            return EXIT_REQUEST; /* main reports the write error */
+        seen++;
+    }
+    return EXIT_OK;
+}
+
+/* Which options a command takes, beyond the common ones. */
+enum {
+    TAKES_STRATEGY = 1,
+    TAKES_READ = 2,
+    TAKES_LIMIT = 4,
+    TAKES_IDS = 8, /* one id or more after the verb (nwords 0) */
+    TAKES_WATCH = 16
+};
 
 typedef struct command_s {
     const char *noun;
     const char *verb; /* NULL: the noun alone is the command */
     const char *args;
-    int nwords;
-    cmd_t cmd;
+    int nwords; /* words including noun and verb; 0: any number */
+    int takes;  /* TAKES_* bits */
+    int (*run)(meshsync_t *ms, const cli_args_t *a, int room);
 } command_t;
 
 static const command_t commands[] = {
-    {"ping", NULL, "", 1, CMD_PING},
-    {"health", NULL, "", 1, CMD_HEALTH},
-    {"room", "get", " ROOM", 3, CMD_GET},
-    {"room", "set", " ROOM JSON", 4, CMD_SET},
-    {"room", "delete", " ROOM", 3, CMD_REMOVE},
-    {"conn", "get", " CONN", 3, CMD_GET},
-    {"conn", "set", " CONN JSON", 4, CMD_SET},
-    {"conn", "close", " CONN", 3, CMD_REMOVE},
+    {"ping", NULL, "", 1, 0, run_ping},
+    {"health", NULL, "", 1, 0, run_health},
+    {"room", "get", " ROOM", 3, TAKES_READ, run_get},
+    {"room", "set", " ROOM JSON", 4, TAKES_STRATEGY, run_set},
+    {"room", "delete", " ROOM", 3, 0, run_remove},
+    {"conn", "get", " CONN", 3, TAKES_READ, run_get},
+    {"conn", "set", " CONN JSON", 4, TAKES_STRATEGY, run_set},
+    {"conn", "close", " CONN", 3, 0, run_remove},
+    {"conn", "open", " CONN", 3, 0, run_open},
+    {"room", "list", "", 2, TAKES_LIMIT, run_list},
+    {"conn", "list", "", 2, TAKES_LIMIT, run_list},
+    {"room", "mget", " ROOM...", 0, TAKES_IDS, run_mget},
+    {"room", "members", " ROOM", 3, TAKES_LIMIT, run_list},
+    {"room", "join", " ROOM CONN", 4, 0, run_membership},
+    {"room", "leave", " ROOM CONN", 4, 0, run_membership},
+    {"conn", "mget", " CONN...", 0, TAKES_IDS, run_mget},
+    {"watch", NULL, "", 1, TAKES_WATCH, run_watch},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -458,7 +781,7 @@ static const command_t *find_command(const cli_args_t *a)
     if (!noun_known)
         usage_error("unknown command '%s'", a->words[0]);
     else
-        usage_error("'%s' wants get, set or %s", a->words[0],
+        usage_error("'%s' wants get, set, %s, list or mget", a->words[0],
                     strcmp(a->words[0], "room") == 0 ? "delete" : "close");
     return NULL;
 }
@@ -487,20 +810,38 @@ static const command_t *check_command(cli_args_t *a)
     if (c == NULL)
         return NULL;
     omit_conn(a, c);
-    if (a->nwords != c->nwords) {
+    if (c->nwords != 0 && a->nwords != c->nwords) {
         usage_error("expected: meshsync %s%s%s%s%s", c->noun,
                     c->verb != NULL ? " " : "", c->verb != NULL ? c->verb : "",
                     c->args,
-                    strcmp(c->noun, "conn") == 0 && c->cmd != CMD_PING
+                    strcmp(c->noun, "conn") == 0
                         ? " (CONN may be left out after --as CONN)"
                         : "");
         return NULL;
     }
-    if (a->strategy_arg != NULL && c->cmd != CMD_SET) {
+    if ((c->takes & TAKES_IDS) && a->nwords < 3) {
+        usage_error("expected: meshsync %s %s%s", c->noun, c->verb, c->args);
+        return NULL;
+    }
+    if (a->limit_arg != NULL && !(c->takes & TAKES_LIMIT)) {
+        usage_error("--limit applies only to list");
+        return NULL;
+    }
+    if ((a->nrooms > 0 || a->nconns > 0 || a->all || a->count_arg != NULL) &&
+        !(c->takes & TAKES_WATCH)) {
+        usage_error("--room, --conn, --all and --count apply only to watch");
+        return NULL;
+    }
+    if ((c->takes & TAKES_WATCH) && a->nrooms == 0 && a->nconns == 0 &&
+        !a->all) {
+        usage_error("watch needs --room, --conn or --all");
+        return NULL;
+    }
+    if (a->strategy_arg != NULL && !(c->takes & TAKES_STRATEGY)) {
         usage_error("--strategy applies only to set");
         return NULL;
     }
-    if ((a->min_version_arg != NULL || a->strong) && c->cmd != CMD_GET) {
+    if ((a->min_version_arg != NULL || a->strong) && !(c->takes & TAKES_READ)) {
         usage_error("--min-version and --strong apply only to get");
         return NULL;
     }
@@ -535,45 +876,47 @@ static int run_command(const cli_args_t *a, const command_t *c)
         return status;
     }
 
-    if (c->cmd == CMD_PING)
-        status = run_ping(ms);
-    else if (c->cmd == CMD_HEALTH)
-        status = run_health(ms);
-    else if (c->cmd == CMD_GET)
-        status = run_get(ms, a, room);
-    else if (c->cmd == CMD_SET)
-        status = run_set(ms, a, room);
-    else
-        status = run_remove(ms, a, room);
+    status = c->run(ms, a, room);
     meshsync_free(ms);
     return status;
 }
 
-int main(int argc, char **argv)
+/* What main does with a parsed command line. */
+static int run_args(cli_args_t *a)
 {
     const command_t *c;
-    cli_args_t a;
     int status;
 
-    if (parse_args(argc, argv, &a) < 0)
-        return EXIT_USAGE;
-    if (a.help) {
+    if (a->help) {
         fputs(help_text, stdout);
         return EXIT_OK;
     }
-    if (a.version) {
+    if (a->version) {
         puts("meshsync " MESHSYNC_VERSION);
         return EXIT_OK;
     }
-    c = check_command(&a);
+    c = check_command(a);
     if (c == NULL)
         return EXIT_USAGE;
 
-    status = run_command(&a, c);
+    status = run_command(a, c);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "meshsync: cannot write standard output: %s\n",
                 strerror(errno));
         return EXIT_REQUEST;
     }
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    cli_args_t a;
+    int status = EXIT_USAGE;
+
+    if (parse_args(argc, argv, &a) == 0)
+        status = run_args(&a);
+    free(a.words);
+    free(a.rooms);
+    free(a.conns);
     return status;
 }

@@ -60,6 +60,11 @@ struct meshsync {
     char code[CODE_MAX];
     char msg[MSG_MAX];
     ms_frame_reader_t reader;
+    /* Pushed events not yet taken by meshsync_next_event(), oldest first. */
+    struct event_node *events;
+    struct event_node *events_tail;
+    size_t nevents;
+    size_t event_bytes;
 };
 
 typedef struct request_s {
@@ -245,32 +250,44 @@ static int send_all(meshsync_t *ms, const char *buf, size_t len,
     return 0;
 }
 
-/* Reads what the socket holds into the frame reader, waiting if needed. */
-static int fill_reader(meshsync_t *ms, int64_t deadline)
+/*
+ * Reads what the socket holds now into the frame reader: 1 when some
+ * bytes came, 0 when none were there, or a negative code (the sidecar
+ * closed the connection, an error).
+ */
+static int read_once(meshsync_t *ms)
 {
     char *base;
     size_t room;
     ssize_t n;
+
+    /* A reply left unread would answer the next call: give up. */
+    if (ms_frame_reader_space(&ms->reader, READ_CHUNK, &base, &room) < 0) {
+        fail(ms, MS_ENOMEM, "out of memory");
+        disconnect(ms);
+        return MS_ENOMEM;
+    }
+    n = recv(ms->fd, base, room, MSG_DONTWAIT);
+    if (n > 0) {
+        ms_frame_reader_commit(&ms->reader, (size_t)n);
+        return 1;
+    }
+    if (n == 0)
+        return fail(ms, MS_EIO, "the sidecar closed the connection");
+    if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+        return 0;
+    return fail_errno(ms, errno, "cannot read from the sidecar");
+}
+
+/* Reads what the socket holds into the frame reader, waiting if needed. */
+static int fill_reader(meshsync_t *ms, int64_t deadline)
+{
     int rc;
 
     for (;;) {
-        /* A reply left unread would answer the next call: give up. */
-        if (ms_frame_reader_space(&ms->reader, READ_CHUNK, &base, &room) < 0) {
-            fail(ms, MS_ENOMEM, "out of memory");
-            disconnect(ms);
-            return MS_ENOMEM;
-        }
-        n = recv(ms->fd, base, room, MSG_DONTWAIT);
-        if (n > 0) {
-            ms_frame_reader_commit(&ms->reader, (size_t)n);
-            return 0;
-        }
-        if (n == 0)
-            return fail(ms, MS_EIO, "the sidecar closed the connection");
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return fail_errno(ms, errno, "cannot read from the sidecar");
+        rc = read_once(ms);
+        if (rc != 0)
+            return rc < 0 ? rc : 0;
         rc = wait_fd(ms, POLLIN, deadline);
         if (rc < 0)
             return rc;
@@ -514,11 +531,16 @@ static int parse_reply(meshsync_t *ms, const char *body, size_t len,
     return rc < 0 ? rc : check_reply(ms, rep, id, want);
 }
 
+static int take_push(meshsync_t *ms, const char *body, size_t len);
+static void drop_events(meshsync_t *ms);
+
 /*
  * Reads frames until the reply to id. Only one request is outstanding, so
- * any other frame is a protocol error. The reply points into the reader's
- * buffer, valid until the next reader call.
+ * any other frame is a protocol error, except pushes to a watching handle,
+ * which are queued for meshsync_next_event(). The reply points into the
+ * reader's buffer, valid until the next reader call.
  */
+
 static int read_reply(meshsync_t *ms, uint64_t id, int want, int64_t deadline,
                       reply_t *rep)
 {
@@ -528,11 +550,19 @@ static int read_reply(meshsync_t *ms, uint64_t id, int want, int64_t deadline,
 
     for (;;) {
         rc = ms_frame_reader_next(&ms->reader, &body, &len);
-        if (rc == 1)
-            return parse_reply(ms, body, len, id, want, rep);
         if (rc < 0)
             return fail(ms, MS_EPROTO, "reply frame longer than %d bytes",
                         REPLY_MAX);
+
+        /* A watching handle gets pushes between replies: queue them. */
+        if (rc == 1) {
+            rc = take_push(ms, body, len);
+            if (rc == 0)
+                return parse_reply(ms, body, len, id, want, rep);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
         rc = fill_reader(ms, deadline);
         if (rc < 0)
             return rc;
@@ -772,6 +802,7 @@ void meshsync_free(meshsync_t *ms)
     if (ms->fd >= 0)
         close(ms->fd);
     ms_frame_reader_free(&ms->reader);
+    drop_events(ms);
     free(ms);
 }
 
@@ -1024,6 +1055,352 @@ int meshsync_room_delete(meshsync_t *ms, const char *room, uint64_t *version)
     return entry_remove(ms, &ROOM, room, version);
 }
 
+/* --- bulk reads: list and mget ---------------------------------------- */
+
+/* The fields of a list (after, limit) or an mget (its ids under key). */
+typedef struct bulk_args_s {
+    const char *after; /* NULL or "": left out */
+    size_t limit;      /* 0: left out */
+    const char *key;   /* "conns" or "rooms"; NULL for a list */
+    const char *const *ids;
+    size_t n;
+} bulk_args_t;
+
+static int pack_bulk(msgpack_packer *pk, const void *arg)
+{
+    const bulk_args_t *b = arg;
+
+    if (b->after != NULL && b->after[0] != '\0' &&
+        (pack_str(pk, "after") || pack_str(pk, b->after)))
+        return -1;
+    if (b->limit > 0 &&
+        (pack_str(pk, "limit") || msgpack_pack_uint64(pk, b->limit)))
+        return -1;
+    if (b->key == NULL)
+        return 0;
+    if (pack_str(pk, b->key) || msgpack_pack_array(pk, (uint32_t)b->n))
+        return -1;
+    for (size_t i = 0; i < b->n; i++) {
+        if (pack_str(pk, b->ids[i]))
+            return -1;
+    }
+    return 0;
+}
+
+static void bulk_request(request_t *req, const bulk_args_t *b)
+{
+    req->extra_n = (b->after != NULL && b->after[0] != '\0') + (b->limit > 0) +
+                   (b->key != NULL);
+    req->pack_extra = pack_bulk;
+    req->extra_arg = b;
+}
+
+static int check_format(meshsync_t *ms, meshsync_format_t format)
+{
+    if (format != MESHSYNC_JSON && format != MESHSYNC_MSGPACK)
+        return fail(ms, MS_EINVAL, "unknown value format %d", (int)format);
+    return 0;
+}
+
+/* A reply value in the format asked for, into data and len of v. */
+static int take_value(meshsync_t *ms, const msgpack_object *obj,
+                      meshsync_format_t format, meshsync_value_t *v)
+{
+    if (format == MESHSYNC_MSGPACK)
+        return value_to_msgpack(ms, obj, v);
+    return value_to_json(ms, obj, v);
+}
+
+/* stale and behind, whose types check_reply has checked. */
+static void take_stale(const reply_t *rep, int *stale, int64_t *behind)
+{
+    *stale = rep->stale != NULL && rep->stale->via.boolean;
+    if (!*stale)
+        *behind = 0;
+    else if (rep->behind != NULL && rep->behind->type != MSGPACK_OBJECT_NIL)
+        *behind = (int64_t)rep->behind->via.u64;
+    else
+        *behind = -1;
+}
+
+static char *copy_str(const msgpack_object *o)
+{
+    char *s = malloc(o->via.str.size + 1);
+
+    if (s != NULL) {
+        memcpy(s, o->via.str.ptr, o->via.str.size);
+        s[o->via.str.size] = '\0';
+    }
+    return s;
+}
+
+/* One [id, value, version] of a list reply. */
+static int take_item(meshsync_t *ms, const msgpack_object *o,
+                     meshsync_format_t format, meshsync_item_t *item)
+{
+    const msgpack_object *f = o->via.array.ptr;
+    meshsync_value_t v = {0};
+    int rc;
+
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3 ||
+        f[0].type != MSGPACK_OBJECT_STR ||
+        f[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return fail(ms, MS_EPROTO, "list item is not [id, value, version]");
+    rc = take_value(ms, &f[1], format, &v);
+    if (rc < 0)
+        return rc;
+    item->data = v.data;
+    item->len = v.len;
+    item->version = f[2].via.u64;
+    item->id = copy_str(&f[0]);
+    item->id_len = f[0].via.str.size;
+    return item->id == NULL ? fail(ms, MS_ENOMEM, "out of memory") : 0;
+}
+
+/* next must be nil, or the page's last id: a later call goes on from it. */
+static int take_next(meshsync_t *ms, const msgpack_object *next,
+                     meshsync_page_t *out)
+{
+    const meshsync_item_t *last =
+        out->count > 0 ? &out->items[out->count - 1] : NULL;
+
+    if (next == NULL || next->type == MSGPACK_OBJECT_NIL)
+        return 0;
+    if (next->type != MSGPACK_OBJECT_STR || last == NULL ||
+        last->id_len != next->via.str.size ||
+        memcmp(last->id, next->via.str.ptr, last->id_len) != 0)
+        return fail(ms, MS_EPROTO, "list reply's next is not its last id");
+    out->next = copy_str(next);
+    return out->next == NULL ? fail(ms, MS_ENOMEM, "out of memory") : 0;
+}
+
+static int take_page(meshsync_t *ms, const reply_t *rep,
+                     meshsync_format_t format, meshsync_page_t *out)
+{
+    const msgpack_object *items = map_get(&rep->up.data, "items");
+    int rc;
+
+    if (items == NULL || items->type != MSGPACK_OBJECT_ARRAY)
+        return fail(ms, MS_EPROTO, "list reply without items");
+    if (items->via.array.size > 0) {
+        out->items = calloc(items->via.array.size, sizeof(*out->items));
+        if (out->items == NULL)
+            return fail(ms, MS_ENOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < items->via.array.size; i++) {
+        rc = take_item(ms, &items->via.array.ptr[i], format, &out->items[i]);
+        out->count++;
+        if (rc < 0)
+            return rc;
+    }
+    take_stale(rep, &out->stale, &out->behind);
+    return take_next(ms, map_get(&rep->up.data, "next"), out);
+}
+
+/* A page of op's list; room names the room for room.members. */
+static int entry_list(meshsync_t *ms, const char *op, const char *room,
+                      const char *after, size_t limit, meshsync_format_t format,
+                      meshsync_page_t *out)
+{
+    bulk_args_t b = {.after = after, .limit = limit};
+    request_t req = {.op = op, .key = "room", .target = room};
+    reply_t rep;
+    int rc = begin_call(ms);
+
+    if (out != NULL)
+        memset(out, 0, sizeof(*out));
+    if (rc == 0 && out == NULL)
+        rc = fail(ms, MS_EINVAL, "no place for the page");
+    if (rc == 0 && room != NULL)
+        rc = need_id(ms, room, "room");
+    if (rc == 0)
+        rc = check_format(ms, format);
+    if (rc < 0)
+        return status(rc);
+
+    bulk_request(&req, &b);
+    reply_init(&rep);
+    rc = run(ms, &req, &rep);
+    if (rc == 0)
+        rc = take_page(ms, &rep, format, out);
+    request_done(&req, &rep);
+    if (rc < 0)
+        meshsync_page_free(out);
+    return status(rc);
+}
+
+int meshsync_conn_list(meshsync_t *ms, const char *after, size_t limit,
+                       meshsync_format_t format, meshsync_page_t *out)
+{
+    return entry_list(ms, "conn.list", NULL, after, limit, format, out);
+}
+
+int meshsync_room_list(meshsync_t *ms, const char *after, size_t limit,
+                       meshsync_format_t format, meshsync_page_t *out)
+{
+    return entry_list(ms, "room.list", NULL, after, limit, format, out);
+}
+
+int meshsync_room_members(meshsync_t *ms, const char *room, const char *after,
+                          size_t limit, meshsync_format_t format,
+                          meshsync_page_t *out)
+{
+    if (room == NULL) {
+        if (out != NULL)
+            memset(out, 0, sizeof(*out));
+        return status(fail(ms, MS_EINVAL, "no room given"));
+    }
+    return entry_list(ms, "room.members", room, after, limit, format, out);
+}
+
+static int pack_conn(msgpack_packer *pk, const void *arg)
+{
+    return pack_str(pk, "conn") || pack_str(pk, arg) ? -1 : 0;
+}
+
+/* room.join or room.leave of conn (NULL: the bound connection). */
+static int membership(meshsync_t *ms, const char *op, const char *room,
+                      const char *conn, uint64_t *version)
+{
+    request_t req = {.op = op, .key = "room", .target = room};
+    int rc = begin_call(ms);
+
+    if (conn != NULL) {
+        req.extra_n = 1;
+        req.pack_extra = pack_conn;
+        req.extra_arg = conn;
+    }
+    if (rc == 0)
+        rc = need_id(ms, room, "room");
+    if (rc == 0 && conn != NULL)
+        rc = need_id(ms, conn, "connection");
+    if (rc == 0)
+        rc = call_version(ms, &req, version);
+    return status(rc);
+}
+
+int meshsync_room_join(meshsync_t *ms, const char *room, const char *conn,
+                       uint64_t *version)
+{
+    return membership(ms, "room.join", room, conn, version);
+}
+
+int meshsync_room_leave(meshsync_t *ms, const char *room, const char *conn,
+                        uint64_t *version)
+{
+    return membership(ms, "room.leave", room, conn, version);
+}
+
+void meshsync_page_free(meshsync_page_t *page)
+{
+    if (page == NULL)
+        return;
+    for (size_t i = 0; i < page->count; i++) {
+        free(page->items[i].id);
+        free(page->items[i].data);
+    }
+    free(page->items);
+    free(page->next);
+    memset(page, 0, sizeof(*page));
+}
+
+static int check_ids(meshsync_t *ms, const char *const *ids, size_t n,
+                     const char *what, const meshsync_value_t *out)
+{
+    if (n > 0 && out == NULL)
+        return fail(ms, MS_EINVAL, "no place for the values");
+    if (n > 0 && ids == NULL)
+        return fail(ms, MS_EINVAL, "no %s ids given", what);
+    if (n > UINT32_MAX)
+        return fail(ms, MS_EINVAL, "too many ids");
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] == NULL)
+            return fail(ms, MS_EINVAL, "no %s id given at %zu", what, i);
+    }
+    return 0;
+}
+
+/* values[i] and versions[i] answer the i-th id, in the format asked for. */
+static int take_values(meshsync_t *ms, const reply_t *rep, size_t n,
+                       meshsync_format_t format, meshsync_value_t *out)
+{
+    const msgpack_object *values = map_get(&rep->up.data, "values");
+    const msgpack_object *versions = map_get(&rep->up.data, "versions");
+    int stale;
+    int64_t behind;
+    int rc;
+
+    if (values == NULL || values->type != MSGPACK_OBJECT_ARRAY ||
+        values->via.array.size != n || versions == NULL ||
+        versions->type != MSGPACK_OBJECT_ARRAY || versions->via.array.size != n)
+        return fail(ms, MS_EPROTO,
+                    "mget reply without a value and a version for each id");
+    take_stale(rep, &stale, &behind);
+    for (size_t i = 0; i < n; i++) {
+        const msgpack_object *version = &versions->via.array.ptr[i];
+
+        if (version->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return fail(ms, MS_EPROTO, "mget reply version is not unsigned");
+        rc = take_value(ms, &values->via.array.ptr[i], format, &out[i]);
+        if (rc < 0)
+            return rc;
+        out[i].version = version->via.u64;
+        out[i].stale = stale;
+        out[i].behind = behind;
+    }
+    return 0;
+}
+
+static int entry_mget(meshsync_t *ms, const char *op, const char *key,
+                      const char *what, const char *const *ids, size_t n,
+                      meshsync_format_t format, meshsync_value_t *out)
+{
+    bulk_args_t b = {.key = key, .ids = ids, .n = n};
+    request_t req = {.op = op};
+    reply_t rep;
+    int rc = begin_call(ms);
+
+    if (out != NULL && n > 0)
+        memset(out, 0, n * sizeof(*out));
+    if (rc == 0)
+        rc = check_ids(ms, ids, n, what, out);
+    if (rc == 0)
+        rc = check_format(ms, format);
+    if (rc < 0)
+        return status(rc);
+
+    bulk_request(&req, &b);
+    reply_init(&rep);
+    rc = run(ms, &req, &rep);
+    if (rc == 0)
+        rc = take_values(ms, &rep, n, format, out);
+    request_done(&req, &rep);
+    if (rc < 0)
+        meshsync_values_free(out, n);
+    return status(rc);
+}
+
+int meshsync_conn_mget(meshsync_t *ms, const char *const *conns, size_t n,
+                       meshsync_format_t format, meshsync_value_t *out)
+{
+    return entry_mget(ms, "conn.mget", "conns", "connection", conns, n, format,
+                      out);
+}
+
+int meshsync_room_mget(meshsync_t *ms, const char *const *rooms, size_t n,
+                       meshsync_format_t format, meshsync_value_t *out)
+{
+    return entry_mget(ms, "room.mget", "rooms", "room", rooms, n, format, out);
+}
+
+void meshsync_values_free(meshsync_value_t *values, size_t n)
+{
+    if (values == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        meshsync_value_free(&values[i]);
+}
+
 void meshsync_value_free(meshsync_value_t *v)
 {
     if (v == NULL)
@@ -1047,4 +1424,347 @@ int meshsync_strategy_parse(const char *s, meshsync_strategy_t *out)
         }
     }
     return -1;
+}
+
+/* --- watch: pushed change events ------------------------------------- */
+
+/*
+ * Events kept for meshsync_next_event(). Past either bound the queue is
+ * replaced by one reset event, as the sidecar does for a watcher it
+ * cannot keep up with, so the library never grows without bound.
+ */
+#define EVENTS_MAX      65536
+#define EVENT_BYTES_MAX (64 * 1024 * 1024)
+
+/* The most ids one watch or unwatch may name (the daemon's bound). */
+#define WATCH_IDS_MAX 10000
+
+typedef struct event_node {
+    struct event_node *next;
+    meshsync_event_t ev;
+} event_node_t;
+
+static void drop_events(meshsync_t *ms)
+{
+    event_node_t *n;
+
+    while ((n = ms->events) != NULL) {
+        ms->events = n->next;
+        meshsync_event_free(&n->ev);
+        free(n);
+    }
+    ms->events_tail = NULL;
+    ms->nevents = 0;
+    ms->event_bytes = 0;
+}
+
+/* Appends n to the queue (taking it), collapsing the queue when full. */
+static void enqueue_event(meshsync_t *ms, event_node_t *n)
+{
+    size_t bytes = n->ev.len + n->ev.id_len;
+
+    if (ms->nevents >= EVENTS_MAX ||
+        ms->event_bytes + bytes > EVENT_BYTES_MAX) {
+        uint64_t version = n->ev.version;
+
+        drop_events(ms);
+        meshsync_event_free(&n->ev);
+        n->ev.reset = 1;
+        n->ev.version = version;
+        bytes = 0;
+    }
+    n->next = NULL;
+    if (ms->events_tail != NULL)
+        ms->events_tail->next = n;
+    else
+        ms->events = n;
+    ms->events_tail = n;
+    ms->nevents++;
+    ms->event_bytes += bytes;
+}
+
+/* Moves the oldest queued event into *ev: 1, or 0 when none is queued. */
+static int pop_event(meshsync_t *ms, meshsync_event_t *ev)
+{
+    event_node_t *n = ms->events;
+
+    if (n == NULL)
+        return 0;
+    ms->events = n->next;
+    if (ms->events == NULL)
+        ms->events_tail = NULL;
+    ms->nevents--;
+    ms->event_bytes -= n->ev.reset ? 0 : n->ev.len + n->ev.id_len;
+    *ev = n->ev;
+    free(n);
+    return 1;
+}
+
+/* {push: "change", kind, id, value, version} into ev. */
+static int take_change(meshsync_t *ms, const msgpack_object *map,
+                       meshsync_event_t *ev)
+{
+    const msgpack_object *kind = map_get(map, "kind");
+    const msgpack_object *id = map_get(map, "id");
+    const msgpack_object *value = map_get(map, "value");
+    meshsync_value_t v = {0};
+    int rc;
+
+    if (kind == NULL || id == NULL || id->type != MSGPACK_OBJECT_STR ||
+        value == NULL || !(str_is(kind, "conn") || str_is(kind, "room")))
+        return fail(ms, MS_EPROTO, "change push without kind, id or value");
+    ev->kind = str_is(kind, "room") ? MESHSYNC_ROOM : MESHSYNC_CONN;
+    rc = value_to_json(ms, value, &v);
+    if (rc < 0)
+        return rc;
+    ev->data = v.data;
+    ev->len = v.len;
+    ev->id = strndup(id->via.str.ptr, id->via.str.size);
+    ev->id_len = id->via.str.size;
+    return ev->id == NULL ? fail(ms, MS_ENOMEM, "out of memory") : 0;
+}
+
+/*
+ * Queues the push frame map (push names its kind). Pushes of kinds this
+ * library does not know are skipped, so newer daemons may add some.
+ */
+static int queue_push(meshsync_t *ms, const msgpack_object *map,
+                      const msgpack_object *push)
+{
+    const msgpack_object *version = map_get(map, "version");
+    event_node_t *n;
+    int rc = 0;
+
+    if (!str_is(push, "change") && !str_is(push, "reset"))
+        return 0;
+    if (version == NULL || version->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return fail(ms, MS_EPROTO, "push without a version");
+    n = calloc(1, sizeof(*n));
+    if (n == NULL)
+        return fail(ms, MS_ENOMEM, "out of memory");
+    n->ev.version = version->via.u64;
+    n->ev.reset = str_is(push, "reset");
+    if (!n->ev.reset)
+        rc = take_change(ms, map, &n->ev);
+    if (rc < 0) {
+        meshsync_event_free(&n->ev);
+        free(n);
+        return rc;
+    }
+    enqueue_event(ms, n);
+    return 0;
+}
+
+/*
+ * 1 when the frame was a push (queued, or skipped), 0 when it is not one
+ * (a reply), or an error. A push that cannot be kept (out of memory)
+ * closes the connection: a lost event must not pass unnoticed.
+ */
+static int take_push(meshsync_t *ms, const char *body, size_t len)
+{
+    const msgpack_object *push = NULL;
+    msgpack_unpacked up;
+    uint64_t id;
+    size_t off = 0;
+    int rc;
+
+    /* Replies carry their request's id as an unsigned integer. */
+    if (ms_msgpack_map_uint(body, len, "id", &id) == 1 ||
+        ms_msgpack_check(body, len, MS_VALUE_DEPTH_CAP + 1, NULL) < 0)
+        return 0;
+    msgpack_unpacked_init(&up);
+    rc = msgpack_unpack_next(&up, body, len, &off);
+    if (rc == MSGPACK_UNPACK_SUCCESS && up.data.type == MSGPACK_OBJECT_MAP)
+        push = map_get(&up.data, "push");
+    if (rc == MSGPACK_UNPACK_NOMEM_ERROR)
+        rc = fail(ms, MS_ENOMEM, "out of memory");
+    else if (push == NULL)
+        rc = 0;
+    else if ((rc = queue_push(ms, &up.data, push)) == 0)
+        rc = 1;
+    msgpack_unpacked_destroy(&up);
+    if (rc == MS_ENOMEM)
+        disconnect(ms);
+    return rc;
+}
+
+/* The ids of one list, packed under key when there are any. */
+static int pack_ids(msgpack_packer *pk, const char *key, const char *const *ids,
+                    size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (pack_str(pk, key) || msgpack_pack_array(pk, (uint32_t)n))
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (pack_str(pk, ids[i]))
+            return -1;
+    }
+    return 0;
+}
+
+typedef struct watch_args_s {
+    const char *const *rooms;
+    size_t nrooms;
+    const char *const *conns;
+    size_t nconns;
+    int all;
+} watch_args_t;
+
+static int pack_watch(msgpack_packer *pk, const void *arg)
+{
+    const watch_args_t *a = arg;
+
+    if (pack_ids(pk, "rooms", a->rooms, a->nrooms) ||
+        pack_ids(pk, "conns", a->conns, a->nconns))
+        return -1;
+    if (a->all && (pack_str(pk, "all") || msgpack_pack_true(pk)))
+        return -1;
+    return 0;
+}
+
+static int check_watch_ids(meshsync_t *ms, const char *const *ids, size_t n,
+                           const char *what)
+{
+    if (n > WATCH_IDS_MAX)
+        return fail(ms, MS_ETOOLARGE, "more than %d ids in one request",
+                    WATCH_IDS_MAX);
+    if (n > 0 && ids == NULL)
+        return fail(ms, MS_EINVAL, "no %s ids given", what);
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] == NULL)
+            return fail(ms, MS_EINVAL, "no %s id given at %zu", what, i);
+    }
+    return 0;
+}
+
+static int watch_call(meshsync_t *ms, const char *op, const watch_args_t *a,
+                      uint64_t *version)
+{
+    request_t req = {.op = op, .want = WANT_VERSION};
+    int rc = begin_call(ms);
+
+    if (rc == 0)
+        rc = check_watch_ids(ms, a->rooms, a->nrooms, "room");
+    if (rc == 0)
+        rc = check_watch_ids(ms, a->conns, a->nconns, "connection");
+    if (rc == 0 && a->nrooms + a->nconns > WATCH_IDS_MAX)
+        rc = fail(ms, MS_ETOOLARGE, "more than %d ids in one request",
+                  WATCH_IDS_MAX);
+    if (rc < 0)
+        return status(rc);
+    req.extra_n = (a->nrooms > 0) + (a->nconns > 0) + (a->all != 0);
+    req.pack_extra = pack_watch;
+    req.extra_arg = a;
+    return status(call_version(ms, &req, version));
+}
+
+int meshsync_watch(meshsync_t *ms, const char *const *rooms, size_t nrooms,
+                   const char *const *conns, size_t nconns, int all,
+                   uint64_t *version)
+{
+    watch_args_t a = {rooms, nrooms, conns, nconns, all};
+
+    return watch_call(ms, "watch", &a, version);
+}
+
+int meshsync_unwatch(meshsync_t *ms, const char *const *rooms, size_t nrooms,
+                     const char *const *conns, size_t nconns, int all,
+                     uint64_t *version)
+{
+    watch_args_t a = {rooms, nrooms, conns, nconns, all};
+
+    return watch_call(ms, "unwatch", &a, version);
+}
+
+/* Waits until the socket is readable: 1, 0 at the deadline, or an error. */
+static int wait_readable(meshsync_t *ms, int64_t deadline)
+{
+    struct pollfd pfd = {.fd = ms->fd, .events = POLLIN};
+    int wait = -1;
+    int n;
+
+    for (;;) {
+        if (deadline >= 0) {
+            int64_t left = deadline - now_ms();
+
+            wait = left > 0 ? (int)left : 0;
+        }
+        n = poll(&pfd, 1, wait);
+        if (n >= 0)
+            return n > 0;
+        if (errno != EINTR)
+            return fail_errno(ms, errno, "poll");
+    }
+}
+
+/* Takes what the socket holds without waiting: 0, or an error. */
+static int read_available(meshsync_t *ms)
+{
+    int rc = read_once(ms);
+
+    return rc < 0 ? rc : 0;
+}
+
+/* Reads frames until an event is queued: 1, 0 at the deadline, or error. */
+static int wait_event(meshsync_t *ms, int64_t deadline)
+{
+    const char *body;
+    size_t len;
+    int rc;
+
+    while (ms->events == NULL) {
+        rc = ms_frame_reader_next(&ms->reader, &body, &len);
+        if (rc < 0)
+            return fail(ms, MS_EPROTO, "frame longer than %d bytes", REPLY_MAX);
+        if (rc == 1) {
+            rc = take_push(ms, body, len);
+            if (rc == 0)
+                return fail(ms, MS_EPROTO, "a reply no request waits for");
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        rc = wait_readable(ms, deadline);
+        if (rc <= 0)
+            return rc;
+        rc = read_available(ms);
+        if (rc < 0)
+            return rc;
+    }
+    return 1;
+}
+
+int meshsync_next_event(meshsync_t *ms, meshsync_event_t *ev, int timeout_ms)
+{
+    int rc;
+
+    if (ev != NULL)
+        memset(ev, 0, sizeof(*ev));
+    if (ms == NULL)
+        return -1;
+
+    /* Events queued before a failure are still handed out. */
+    if (ev != NULL && pop_event(ms, ev) == 1) {
+        if (!ms->dead)
+            ms->failed = 0;
+        return 1;
+    }
+    rc = begin_call(ms);
+    if (rc == 0 && ev == NULL)
+        rc = fail(ms, MS_EINVAL, "no place for the event");
+    if (rc == 0)
+        rc = wait_event(ms, timeout_ms >= 0 ? now_ms() + timeout_ms : -1);
+    if (rc < 0)
+        return -1;
+    return rc == 1 ? pop_event(ms, ev) : 0;
+}
+
+void meshsync_event_free(meshsync_event_t *ev)
+{
+    if (ev == NULL)
+        return;
+    free(ev->id);
+    free(ev->data);
+    memset(ev, 0, sizeof(*ev));
 }

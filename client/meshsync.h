@@ -187,12 +187,160 @@ MESHSYNC_API int meshsync_room_set(meshsync_t *ms, const char *room,
 MESHSYNC_API int meshsync_room_delete(meshsync_t *ms, const char *room,
                                       uint64_t *version);
 
+/*
+ * One entry of a list page: its id (NUL-terminated, id_len bytes), its
+ * value in the format asked for (data and len as in meshsync_value_t;
+ * never a missing entry) and its version.
+ */
+typedef struct meshsync_item {
+    char *id;
+    size_t id_len;
+    char *data;
+    size_t len;
+    uint64_t version;
+} meshsync_item_t;
+
+/*
+ * A page of a list: count entries in id byte order; next is the id to
+ * pass as the after of the following page, or NULL when this page is the
+ * last; stale and behind as in meshsync_value_t. Release with
+ * meshsync_page_free().
+ */
+typedef struct meshsync_page {
+    meshsync_item_t *items;
+    size_t count;
+    char *next;
+    int stale;
+    int64_t behind;
+} meshsync_page_t;
+
+/*
+ * Reads one page of every connection's metadata from the sidecar's cache
+ * into *out, which is zeroed first and filled only on success: the
+ * entries (deleted ones left out) whose ids follow after in byte order
+ * (after NULL or "": from the first), at most limit of them (1 to 10000;
+ * 0: the sidecar's default, 1000). A page may hold fewer than limit and
+ * still not be the last: it also ends at about 1 MiB. To read everything,
+ * call again with after = out->next until next is NULL.
+ */
+MESHSYNC_API int meshsync_conn_list(meshsync_t *ms, const char *after,
+                                    size_t limit, meshsync_format_t format,
+                                    meshsync_page_t *out);
+MESHSYNC_API int meshsync_room_list(meshsync_t *ms, const char *after,
+                                    size_t limit, meshsync_format_t format,
+                                    meshsync_page_t *out);
+
+/*
+ * Reads one page of the connections in a room (from the sidecar's cache
+ * of Mesh's membership sets), each with its metadata (data "null" when it
+ * has none), as meshsync_conn_list() pages.
+ */
+MESHSYNC_API int meshsync_room_members(meshsync_t *ms, const char *room,
+                                       const char *after, size_t limit,
+                                       meshsync_format_t format,
+                                       meshsync_page_t *out);
+
+/*
+ * Puts a connection in a room, or takes it out, in Mesh's membership sets
+ * (conn NULL: the bound connection). version (optional) receives the
+ * change's version, or 0 when nothing changed (already in, or not in).
+ */
+MESHSYNC_API int meshsync_room_join(meshsync_t *ms, const char *room,
+                                    const char *conn, uint64_t *version);
+MESHSYNC_API int meshsync_room_leave(meshsync_t *ms, const char *room,
+                                     const char *conn, uint64_t *version);
+
+/* Frees a page's items and next and zeroes it; safe on a zeroed page. */
+MESHSYNC_API void meshsync_page_free(meshsync_page_t *page);
+
+/*
+ * Reads n connections' metadata from the sidecar's cache in one request
+ * (at most 1000 ids): out, an array of n values the caller provides, is
+ * zeroed first and filled only on success, out[i] answering conns[i] as
+ * meshsync_conn_get() would (a missing entry is "null" or nil). A reply
+ * that would pass about 8 MiB is refused with "too_large": ask for fewer.
+ * Release the values with meshsync_values_free().
+ */
+MESHSYNC_API int meshsync_conn_mget(meshsync_t *ms, const char *const *conns,
+                                    size_t n, meshsync_format_t format,
+                                    meshsync_value_t *out);
+MESHSYNC_API int meshsync_room_mget(meshsync_t *ms, const char *const *rooms,
+                                    size_t n, meshsync_format_t format,
+                                    meshsync_value_t *out);
+
+/* meshsync_value_free() on each of n values (not the array itself). */
+MESHSYNC_API void meshsync_values_free(meshsync_value_t *values, size_t n);
+
 /* Frees a value's data and zeroes it; safe on a zeroed value. */
 MESHSYNC_API void meshsync_value_free(meshsync_value_t *v);
 
 /* Parses "replace", "merge", "deepMerge": 0, or -1 if unknown. */
 MESHSYNC_API int meshsync_strategy_parse(const char *s,
                                          meshsync_strategy_t *out);
+
+/* --- watch: changes pushed by the sidecar --------------------------- */
+
+typedef enum { MESHSYNC_CONN = 0, MESHSYNC_ROOM = 1 } meshsync_kind_t;
+
+/*
+ * An event pushed to a watching handle. A change (reset 0): kind and id
+ * (NUL-terminated, id_len bytes) name the entry, data holds its new value
+ * as compact JSON text on one line ("null" when it was deleted), len its
+ * length, and version the change's version. A reset (reset 1; id and
+ * data NULL): the sidecar could not deliver every change (its change log
+ * no longer reached back, Redis lost its data, or this library's queue
+ * overflowed): read again what you care about; changes after version
+ * follow. Release with meshsync_event_free().
+ */
+typedef struct meshsync_event {
+    int reset;
+    meshsync_kind_t kind;
+    char *id;
+    size_t id_len;
+    char *data;
+    size_t len;
+    uint64_t version;
+} meshsync_event_t;
+
+/*
+ * Adds to the handle's watch set the nrooms rooms and nconns connections
+ * named (an array may be NULL when its count is 0; at most 10000 ids in
+ * all per call), and with all set, every entry. *version (optional)
+ * receives the version after which changes are pushed: every change to
+ * a watched entry with a later version arrives once, in version order,
+ * through meshsync_next_event(). The handle may go on making other calls
+ * meanwhile: events that arrive while a call waits for its reply are
+ * queued (see meshsync_next_event()).
+ */
+MESHSYNC_API int meshsync_watch(meshsync_t *ms, const char *const *rooms,
+                                size_t nrooms, const char *const *conns,
+                                size_t nconns, int all, uint64_t *version);
+
+/*
+ * Removes the ids named from the watch set, and with all set the "every
+ * entry" of meshsync_watch(); with nothing named (both counts 0, all 0),
+ * everything. No change after *version (optional) to what was removed is
+ * pushed; events already queued stay queued.
+ */
+MESHSYNC_API int meshsync_unwatch(meshsync_t *ms, const char *const *rooms,
+                                  size_t nrooms, const char *const *conns,
+                                  size_t nconns, int all, uint64_t *version);
+
+/*
+ * Takes the next event, waiting at most timeout_ms milliseconds for one
+ * (0: not at all; less than 0: as long as it takes). Returns 1 with *ev
+ * filled, 0 when none came in time (not an error: the handle stays
+ * usable), or -1 on an error ("io" or "protocol": the connection is
+ * gone; events queued before the failure are still handed out first).
+ * The library queues up to 65536 events (64 MiB of ids and JSON); past
+ * that it drops the queued ones and queues one reset event in their
+ * place, carrying the newest dropped version.
+ */
+MESHSYNC_API int meshsync_next_event(meshsync_t *ms, meshsync_event_t *ev,
+                                     int timeout_ms);
+
+/* Frees an event's id and data and zeroes it; safe on a zeroed event. */
+MESHSYNC_API void meshsync_event_free(meshsync_event_t *ev);
 
 #ifdef __cplusplus
 }

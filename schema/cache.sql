@@ -2,9 +2,10 @@
 --
 -- meshsyncd is built with this file compiled in (cmake/embed.cmake) and
 -- runs it in one transaction each time it opens the file, after checking
--- PRAGMA user_version: 0 (a new file) or 1 is accepted, anything else is
--- refused. The cache is rebuilt from Redis by a resync, so deleting the
--- file (with its -wal and -shm) is safe while the daemon is stopped.
+-- PRAGMA user_version: 0 (a new file) or 2 is accepted; a file of any
+-- other version is moved aside and the cache rebuilt from Redis. The
+-- cache is rebuilt from Redis by a resync, so deleting the file (with its
+-- -wal and -shm) is safe while the daemon is stopped.
 --
 -- On open the daemon also sets PRAGMA journal_mode=WAL (stored in the
 -- file) and PRAGMA synchronous=NORMAL (per connection). To look inside:
@@ -49,4 +50,23 @@ CREATE TABLE IF NOT EXISTS meta (
     value   INTEGER NOT NULL
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS members (
+    -- A room's name, and a connection in it: Mesh's <p>:room:<room> set.
+    room    TEXT NOT NULL,
+    conn    TEXT NOT NULL,
+    -- The version of the last join, leave or close applied, as for
+    -- entries (0 for a membership loaded without one).
+    version INTEGER NOT NULL CHECK (version >= 0),
+    -- 1 while the connection is in the room; 0 marks that it left (a
+    -- tombstone, so that a late, older join cannot put it back).
+    present INTEGER NOT NULL CHECK (present IN (0, 1)),
+    -- The resync generation, as for entries: a resync ends memberships
+    -- it did not see.
+    gen     INTEGER NOT NULL,
+    PRIMARY KEY (room, conn)
+) WITHOUT ROWID;
+
+-- A connection's rooms, for its close.
+CREATE INDEX IF NOT EXISTS members_by_conn ON members (conn, room);
+
+PRAGMA user_version = 2;

@@ -6,16 +6,19 @@
 -- KEYS[2]  <prefix>:meshsync:versions:conn
 -- KEYS[3]  <prefix>:meshsync:versions:room
 -- KEYS[4]  <prefix>:meshsync:seq
--- ARGV[1]  "conn" or "room": what to scan
+-- ARGV[1]  "conn", "room" or "member": what to scan
 -- ARGV[2]  the cursor ("0" to start)
 -- ARGV[3]  the COUNT hint for the scan
 -- ARGV[4]  for rooms, the room key prefix, <prefix>:roommeta:
 -- ARGV[5]  for rooms, the same prefix as a SCAN pattern (glob characters
 --          escaped) followed by *
+-- ARGV[6]  for members, the room members' key prefix, <prefix>:room:
+-- ARGV[7]  for members, the same prefix as a SCAN pattern, then *
 --
 -- Returns {next cursor, sequence, {id, JSON text, version, ...}} where
 -- version is 0 for a value no meshsync write has versioned (one written
--- by a Mesh server or by hand). The sequence is read in the same step.
+-- by a Mesh server or by hand), or for members {next cursor, sequence,
+-- {room, conn, ...}}. The sequence is read in the same step.
 -- Room keys are found by SCAN; this script reads keys not named in KEYS,
 -- which standalone Redis permits (Redis Cluster would not).
 
@@ -43,6 +46,20 @@ if ARGV[1] == 'conn' then
             out[#out + 1] = ids[j]
             out[#out + 1] = flat[first + 2 * j - 1]
             out[#out + 1] = version_of(vers[j])
+        end
+    end
+    return {r[1], seq, out}
+end
+
+if ARGV[1] == 'member' then
+    local r = redis.call('SCAN', ARGV[2], 'MATCH', ARGV[7], 'COUNT', ARGV[3],
+                         'TYPE', 'set')
+    local plen = #ARGV[6]
+    for _, key in ipairs(r[2]) do
+        local room = string.sub(key, plen + 1)
+        for _, conn in ipairs(redis.call('SMEMBERS', key)) do
+            out[#out + 1] = room
+            out[#out + 1] = conn
         end
     end
     return {r[1], seq, out}

@@ -42,7 +42,8 @@
 -- reason is "changed" (the stored text is not the expected one) or
 -- "turn" (another writer lost a race on this entry and goes first).
 -- Publishes msgpack [version, kind, id, JSON text or false, existed] on
--- ARGV[3] (existed: whether the entry had a value before this write),
+-- ARGV[3] (existed: whether the entry had a value before this write; a
+-- "close" adds a sixth element, true: the connection left its rooms),
 -- and appends the same bytes to the change log as field "c" of the entry
 -- with ID <version>-0, so a sidecar that missed messages can read them
 -- back by version.
@@ -143,8 +144,13 @@ else
         redis.call('HDEL', KEYS[1], ARGV[1])
     end
     redis.call('HDEL', KEYS[2], ARGV[2])
-    payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false,
-                             current ~= false})
+    if ARGV[7] == 'close' then
+        payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false,
+                                 current ~= false, true})
+    else
+        payload = cmsgpack.pack({version, ARGV[4], ARGV[2], false,
+                                 current ~= false})
+    end
 end
 
 if ARGV[7] == 'close' then

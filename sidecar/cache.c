@@ -3,8 +3,8 @@
  * prepared statements, and the version guard every change goes through.
  *
  * Entry points: ms_cache_open/close, get, apply, begin/commit,
- * resync_begin/end, count, meta_get/set. Loop thread only: the connection
- * is opened without SQLite's mutexes.
+ * resync_begin/end, count, list, meta_get/set. Loop thread only: the
+ * connection is opened without SQLite's mutexes.
  *
  * ms_cache_get copies the row into a buffer the cache owns and resets its
  * statement at once, because a SELECT left unreset would hold a WAL read
@@ -29,7 +29,7 @@
 #include "alloc.h"
 #include "log.h"
 
-#define CACHE_SCHEMA_VERSION 1
+#define CACHE_SCHEMA_VERSION 2
 
 /* Short: the file is ours alone, and the loop must not stall on it. */
 #define CACHE_BUSY_MS 10
@@ -55,8 +55,21 @@ enum {
     ST_META_SET,
     ST_MAX_VERSION,
     ST_CLEAR,
+    ST_LIST,
+    ST_MEMBER_NEWER,
+    ST_MEMBER_LOAD,
+    ST_MEMBER_DROP_CONN,
+    ST_MEMBERS,
+    ST_MEMBERS_RESYNC_END,
+    ST_MEMBERS_CLEAR,
     ST_MAX
 };
+
+#define MEMBER_SQL(guard)                                                      \
+    "INSERT INTO members (room, conn, version, present, gen) "                 \
+    "VALUES (?1, ?2, ?3, ?4, ?5) "                                             \
+    "ON CONFLICT (room, conn) DO UPDATE SET version = excluded.version, "      \
+    "present = excluded.present, gen = excluded.gen" guard
 
 /* The guard is the upsert's WHERE: an ignored change updates no row. */
 #define APPLY_SQL(guard)                                                       \
@@ -88,6 +101,24 @@ static const char *const stmt_sql[ST_MAX] = {
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     [ST_MAX_VERSION] = "SELECT coalesce(max(version), 0) FROM entries",
     [ST_CLEAR] = "DELETE FROM entries",
+    /* Ids are compared as bytes (BINARY), and every id sorts after ''. */
+    [ST_LIST] = "SELECT version, json, mp, id FROM entries "
+                "WHERE kind = ?1 AND id > ?2 AND json IS NOT NULL "
+                "ORDER BY id",
+    [ST_MEMBER_NEWER] = MEMBER_SQL(" WHERE excluded.version > members.version"),
+    /* A load: version 0, unless a change newer than its sequence (?6). */
+    [ST_MEMBER_LOAD] = MEMBER_SQL(" WHERE members.version <= ?6"),
+    [ST_MEMBER_DROP_CONN] = "UPDATE members SET present = 0, version = ?2, "
+                            "gen = ?3 WHERE conn = ?1 AND version < ?2",
+    /* A member's metadata comes with it: nil when it has none. */
+    [ST_MEMBERS] = "SELECT e.version, e.json, e.mp, m.conn "
+                   "FROM members m LEFT JOIN entries e "
+                   "ON e.kind = 0 AND e.id = m.conn "
+                   "WHERE m.room = ?1 AND m.present = 1 AND m.conn > ?2 "
+                   "ORDER BY m.conn",
+    [ST_MEMBERS_RESYNC_END] = "UPDATE members SET present = 0, version = ?1, "
+                              "gen = ?2 WHERE gen <> ?2 AND version <= ?1",
+    [ST_MEMBERS_CLEAR] = "DELETE FROM members",
 };
 
 struct ms_cache_s {
@@ -96,7 +127,8 @@ struct ms_cache_s {
     uint64_t gen; /* the current resync generation, as stored in meta */
     int lock_fd;  /* holds the flock on "<path>-lock", or -1 */
     bool failing; /* an operation failed and none has worked since */
-    char *buf;    /* ms_cache_get's copy of the last row it found */
+    sqlite3_int64 changes_seen; /* total changes when that was known */
+    char *buf; /* ms_cache_get's copy of the last row it found */
     size_t buf_cap;
 };
 
@@ -123,6 +155,7 @@ static int cache_fail(ms_cache_t *c, const char *op)
     ms_log(c->failing ? MS_LOG_DEBUG : MS_LOG_ERROR, "cache operation failed",
            "op=%s err=\"%s\"", op, sqlite3_errmsg(c->db));
     c->failing = true;
+    c->changes_seen = sqlite3_total_changes64(c->db);
     return MS_EINTERNAL;
 }
 
@@ -130,7 +163,9 @@ static int cache_fail(ms_cache_t *c, const char *op)
 /* A write outside a transaction, or a commit, worked. */
 static void cache_worked(ms_cache_t *c)
 {
-    if (!c->failing || !sqlite3_get_autocommit(c->db))
+    /* Only a write that changed rows proves the file takes writes. */
+    if (!c->failing || !sqlite3_get_autocommit(c->db) ||
+        sqlite3_total_changes64(c->db) == c->changes_seen)
         return;
     c->failing = false;
     ms_log_info("cache operations work again", NULL);
@@ -152,6 +187,8 @@ static int stmt_run(sqlite3_stmt *s)
 
 static int stmt_exec(ms_cache_t *c, int st, const char *op)
 {
+    if (st == ST_BEGIN)
+        c->changes_seen = sqlite3_total_changes64(c->db);
     if (stmt_run(c->stmt[st]) != SQLITE_DONE)
         return cache_fail(c, op);
     if (st != ST_ROLLBACK)
@@ -312,9 +349,8 @@ static int open_schema(ms_cache_t *c, const char *path, ms_error_t *err)
     }
     if (version != 0 && version != CACHE_SCHEMA_VERSION) {
         ms_error_set(err, MS_EINVAL,
-                     "cache file %s: schema version %d, expected %d "
-                     "(remove the file to rebuild it)",
-                     path, version, CACHE_SCHEMA_VERSION);
+                     "cache file %s: schema version %d, expected %d", path,
+                     version, CACHE_SCHEMA_VERSION);
         goto rollback;
     }
 
@@ -586,6 +622,13 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK ||
         stmt_run(s) != SQLITE_DONE)
         return cache_fail(c, "resync_end");
+
+    /* Memberships the load did not see have ended, as entries have. */
+    s = c->stmt[ST_MEMBERS_RESYNC_END];
+    if (sqlite3_bind_int64(s, 1, (sqlite3_int64)seq) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK ||
+        stmt_run(s) != SQLITE_DONE)
+        return cache_fail(c, "resync_end");
     return gone;
 }
 
@@ -611,6 +654,58 @@ int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind)
 }
 
 
+/* Points e and *id at the list statement's row: SQLite's, not copied. */
+static void row_view(sqlite3_stmt *s, ms_cache_entry_t *e, const char **id,
+                     size_t *id_len)
+{
+    e->version = (uint64_t)sqlite3_column_int64(s, 0);
+    e->json = (const char *)sqlite3_column_text(s, 1);
+    e->json_len = (size_t)sqlite3_column_bytes(s, 1);
+    e->mp = sqlite3_column_blob(s, 2);
+    e->mp_len = (size_t)sqlite3_column_bytes(s, 2);
+    *id = (const char *)sqlite3_column_text(s, 3);
+    *id_len = (size_t)sqlite3_column_bytes(s, 3);
+
+    /* Only a failed conversion leaves a NOT NULL column without text. */
+    if (e->json == NULL || *id == NULL)
+        ms_oom();
+    if (e->mp == NULL)
+        e->mp = "";
+    e->present = true;
+}
+
+
+int ms_cache_list(ms_cache_t *c, ms_kind_t kind, const char *after,
+                  size_t after_len, ms_cache_list_cb fn, void *arg)
+{
+    sqlite3_stmt *s = c->stmt[ST_LIST];
+    ms_cache_entry_t e;
+    const char *id;
+    size_t id_len;
+    int stop = 0;
+    int rc = SQLITE_DONE;
+
+    if (!kind_valid(kind) || (after == NULL && after_len > 0))
+        return MS_EINVAL;
+    if (bind_key(s, kind, after, after_len) != SQLITE_OK)
+        return cache_fail(c, "list");
+
+    while (stop == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        memset(&e, 0, sizeof(e));
+        row_view(s, &e, &id, &id_len);
+        stop = fn(arg, id, id_len, &e);
+    }
+
+    /* Reset at once: an open SELECT would pin a WAL snapshot. */
+    sqlite3_reset(s);
+    if (stop != 0)
+        return 1;
+    if (rc != SQLITE_DONE)
+        return cache_fail(c, "list");
+    return 0;
+}
+
+
 int64_t ms_cache_max_version(ms_cache_t *c)
 {
     sqlite3_stmt *s = c->stmt[ST_MAX_VERSION];
@@ -628,7 +723,8 @@ int64_t ms_cache_max_version(ms_cache_t *c)
 
 int ms_cache_clear(ms_cache_t *c)
 {
-    if (stmt_run(c->stmt[ST_CLEAR]) != SQLITE_DONE)
+    if (stmt_run(c->stmt[ST_CLEAR]) != SQLITE_DONE ||
+        stmt_run(c->stmt[ST_MEMBERS_CLEAR]) != SQLITE_DONE)
         return cache_fail(c, "clear");
     return 0;
 }
@@ -652,4 +748,112 @@ int ms_cache_meta_set(ms_cache_t *c, const char *key, uint64_t value)
     if (!u64_fits(value) || strcmp(key, CACHE_GEN_KEY) == 0)
         return MS_EINVAL;
     return meta_write(c, key, value, "meta_set");
+}
+
+
+static int bind_text(sqlite3_stmt *s, int i, const char *t, size_t len)
+{
+    /* A NULL pointer would bind SQL NULL, not an empty string. */
+    return sqlite3_bind_text64(s, i, len > 0 ? t : "", len, SQLITE_STATIC,
+                               SQLITE_UTF8);
+}
+
+
+/* The membership upserts: ?6 only in the load's. */
+static int member_write(ms_cache_t *c, int st, const char *room,
+                        size_t room_len, const char *conn, size_t conn_len,
+                        uint64_t version, bool present, uint64_t seq)
+{
+    sqlite3_stmt *s = c->stmt[st];
+
+    if (!u64_fits(version) || !u64_fits(seq))
+        return MS_EINVAL;
+    if (bind_text(s, 1, room, room_len) != SQLITE_OK ||
+        bind_text(s, 2, conn, conn_len) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 3, (sqlite3_int64)version) != SQLITE_OK ||
+        sqlite3_bind_int(s, 4, present ? 1 : 0) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 5, (sqlite3_int64)c->gen) != SQLITE_OK ||
+        (st == ST_MEMBER_LOAD &&
+         sqlite3_bind_int64(s, 6, (sqlite3_int64)seq) != SQLITE_OK))
+        return cache_fail(c, "member_apply");
+    if (stmt_run(s) != SQLITE_DONE)
+        return cache_fail(c, "member_apply");
+    cache_worked(c);
+    return sqlite3_changes(c->db) > 0 ? 1 : 0;
+}
+
+
+int ms_cache_member_apply(ms_cache_t *c, const char *room, size_t room_len,
+                          const char *conn, size_t conn_len, uint64_t version,
+                          bool present)
+{
+    return member_write(c, ST_MEMBER_NEWER, room, room_len, conn, conn_len,
+                        version, present, 0);
+}
+
+
+int ms_cache_member_load(ms_cache_t *c, const char *room, size_t room_len,
+                         const char *conn, size_t conn_len, uint64_t seq)
+{
+    return member_write(c, ST_MEMBER_LOAD, room, room_len, conn, conn_len, 0,
+                        true, seq);
+}
+
+
+int ms_cache_member_drop_conn(ms_cache_t *c, const char *conn, size_t len,
+                              uint64_t version)
+{
+    sqlite3_stmt *s = c->stmt[ST_MEMBER_DROP_CONN];
+
+    if (!u64_fits(version))
+        return MS_EINVAL;
+    if (bind_text(s, 1, conn, len) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)version) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 3, (sqlite3_int64)c->gen) != SQLITE_OK)
+        return cache_fail(c, "member_drop");
+    if (stmt_run(s) != SQLITE_DONE)
+        return cache_fail(c, "member_drop");
+    cache_worked(c);
+    return 0;
+}
+
+
+int ms_cache_members(ms_cache_t *c, const char *room, size_t room_len,
+                     const char *after, size_t after_len, ms_cache_list_cb fn,
+                     void *arg)
+{
+    sqlite3_stmt *s = c->stmt[ST_MEMBERS];
+    ms_cache_entry_t e;
+    int stop = 0;
+    int rc = SQLITE_DONE;
+
+    if (after == NULL && after_len > 0)
+        return MS_EINVAL;
+    if (bind_text(s, 1, room, room_len) != SQLITE_OK ||
+        bind_text(s, 2, after, after_len) != SQLITE_OK)
+        return cache_fail(c, "members");
+
+    while (stop == 0 && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(s, 3);
+        size_t id_len = (size_t)sqlite3_column_bytes(s, 3);
+
+        memset(&e, 0, sizeof(e));
+        if (id == NULL)
+            ms_oom();
+        e.version = (uint64_t)sqlite3_column_int64(s, 0);
+        e.json = (const char *)sqlite3_column_text(s, 1);
+        e.json_len = (size_t)sqlite3_column_bytes(s, 1);
+        e.mp = sqlite3_column_blob(s, 2);
+        e.mp_len = (size_t)sqlite3_column_bytes(s, 2);
+        e.present = e.json != NULL;
+        stop = fn(arg, id, id_len, &e);
+    }
+
+    /* Reset at once: an open SELECT would pin a WAL snapshot. */
+    sqlite3_reset(s);
+    if (stop != 0)
+        return 1;
+    if (rc != SQLITE_DONE)
+        return cache_fail(c, "members");
+    return 0;
 }

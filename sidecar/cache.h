@@ -96,6 +96,27 @@ int ms_cache_clear(ms_cache_t *c) MS_MUST_CHECK;
 int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind);
 
 /*
+ * Called by ms_cache_list() for each entry: id (id_len bytes) and e point
+ * into SQLite's current row, valid during the call only (e->json and id
+ * are NUL-terminated). It returns 0 for the next entry, anything else to
+ * stop, and must not call into the cache.
+ */
+typedef int (*ms_cache_list_cb)(void *arg, const char *id, size_t id_len,
+                                const ms_cache_entry_t *e);
+
+/*
+ * Walks the live (non-tombstone) entries of a kind in id byte order,
+ * starting after the id `after` (exclusive; NULL with after_len 0: from
+ * the first), calling fn with each until fn stops it or they run out.
+ * Rows are read one at a time from a prepared statement, nothing is
+ * collected. Returns 1 when fn stopped, 0 when the entries ran out,
+ * MS_EINVAL or MS_EINTERNAL.
+ */
+int ms_cache_list(ms_cache_t *c, ms_kind_t kind, const char *after,
+                  size_t after_len, ms_cache_list_cb fn,
+                  void *arg) MS_MUST_CHECK;
+
+/*
  * A small key/value table for state that must outlive a restart (the
  * cache keeps its resync generation there). get returns 0 with *value
  * set, or MS_EINVAL if unset.
@@ -104,5 +125,36 @@ int ms_cache_meta_get(ms_cache_t *c, const char *key,
                       uint64_t *value) MS_MUST_CHECK;
 int ms_cache_meta_set(ms_cache_t *c, const char *key,
                       uint64_t value) MS_MUST_CHECK;
+
+/*
+ * Room memberships (Mesh's <p>:room:<room> sets), versioned like entries:
+ * a join (present) or leave of that version, applied if newer than what
+ * the cache holds. Returns 1 if it changed the cache, 0 if not, or a
+ * negative code.
+ */
+int ms_cache_member_apply(ms_cache_t *c, const char *room, size_t room_len,
+                          const char *conn, size_t conn_len, uint64_t version,
+                          bool present) MS_MUST_CHECK;
+
+/*
+ * A membership a resync load found (version 0), applied unless the cache
+ * holds a change newer than the load's sequence seq. Same returns.
+ */
+int ms_cache_member_load(ms_cache_t *c, const char *room, size_t room_len,
+                         const char *conn, size_t conn_len,
+                         uint64_t seq) MS_MUST_CHECK;
+
+/* A connection closed at version: it leaves every room it was in. */
+int ms_cache_member_drop_conn(ms_cache_t *c, const char *conn, size_t len,
+                              uint64_t version) MS_MUST_CHECK;
+
+/*
+ * Walks the connections in a room in byte order after `after` (as
+ * ms_cache_list() does), with each one's metadata entry: e->present is
+ * false when it has none. Same returns as ms_cache_list().
+ */
+int ms_cache_members(ms_cache_t *c, const char *room, size_t room_len,
+                     const char *after, size_t after_len, ms_cache_list_cb fn,
+                     void *arg) MS_MUST_CHECK;
 
 #endif

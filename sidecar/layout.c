@@ -57,6 +57,8 @@ void ms_layout_init(ms_layout_t *l, const char *prefix, int db)
     l->connections = join(prefix, "connections");
     l->instances = join(prefix, "instances");
     l->cleanup_lock = join(prefix, "cleanup:lock");
+    l->members_prefix = join(prefix, "room:");
+    l->members_pattern = glob_escape_star(l->members_prefix);
 
     /* Keyspace channels name the key after the database's channel head. */
     snprintf(ks, sizeof(ks), "__keyspace@%d__", db);
@@ -83,6 +85,8 @@ void ms_layout_free(ms_layout_t *l)
     free(l->connections);
     free(l->instances);
     free(l->cleanup_lock);
+    free(l->members_prefix);
+    free(l->members_pattern);
     free(l->ks_conn);
     free(l->ks_room);
     free(l->ks_room_pattern);

@@ -51,6 +51,8 @@ typedef struct ms_layout_s {
     char *connections;     /* <prefix>:connections */
     char *instances;       /* <prefix>:instances */
     char *cleanup_lock;    /* <prefix>:cleanup:lock */
+    char *members_prefix;  /* <prefix>:room: (a room's members set) */
+    char *members_pattern; /* members_prefix, glob-escaped, then "*" */
     char *ks_conn;         /* keyspace channel of conn_meta */
     char *ks_room;         /* keyspace channel prefix of room keys */
     char *ks_room_pattern; /* ks_room, glob-escaped, then "*" */

@@ -19,6 +19,7 @@
 #include "registry.h"
 #include "scrub.h"
 #include "server.h"
+#include "watch.h"
 #include "writes.h"
 
 typedef struct daemon_s {
@@ -45,6 +46,7 @@ static void close_all(daemon_t *d)
         ms_server_close(d->app.server);
     ms_scrub_close(&d->app);
     ms_registry_close(&d->app);
+    ms_watch_close(&d->app);
     ms_mirror_close(&d->app);
 
     /* Writes answered while Redis closes must not start new commands. */
@@ -200,6 +202,7 @@ static int run(daemon_t *d)
         return 1;
     ms_writes_init(app);
     ms_mirror_init(app);
+    ms_watch_init(app);
     ms_scrub_init(app);
     ms_registry_init(app);
     start_signals(d);

@@ -17,12 +17,15 @@
 #include "log.h"
 #include "registry.h"
 #include "scrub.h"
+#include "watch.h"
 
 /* The COUNT hint per SCAN/HSCAN batch of a load. */
 #define LOAD_BATCH    "500"
 #define LOAD_RETRY_MS 1000
 
-typedef enum { PHASE_CONNS = 0, PHASE_ROOMS } phase_t;
+typedef enum { PHASE_CONNS = 0, PHASE_ROOMS, PHASE_MEMBERS } phase_t;
+
+static const char *const phase_name[] = {"conn", "room", "member"};
 
 struct ms_mirror_s {
     bool live;   /* the Redis links are up */
@@ -35,6 +38,7 @@ struct ms_mirror_s {
     uint64_t started;         /* uv_now() when the load began */
     uint64_t entries[2];      /* loaded per kind */
     uint64_t skipped;         /* values that could not be read */
+    uint64_t members;         /* memberships loaded */
     uint64_t high;            /* the highest version Redis is known to have
                                  handed out (events, loads, our writes) */
     uint64_t last_event;      /* the channel's last version since links up */
@@ -173,12 +177,6 @@ static void load_failed(ms_app_t *app, const char *why)
 
 
 /*
- * The position (applied) and the history it belongs to (epoch) go into
- * the cache file, so that a restart can catch up from the change log
- * instead of loading everything. A position saved a little behind is
- * harmless: replaying changes is idempotent under the version guard.
- */
-/*
  * The cache file keeps the first 15 hex digits of the Redis run_id (60
  * bits fit its integers): enough to tell two server processes apart.
  */
@@ -194,6 +192,12 @@ static uint64_t run_prefix(const char *run_id, size_t len)
 }
 
 
+/*
+ * The position (applied) and the history it belongs to (epoch) go into
+ * the cache file, so that a restart can catch up from the change log
+ * instead of loading everything. A position saved a little behind is
+ * harmless: replaying changes is idempotent under the version guard.
+ */
 static void save_position(ms_app_t *app)
 {
     ms_mirror_t *m = app->mirror;
@@ -243,10 +247,11 @@ static void load_done(ms_app_t *app)
         return;
     }
     ms_log_info("resync done",
-                "conns=%" PRIu64 " rooms=%" PRIu64 " removed=%d "
-                "unreadable=%" PRIu64 " seq=%" PRIu64 " ms=%" PRIu64,
-                m->entries[MS_KIND_CONN], m->entries[MS_KIND_ROOM], gone,
-                m->skipped, m->seq, uv_now(app->loop) - m->started);
+                "conns=%" PRIu64 " rooms=%" PRIu64 " members=%" PRIu64
+                " removed=%d unreadable=%" PRIu64 " seq=%" PRIu64
+                " ms=%" PRIu64,
+                m->entries[MS_KIND_CONN], m->entries[MS_KIND_ROOM], m->members,
+                gone, m->skipped, m->seq, uv_now(app->loop) - m->started);
 
     /* Entries the load found gone were tombstoned without a word: the
      * waiting reads are looked at again in sync_done. */
@@ -305,6 +310,27 @@ static int check_sequence(ms_app_t *app, uint64_t seq)
  * cached state no newer than that, whatever its own version (values a
  * Mesh server wrote have version 0).
  */
+/*
+ * Applies a batch of memberships, {room, conn, ...}: as for values, a
+ * membership the load saw holds unless the cache knows a newer change.
+ */
+static void apply_members(ms_app_t *app, const redisReply *items, uint64_t seq)
+{
+    for (size_t i = 0; i + 1 < items->elements; i += 2) {
+        const redisReply *room = items->element[i];
+        const redisReply *conn = items->element[i + 1];
+
+        if (room->type != REDIS_REPLY_STRING ||
+            conn->type != REDIS_REPLY_STRING)
+            continue;
+        if (ms_cache_member_load(app->cache, room->str, room->len, conn->str,
+                                 conn->len, seq) < 0)
+            ms_mirror_cache_failed(app, 0);
+        app->mirror->members++;
+    }
+}
+
+
 static int apply_batch(ms_app_t *app, const redisReply *r)
 {
     ms_mirror_t *m = app->mirror;
@@ -323,8 +349,12 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
             return rc;
     }
     failures = m->cache_failures;
-    if (items->elements % 3 != 0 || ms_cache_begin(app->cache) < 0)
+    if (ms_cache_begin(app->cache) < 0)
         return -1;
+    if (m->phase == PHASE_MEMBERS) {
+        apply_members(app, items, seq);
+        goto commit;
+    }
     for (size_t i = 0; i + 2 < items->elements; i += 3) {
         const redisReply *id = items->element[i];
         const redisReply *json = items->element[i + 1];
@@ -341,6 +371,7 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
                     json->str, json->len, MS_APPLY_ALWAYS);
         m->entries[kind]++;
     }
+commit:
     if (ms_cache_commit(app->cache) < 0 || failures != m->cache_failures)
         return -1;
     return 0;
@@ -389,8 +420,8 @@ static void on_batch(void *arg, redisReply *r, int status)
 
     if (strcmp(r->element[0]->str, "0") != 0) {
         load_next(app, r->element[0]->str, r->element[0]->len);
-    } else if (m->phase == PHASE_CONNS) {
-        m->phase = PHASE_ROOMS;
+    } else if (m->phase != PHASE_MEMBERS) {
+        m->phase++;
         load_next(app, "0", 1);
     } else {
         load_done(app);
@@ -402,23 +433,25 @@ static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len)
 {
     const ms_layout_t *l = &app->layout;
     batch_t *b = ms_malloc(sizeof(*b));
-    const char *argv[9] = {l->conn_meta,
-                           l->conn_versions,
-                           l->room_versions,
-                           l->seq,
-                           app->mirror->phase == PHASE_CONNS ? "conn" : "room",
-                           cursor,
-                           LOAD_BATCH,
-                           l->room_prefix,
-                           l->room_pattern};
-    size_t argvlen[9];
+    const char *argv[11] = {l->conn_meta,
+                            l->conn_versions,
+                            l->room_versions,
+                            l->seq,
+                            phase_name[app->mirror->phase],
+                            cursor,
+                            LOAD_BATCH,
+                            l->room_prefix,
+                            l->room_pattern,
+                            l->members_prefix,
+                            l->members_pattern};
+    size_t argvlen[11];
 
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 11; i++)
         argvlen[i] = strlen(argv[i]);
     argvlen[5] = cursor_len;
     b->app = app;
     b->gen = app->mirror->gen;
-    if (ms_redis_script(app->redis, MS_SCRIPT_LOAD, 4, 9, argv, argvlen,
+    if (ms_redis_script(app->redis, MS_SCRIPT_LOAD, 4, 11, argv, argvlen,
                         on_batch, b) < 0) {
         free(b);
         load_failed(app, "Redis not reachable");
@@ -438,6 +471,7 @@ static void load_start(ms_app_t *app)
     m->have_seq = false;
     m->entries[0] = m->entries[1] = 0;
     m->skipped = 0;
+    m->members = 0;
     m->started = uv_now(app->loop);
     max = ms_cache_max_version(app->cache);
     m->held_at_start = max > 0 ? (uint64_t)max : 0;
@@ -523,7 +557,12 @@ static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
         sync_to_load(app, "Redis restarted or failed over");
         return 1;
     }
-    if (seq < m->applied) {
+    /*
+     * from - 1 is the position when the sync was sent: channel events
+     * handled since (a verifying sync keeps applying them) may be newer
+     * than the sequence this reply read.
+     */
+    if (seq < from - 1) {
         if (forget_everything(app, seq) == 0)
             sync_to_load(app, "sequence went back");
         else
@@ -695,6 +734,7 @@ void ms_mirror_on_state(void *arg, bool live)
     m->live = live;
     ms_scrub_on_live(app, live);
     ms_registry_on_live(app, live);
+    ms_watch_on_live(app, live);
     if (live) {
         sync_start(app);
         return;
@@ -806,11 +846,34 @@ static void channel_event(ms_app_t *app, uint64_t version)
 }
 
 
+static bool str_is(const msgpack_object *o, const char *s)
+{
+    size_t n = strlen(s);
+
+    return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+           memcmp(o->via.str.ptr, s, n) == 0;
+}
+
+
+/* [version, "join" or "leave", room, conn]: a membership change. */
+static void apply_membership(ms_app_t *app, const msgpack_object *f,
+                             uint64_t version)
+{
+    int rc = ms_cache_member_apply(
+        app->cache, f[2].via.str.ptr, f[2].via.str.size, f[3].via.str.ptr,
+        f[3].via.str.size, version, str_is(&f[1], "join"));
+
+    if (rc < 0)
+        ms_mirror_cache_failed(app, version);
+}
+
+
 /*
- * Applies one change message, [version, kind, id, json or false,
- * existed], from the channel or the log (existed, whether the entry had
- * a value before, may be missing from messages of older versions).
- * Returns its version, or 0 when malformed.
+ * Applies one change message from the channel or the log: [version,
+ * kind, id, json or false, existed, closed] for an entry (existed, whether
+ * it had a value before, and closed, a connection's close that also took
+ * it out of its rooms, may be missing), or [version, "join" or "leave",
+ * room, conn] for a membership. Returns its version, or 0 when malformed.
  */
 static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
                              bool from_channel)
@@ -818,41 +881,54 @@ static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
     msgpack_unpacked up;
     const msgpack_object *f;
     ms_cache_entry_t e;
-    ms_kind_t kind;
+    ms_kind_t kind = MS_KIND_CONN;
     uint64_t version = 0;
-    bool existed = true;
-    size_t off = 0;
+    bool existed = true, closed = false, membership;
+    size_t off = 0, n;
 
     msgpack_unpacked_init(&up);
     if (ms_msgpack_check(payload, len, 1, NULL) < 0 ||
         msgpack_unpack_next(&up, payload, len, &off) !=
             MSGPACK_UNPACK_SUCCESS ||
         up.data.type != MSGPACK_OBJECT_ARRAY || up.data.via.array.size < 4 ||
-        up.data.via.array.size > 5)
+        up.data.via.array.size > 6)
         goto bad;
     f = up.data.via.array.ptr;
-    if (up.data.via.array.size == 5) {
-        if (f[4].type != MSGPACK_OBJECT_BOOLEAN)
-            goto bad;
-        existed = f[4].via.boolean;
-    }
+    n = up.data.via.array.size;
+    if ((n >= 5 && f[4].type != MSGPACK_OBJECT_BOOLEAN) ||
+        (n == 6 && f[5].type != MSGPACK_OBJECT_BOOLEAN))
+        goto bad;
+    existed = n < 5 || f[4].via.boolean;
+    closed = n == 6 && f[5].via.boolean;
+    membership = str_is(&f[1], "join") || str_is(&f[1], "leave");
     if (f[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || f[0].via.u64 == 0 ||
         f[1].type != MSGPACK_OBJECT_STR || f[2].type != MSGPACK_OBJECT_STR ||
         !(f[3].type == MSGPACK_OBJECT_STR ||
-          (f[3].type == MSGPACK_OBJECT_BOOLEAN && !f[3].via.boolean)))
+          (!membership && f[3].type == MSGPACK_OBJECT_BOOLEAN &&
+           !f[3].via.boolean)) ||
+        (membership && n != 4))
         goto bad;
-    if (f[1].via.str.size == 4 && memcmp(f[1].via.str.ptr, "conn", 4) == 0)
+    if (str_is(&f[1], "conn"))
         kind = MS_KIND_CONN;
-    else if (f[1].via.str.size == 4 && memcmp(f[1].via.str.ptr, "room", 4) == 0)
+    else if (str_is(&f[1], "room"))
         kind = MS_KIND_ROOM;
-    else
+    else if (!membership)
         goto bad;
     version = f[0].via.u64;
     if (from_channel) {
-        ms_scrub_saw_change(app, kind, f[2].via.str.ptr, f[2].via.str.size,
-                            f[3].type != MSGPACK_OBJECT_STR, existed);
+        if (!membership)
+            ms_scrub_saw_change(app, kind, f[2].via.str.ptr, f[2].via.str.size,
+                                f[3].type != MSGPACK_OBJECT_STR, existed);
         channel_event(app, version);
     }
+    if (membership) {
+        apply_membership(app, f, version);
+        goto done;
+    }
+    if (closed && kind == MS_KIND_CONN &&
+        ms_cache_member_drop_conn(app->cache, f[2].via.str.ptr,
+                                  f[2].via.str.size, version) < 0)
+        ms_mirror_cache_failed(app, version);
 
     /* Our own writes come back too; skip converting them again. */
     if (ms_cache_get(app->cache, kind, f[2].via.str.ptr, f[2].via.str.size,
@@ -882,10 +958,13 @@ void ms_mirror_on_message(void *arg, const char *channel, size_t channel_len,
 
     if (app->mirror == NULL)
         return;
-    if (channel_len == strlen(ours) && memcmp(channel, ours, channel_len) == 0)
+    if (channel_len == strlen(ours) &&
+        memcmp(channel, ours, channel_len) == 0) {
         (void)apply_change(app, payload, len, true);
-    else
+        ms_watch_on_change(app, payload, len);
+    } else {
         ms_scrub_on_keyspace(app, channel, channel_len, payload, len);
+    }
 }
 
 

@@ -44,6 +44,7 @@ extern const char ms_script_sync[];
 extern const char ms_script_read[];
 extern const char ms_script_scrub[];
 extern const char ms_script_registry[];
+extern const char ms_script_members[];
 
 static const char *const script_body[MS_SCRIPT_COUNT] = {
     [MS_SCRIPT_WRITE] = ms_script_write,
@@ -52,6 +53,7 @@ static const char *const script_body[MS_SCRIPT_COUNT] = {
     [MS_SCRIPT_READ] = ms_script_read,
     [MS_SCRIPT_SCRUB] = ms_script_scrub,
     [MS_SCRIPT_REGISTRY] = ms_script_registry,
+    [MS_SCRIPT_MEMBERS] = ms_script_members,
 };
 
 /* Covers connect(2) and the handshake; a silent host must not stall us. */

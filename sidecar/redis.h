@@ -35,6 +35,7 @@ typedef enum {
     MS_SCRIPT_READ,      /* schema/read.lua */
     MS_SCRIPT_SCRUB,     /* schema/scrub.lua */
     MS_SCRIPT_REGISTRY,  /* schema/registry.lua */
+    MS_SCRIPT_MEMBERS,   /* schema/members.lua */
     MS_SCRIPT_COUNT
 } ms_script_t;
 

@@ -15,6 +15,7 @@
 
 #include "alloc.h"
 #include "log.h"
+#include "mirror.h"
 #include "writes.h"
 
 /* Mesh's cleanup lock lasts this long unless given back sooner. */
@@ -409,8 +410,150 @@ static void op_conn_open(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 }
 
 
+/* --- room.join, room.leave ------------------------------------------- */
+
+/* What a join or leave carries to its reply. */
+typedef struct member_call_s {
+    ms_app_t *app;
+    ms_session_t *session;
+    uint64_t req_id;
+    bool join;
+    char *room;
+    size_t room_len;
+    char *conn;
+    size_t conn_len;
+} member_call_t;
+
+static void on_member(void *arg, redisReply *reply, int err)
+{
+    member_call_t *m = arg;
+    ms_session_t *s = m->session;
+    ms_request_t rq = {.id = m->req_id, .has_id = true};
+    uint64_t version = 0;
+    msgpack_packer *pk;
+    bool ok = err == 0 && reply != NULL && reply->type == REDIS_REPLY_ARRAY &&
+              reply->elements == 2 &&
+              reply->element[0]->type == REDIS_REPLY_INTEGER &&
+              reply->element[1]->type == REDIS_REPLY_INTEGER &&
+              reply->element[1]->integer >= 0;
+
+    if (ok)
+        version = (uint64_t)reply->element[1]->integer;
+
+    /* Read-your-writes: this sidecar's cache has it before the reply. */
+    if (ok && version > 0) {
+        ms_mirror_saw_version(m->app, version);
+        if (ms_cache_member_apply(m->app->cache, m->room, m->room_len, m->conn,
+                                  m->conn_len, version, m->join) < 0)
+            ms_mirror_cache_failed(m->app, version);
+    }
+    if (!ms_session_closed(s) && !ok) {
+        ms_reply_error(s, &rq, err == MS_ETIMEOUT ? MS_ETIMEOUT : MS_EUNAVAIL,
+                       reply != NULL && reply->type == REDIS_REPLY_ERROR
+                           ? "Redis refused the membership change"
+                           : "Redis is not reachable");
+    } else if (!ms_session_closed(s)) {
+        pk = ms_reply_ok(s, &rq, 2);
+        ms_pack_str(pk, "version");
+        msgpack_pack_uint64(pk, version);
+        ms_pack_str(pk, "changed");
+        if (version > 0)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
+        ms_session_reply_end(s);
+    }
+    ms_session_release(s, 0);
+    free(m->room);
+    free(m->conn);
+    free(m);
+}
+
+
+/*
+ * room.join / room.leave {room, conn?}: puts the connection in Mesh's
+ * sets <p>:room:<room> and <p>:connection:<conn>:rooms, or takes it out
+ * (schema/members.lua), with a version every sidecar's cache applies.
+ */
+static void op_member(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
+                      bool join)
+{
+    const ms_layout_t *l = &app->layout;
+    char log_len[24];
+    const char *argv[9];
+    size_t argvlen[9];
+    member_call_t *m;
+    ms_error_t err;
+    const char *room, *conn;
+    size_t room_len, conn_len, k1, k2;
+    char *k_room, *k_conn;
+
+    if (ms_request_target(app, s, rq, MS_KIND_ROOM, &room, &room_len, &err) <
+            0 ||
+        ms_request_target(app, s, rq, MS_KIND_CONN, &conn, &conn_len, &err) <
+            0) {
+        ms_reply_error(s, rq, err.code, err.msg);
+        return;
+    }
+    k_room = ms_layout_key(l->members_prefix, NULL, room, room_len, &k1);
+    k_conn = ms_layout_key(l->key_prefix, "connection:", conn, conn_len, &k2);
+    k_conn = ms_realloc(k_conn, k2 + 7);
+    memcpy(k_conn + k2, ":rooms", 7);
+    k2 += 6;
+    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
+
+    /* KEYS, then ARGV, as schema/members.lua lists them. */
+    argv[0] = k_room;
+    argv[1] = k_conn;
+    argv[2] = l->seq;
+    argv[3] = l->log;
+    argv[4] = join ? "join" : "leave";
+    argv[5] = room;
+    argv[6] = conn;
+    argv[7] = l->channel;
+    argv[8] = log_len;
+    for (int i = 0; i < 9; i++)
+        argvlen[i] = strlen(argv[i]);
+    argvlen[0] = k1;
+    argvlen[1] = k2;
+    argvlen[5] = room_len;
+    argvlen[6] = conn_len;
+
+    m = ms_calloc(1, sizeof(*m));
+    m->app = app;
+    m->session = s;
+    m->req_id = rq->id;
+    m->join = join;
+    m->room = ms_strndup(room, room_len);
+    m->room_len = room_len;
+    m->conn = ms_strndup(conn, conn_len);
+    m->conn_len = conn_len;
+    ms_session_hold(s, 0);
+    if (app->redis == NULL ||
+        ms_redis_script(app->redis, MS_SCRIPT_MEMBERS, 4, 9, argv, argvlen,
+                        on_member, m) < 0)
+        on_member(m, NULL, MS_EUNAVAIL);
+    free(k_room);
+    free(k_conn);
+}
+
+
+static void op_room_join(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
+{
+    op_member(a, s, r, true);
+}
+
+
+static void op_room_leave(ms_app_t *a, ms_session_t *s, const ms_request_t *r)
+{
+    op_member(a, s, r, false);
+}
+
+
 const ms_op_t ms_registry_ops[] = {
     {"conn.open", op_conn_open},
+    {"room.join", op_room_join},
+    {"room.leave", op_room_leave},
     {NULL, NULL},
 };
 

@@ -11,7 +11,10 @@
  *   of instances whose heartbeat is gone are closed (metadata, registry,
  *   rooms) and those instances forgotten, as Mesh's cleanup does;
  * - at shutdown (with --close-on-exit) the connections this instance
- *   owns are closed and it leaves the registry.
+ *   owns are closed and it leaves the registry;
+ * - room.join and room.leave put a connection in Mesh's room sets or take
+ *   it out (schema/members.lua), versioned, so every cache holds the
+ *   memberships that room.members reads.
  *
  * Closing goes through the write pipeline (ms_writes_close_conn), so
  * every sidecar's cache hears of it. Loop thread only.
@@ -24,7 +27,10 @@
 
 #include "handlers.h"
 
-/* The operations of this module (see handlers.h): conn.open. */
+/*
+ * The operations of this module (see handlers.h): conn.open, room.join,
+ * room.leave.
+ */
 extern const ms_op_t ms_registry_ops[];
 
 void ms_registry_init(ms_app_t *app);

@@ -100,6 +100,33 @@ bool ms_session_closed(const ms_session_t *s)
 }
 
 
+size_t ms_session_unsent(const ms_session_t *s)
+{
+    if (s->closed)
+        return 0;
+
+    /* Not in_flight: it counts bytes the kernel took until their callback. */
+    return s->out.size +
+           uv_stream_get_write_queue_size((const uv_stream_t *)&s->pipe);
+}
+
+
+size_t ms_session_output_limit(void)
+{
+    return OUTPUT_HIGH_WATER;
+}
+
+
+void ms_session_cut(ms_session_t *s, const char *reason)
+{
+    if (s->closed)
+        return;
+    ms_log_warn("client cut off", "client=%lu reason=\"%s\"", s->number,
+                reason);
+    session_close(s, reason);
+}
+
+
 const char *ms_session_conn(const ms_session_t *s, size_t *len)
 {
     *len = s->conn_len;

@@ -75,5 +75,21 @@ bool ms_session_closed(const ms_session_t *s);
 const char *ms_session_conn(const ms_session_t *s, size_t *len);
 void ms_session_bind(ms_session_t *s, const char *conn, size_t len);
 
+/*
+ * Output the client has not taken yet: replies buffered in the session
+ * and bytes libuv still queues for the socket (0 once closed).
+ */
+size_t ms_session_unsent(const ms_session_t *s);
+
+/* The unsent output past which a client's requests are left unread. */
+size_t ms_session_output_limit(void);
+
+/*
+ * Closes a session for a policy reason (a watcher that does not read):
+ * logged once at warn with the client's number and the reason, then
+ * closed like a client that went away; what it had not read is dropped.
+ */
+void ms_session_cut(ms_session_t *s, const char *reason);
+
 
 #endif

@@ -297,6 +297,10 @@ static void apply_written(write_t *w, uint64_t version)
         rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version,
                             w->json, w->json_len, mp, mp_len, MS_APPLY_NEWER);
     }
+    /* A close took the connection out of its rooms too. */
+    if (w->close && rc >= 0 &&
+        ms_cache_member_drop_conn(app->cache, q->id, q->id_len, version) < 0)
+        rc = MS_EINTERNAL;
     ms_mirror_saw_version(app, version);
     if (rc == 1)
         ms_waits_entry_changed(app, q->kind, q->id, q->id_len, version);

@@ -338,6 +338,116 @@ static void test_mesh_ghost_reaped(void **state)
 }
 
 
+/* --- memberships ------------------------------------------------------- */
+
+/* The members of room on ms's sidecar, as "id=value;..." in order. */
+static void members(meshsync_t *ms, const char *room, char *out, size_t size)
+{
+    meshsync_page_t page;
+    size_t n = 0;
+
+    out[0] = '\0';
+    HARNESS_CALL_OK(
+        ms, meshsync_room_members(ms, room, NULL, 0, MESHSYNC_JSON, &page));
+    for (size_t i = 0; i < page.count; i++)
+        n += (size_t)snprintf(out + n, size - n, "%s=%s;", page.items[i].id,
+                              page.items[i].data);
+    assert_null(page.next);
+    meshsync_page_free(&page);
+}
+
+
+static void expect_members(meshsync_t *ms, const char *room, const char *want)
+{
+    char got[512];
+
+    members(ms, room, got, sizeof(got));
+    if (strcmp(got, want) != 0)
+        fail_msg("room %s: %s, want %s", room, got, want);
+}
+
+
+/*
+ * Waits until to's sidecar has applied every change from's made so far:
+ * a write through from, read back through to at its version (sidecars
+ * apply changes in version order).
+ */
+static void barrier(meshsync_t *from, meshsync_t *to)
+{
+    uint64_t v = set_conn(from, "barrier", "{}");
+
+    expect_conn(to, "barrier", v, "{}");
+}
+
+
+/*
+ * Joins and leaves through one sidecar, read back through another; a
+ * close takes the connection out of every room; memberships a Mesh
+ * server made are loaded at start.
+ */
+static void test_memberships(void **state)
+{
+    harness_t *h = *state;
+    redisContext *c = harness_redis(h);
+    harness_daemon_t *a, *b;
+    meshsync_t *ma, *mb;
+    uint64_t v = 0, v2 = 0;
+
+    /* What a Mesh server's joinRoom leaves, before any sidecar runs. */
+    freeReplyObject(harness_command(c, "SADD mesh:room:hall m1 m2"));
+    freeReplyObject(harness_command(c, "SADD mesh:connection:m1:rooms hall"));
+    a = sidecar(h, "A", NULL, NULL);
+    b = sidecar(h, "B", NULL, NULL);
+    ma = harness_client_open(a);
+    mb = harness_client_open(b);
+    expect_members(mb, "hall", "m1=null;m2=null;");
+
+    HARNESS_CALL_OK(ma, meshsync_room_join(ma, "lobby", "u1", &v));
+    assert_true(v > 0);
+    assert_int_equal(rint_(h, "SISMEMBER mesh:connection:u1:rooms %s", "lobby"),
+                     1);
+    set_conn(ma, "u1", "{\"n\":1}");
+    HARNESS_CALL_OK(ma, meshsync_room_join(ma, "lobby", "u2", &v2));
+    HARNESS_CALL_OK(ma, meshsync_room_join(ma, "hall", "u1", NULL));
+
+    /* Joining again changes nothing. */
+    HARNESS_CALL_OK(ma, meshsync_room_join(ma, "lobby", "u2", &v));
+    assert_int_equal(v, 0);
+
+    /* A reads its own joins at once; B once it has caught up with A. */
+    expect_members(ma, "lobby", "u1={\"n\":1};u2=null;");
+    barrier(ma, mb);
+    expect_members(mb, "lobby", "u1={\"n\":1};u2=null;");
+    expect_members(mb, "hall", "m1=null;m2=null;u1={\"n\":1};");
+
+    /* A close: out of lobby and hall, everywhere. */
+    HARNESS_CALL_OK(ma, meshsync_conn_close(ma, "u1", &v));
+    expect_members(ma, "lobby", "u2=null;");
+    expect_conn(mb, "u1", v, "null");
+    expect_members(mb, "lobby", "u2=null;");
+    expect_members(mb, "hall", "m1=null;m2=null;");
+    assert_int_equal(rint_(h, "SISMEMBER mesh:room:lobby %s", "u1"), 0);
+
+    /* Leaving; leaving a room one is not in changes nothing. */
+    HARNESS_CALL_OK(mb, meshsync_room_leave(mb, "lobby", "u2", &v));
+    assert_true(v > v2);
+    HARNESS_CALL_OK(ma, meshsync_room_leave(ma, "lobby", "nobody", &v2));
+    assert_int_equal(v2, 0);
+    barrier(mb, ma);
+    expect_members(ma, "lobby", "");
+    assert_int_equal(rint_(h, "EXISTS %s", "mesh:room:lobby"), 0);
+
+    /* A room that is not a valid name is refused. */
+    assert_int_equal(meshsync_room_join(ma, "", "u9", NULL), -1);
+    assert_string_equal(meshsync_errcode(ma), "invalid_request");
+
+    meshsync_free(ma);
+    meshsync_free(mb);
+    harness_daemon_stop_clean(a);
+    harness_daemon_stop_clean(b);
+}
+
+
 /* --- stopping ----------------------------------------------------------- */
 
 static void test_sigterm_no_ghosts(void **state)
@@ -425,10 +535,15 @@ static void test_bad_flags(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        TEST(test_open_close),        TEST(test_bound_to_session),
-        TEST(test_heartbeat),         TEST(test_killed_sidecar_reaped),
-        TEST(test_mesh_ghost_reaped), TEST(test_sigterm_no_ghosts),
-        TEST(test_sigterm_keep),      cmocka_unit_test(test_bad_flags),
+        TEST(test_open_close),
+        TEST(test_bound_to_session),
+        TEST(test_heartbeat),
+        TEST(test_killed_sidecar_reaped),
+        TEST(test_mesh_ghost_reaped),
+        TEST(test_memberships),
+        TEST(test_sigterm_no_ghosts),
+        TEST(test_sigterm_keep),
+        cmocka_unit_test(test_bad_flags),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

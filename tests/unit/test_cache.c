@@ -1,8 +1,8 @@
 /*
  * test_cache.c - unit tests for the SQLite cache (sidecar/cache.c): the
  * version guard in both modes, tombstones, exact bytes, resyncs, counts,
- * meta, transactions, warm restarts, corrupt and foreign files, and that
- * schema/cache.sql builds the schema the code builds.
+ * listing in id order, meta, transactions, warm restarts, corrupt and foreign
+ * files, and that schema/cache.sql builds the schema the code builds.
  *
  * Tests run on ":memory:" or on files in a mkdtemp directory that the
  * teardown removes.
@@ -428,6 +428,80 @@ static void test_count(void **state)
 }
 
 
+/* What ms_cache_list handed over: "id=version:json," for each entry. */
+typedef struct {
+    char seen[256];
+    int stop_after; /* stop when this many were seen; 0: never */
+    int n;
+} list_seen_t;
+
+static int list_seen_cb(void *arg, const char *id, size_t id_len,
+                        const ms_cache_entry_t *e)
+{
+    list_seen_t *l = arg;
+    size_t used = strlen(l->seen);
+
+    assert_true(e->present);
+    assert_int_equal(e->json[e->json_len], '\0');
+    assert_int_equal(e->mp_len, e->json_len);
+    snprintf(l->seen + used, sizeof(l->seen) - used, "%.*s=%llu:%s,",
+             (int)id_len, id, (unsigned long long)e->version, e->json);
+    l->n++;
+    return l->n == l->stop_after;
+}
+
+
+/* Live entries of one kind in byte order, after a cursor, stoppable. */
+static void test_list(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    list_seen_t l = {0};
+
+    assert_int_equal(put(c, "b", 1, "1", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "\xc3\xa9", 2, "2", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "a:b", 3, "3", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "a", 4, "4", MS_APPLY_NEWER), 1);
+    assert_int_equal(put(c, "B", 5, "5", MS_APPLY_NEWER), 1);
+    assert_int_equal(del(c, "ab", 6, MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_apply(c, MS_KIND_ROOM, "a0", 2, 7, "7", 1, "7", 1,
+                                    MS_APPLY_NEWER),
+                     1);
+
+    assert_int_equal(ms_cache_list(c, MS_KIND_CONN, NULL, 0, list_seen_cb, &l),
+                     0);
+    assert_string_equal(l.seen, "B=5:5,a=4:4,a:b=3:3,b=1:1,\xc3\xa9=2:2,");
+
+    /* After a tombstone's id, and after the last id. */
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(ms_cache_list(c, MS_KIND_CONN, "ab", 2, list_seen_cb, &l),
+                     0);
+    assert_string_equal(l.seen, "b=1:1,\xc3\xa9=2:2,");
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(
+        ms_cache_list(c, MS_KIND_CONN, "\xc3\xa9", 2, list_seen_cb, &l), 0);
+    assert_string_equal(l.seen, "");
+
+    memset(&l, 0, sizeof(l));
+    l.stop_after = 2;
+    assert_int_equal(ms_cache_list(c, MS_KIND_CONN, "", 0, list_seen_cb, &l),
+                     1);
+    assert_string_equal(l.seen, "B=5:5,a=4:4,");
+
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(ms_cache_list(c, MS_KIND_ROOM, "a", 1, list_seen_cb, &l),
+                     0);
+    assert_string_equal(l.seen, "a0=7:7,");
+    assert_int_equal(ms_cache_list(c, (ms_kind_t)7, NULL, 0, list_seen_cb, &l),
+                     MS_EINVAL);
+    assert_int_equal(ms_cache_list(c, MS_KIND_CONN, NULL, 3, list_seen_cb, &l),
+                     MS_EINVAL);
+
+    /* The statement was reset: a write and a get work as before. */
+    assert_int_equal(put(c, "c", 8, "8", MS_APPLY_NEWER), 1);
+    expect_conn(c, "c", 8, "8");
+}
+
+
 /* The highest version counts tombstones; clear forgets everything. */
 static void test_max_version_and_clear(void **state)
 {
@@ -781,11 +855,94 @@ static void test_schema_file_matches(void **state)
     dump_a = schema_dump(a);
     dump_b = schema_dump(b);
     assert_non_null(strstr(dump_a, "table entries"));
-    assert_non_null(strstr(dump_a, "user_version 1"));
+    assert_non_null(strstr(dump_a, "table members"));
+    assert_non_null(strstr(dump_a, "user_version 2"));
     assert_string_equal(dump_a, dump_b);
     free(dump_a);
     free(dump_b);
     free(sql);
+}
+
+
+/* Collects the members ms_cache_members() walks: "id=json;..." */
+static int collect_member(void *arg, const char *id, size_t id_len,
+                          const ms_cache_entry_t *e)
+{
+    char *out = arg;
+    size_t n = strlen(out);
+
+    snprintf(out + n, 256 - n, "%.*s=%s;", (int)id_len, id,
+             e->present ? e->json : "nil");
+    return 0;
+}
+
+
+static void expect_members(ms_cache_t *c, const char *room, const char *want)
+{
+    char got[256] = "";
+
+    assert_int_equal(
+        ms_cache_members(c, room, strlen(room), NULL, 0, collect_member, got),
+        0);
+    assert_string_equal(got, want);
+}
+
+
+static int member(ms_cache_t *c, const char *room, const char *conn,
+                  uint64_t version, bool present)
+{
+    return ms_cache_member_apply(c, room, strlen(room), conn, strlen(conn),
+                                 version, present);
+}
+
+
+/*
+ * Joins and leaves under the version guard, a close that takes a
+ * connection out of every room, a resync that ends the memberships it
+ * did not see, and each member's metadata alongside.
+ */
+static void test_members(void **state)
+{
+    ms_cache_t *c = ((fixture_t *)*state)->c;
+    char got[256] = "";
+
+    assert_int_equal(put(c, "a", 1, "{\"n\":1}", MS_APPLY_NEWER), 1);
+    assert_int_equal(member(c, "r", "a", 2, true), 1);
+    assert_int_equal(member(c, "r", "b", 3, true), 1);
+    assert_int_equal(member(c, "s", "a", 4, true), 1);
+    expect_members(c, "r", "a={\"n\":1};b=nil;");
+
+    /* A late, older join does not undo a leave. */
+    assert_int_equal(member(c, "r", "b", 6, false), 1);
+    assert_int_equal(member(c, "r", "b", 5, true), 0);
+    expect_members(c, "r", "a={\"n\":1};");
+
+    /* After "a", in byte order. */
+    assert_int_equal(member(c, "r", "c", 7, true), 1);
+    assert_int_equal(ms_cache_members(c, "r", 1, "a", 1, collect_member, got),
+                     0);
+    assert_string_equal(got, "c=nil;");
+
+    /* a closes at 8: out of r and s; a join older than that is late. */
+    assert_int_equal(ms_cache_member_drop_conn(c, "a", 1, 8), 0);
+    expect_members(c, "r", "c=nil;");
+    expect_members(c, "s", "");
+    assert_int_equal(member(c, "s", "a", 7, true), 0);
+
+    /* A resync at 20 that saw only d in r. */
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    assert_int_equal(ms_cache_member_load(c, "r", 1, "d", 1, 20), 1);
+    assert_int_equal(ms_cache_resync_end(c, 20), 1);
+    expect_members(c, "r", "d=nil;");
+
+    /* A load does not undo a change newer than its sequence. */
+    assert_int_equal(member(c, "r", "e", 25, false), 1);
+    assert_int_equal(ms_cache_member_load(c, "r", 1, "e", 1, 20), 0);
+    assert_int_equal(member(c, "r", "c", 19, true), 0);
+
+    /* Redis lost its data: memberships go too. */
+    assert_int_equal(ms_cache_clear(c), 0);
+    expect_members(c, "r", "");
 }
 
 
@@ -809,6 +966,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_resync_generation_persists,
                                         setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_count, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_list, setup_mem, teardown),
         cmocka_unit_test_setup_teardown(test_meta, setup_mem, teardown),
         cmocka_unit_test_setup_teardown(test_version_limits, setup_mem,
                                         teardown),
@@ -825,6 +983,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lock, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_schema_file_matches, setup_dir,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_members, setup_mem, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
