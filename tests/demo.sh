@@ -97,6 +97,32 @@ show redis-cli HGET mesh:roommeta:lobby data
 redis-cli -s "$tmp/redis.sock" HGET mesh:roommeta:lobby data
 
 echo
+echo "== connections and rooms, in Mesh's registry"
+A conn open conn123
+A room join lobby conn123
+set_v A room set lobby '{"topic":"Registry"}'
+B room get lobby --min-version "$v"
+B room members lobby
+show redis-cli HGET mesh:connections conn123
+redis-cli -s "$tmp/redis.sock" HGET mesh:connections conn123
+A room list
+A conn mget conn123 nobody
+
+echo
+echo "== watching: B pushes every change to lobby, in version order"
+show meshsync --socket b.sock watch --room lobby --count 2
+build/meshsync --socket "$tmp/b.sock" watch --room lobby --count 2 \
+  >"$tmp/watch.out" &
+watcher=$!
+# The watch starts in the background: write until it has seen two changes.
+for i in $(seq 1 50); do
+  kill -0 "$watcher" 2>/dev/null || break
+  build/meshsync --socket "$tmp/a.sock" room set lobby "{\"round\":$i}" >/dev/null
+done
+wait "$watcher"
+cat "$tmp/watch.out"
+
+echo
 echo "== clearing"
 set_v A room set lobby null
 B room get lobby --min-version "$v"
@@ -105,6 +131,7 @@ set_v A room delete lobby
 B room get lobby --min-version "$v"
 set_v B conn close conn123
 A conn get conn123 --min-version "$v"
+B room members lobby
 A ping
 
 echo
