@@ -644,11 +644,24 @@ static void reap_end(ms_app_t *app, const char *why)
 }
 
 
+/* A dead instance is forgotten (or beat again): the reap may end. */
 static void on_gone(void *arg, redisReply *reply, int err)
 {
-    (void)reply;
-    (void)err;
-    call_free(arg);
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    ms_registry_t *r = app->registry;
+    bool current = call_current(c);
+
+    if (err == 0 && reply != NULL && reply->type == REDIS_REPLY_INTEGER &&
+        reply->integer == 1)
+        ms_log_info("dead instance reaped", "instance=\"%.*s\"",
+                    (int)c->conn_len, c->conn);
+    call_free(c);
+    if (!current || !r->reaping || --r->waiting > 0)
+        return;
+    ms_log_info("reaping done", "instances=%zu conns=%zu ms=%" PRIu64, r->ndead,
+                r->ndoomed, uv_now(app->loop) - r->reap_started);
+    reap_end(app, NULL);
 }
 
 
@@ -656,22 +669,28 @@ static void forget_instance(ms_app_t *app, const str_t *e)
 {
     call_t *c = call_new(app);
 
-    ms_log_info("dead instance reaped", "instance=\"%.*s\"", (int)e->len, e->s);
-    if (step_call(app, "gone", e->s, e->len, NULL, on_gone, c) < 0)
+    c->conn = ms_strndup(e->s, e->len);
+    c->conn_len = e->len;
+    app->registry->waiting++;
+    if (step_call(app, "gone", e->s, e->len, NULL, on_gone, c) < 0) {
+        app->registry->waiting--;
         call_free(c);
+    }
 }
 
 
-/* Every close is answered: the dead instances go, the lock with them. */
+/*
+ * Every close is answered: the dead instances go, then the lock, once
+ * Redis has forgotten them.
+ */
 static void reap_finish(ms_app_t *app)
 {
     ms_registry_t *r = app->registry;
 
+    r->waiting = 0;
     str_each(app, r->dead, forget_instance);
-    if (r->ndead > 0)
-        ms_log_info("reaping done", "instances=%zu conns=%zu ms=%" PRIu64,
-                    r->ndead, r->ndoomed, uv_now(app->loop) - r->reap_started);
-    reap_end(app, NULL);
+    if (r->waiting == 0)
+        reap_end(app, r->ndead > 0 ? "Redis not reachable" : NULL);
 }
 
 
