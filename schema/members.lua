@@ -16,13 +16,16 @@
 -- is written then. Publishes msgpack [version, "join" or "leave", room,
 -- conn] on ARGV[4] and appends it to the change log as write.lua does.
 
+-- The room's set first: of a foreign type, it fails the script before
+-- anything is written. The connection's set, of a foreign type, is
+-- skipped, as write.lua's close skips it.
 local changed
 if ARGV[1] == 'join' then
     changed = redis.call('SADD', KEYS[1], ARGV[3])
-    redis.call('SADD', KEYS[2], ARGV[2])
+    redis.pcall('SADD', KEYS[2], ARGV[2])
 else
     changed = redis.call('SREM', KEYS[1], ARGV[3])
-    redis.call('SREM', KEYS[2], ARGV[2])
+    redis.pcall('SREM', KEYS[2], ARGV[2])
 end
 if changed == 0 then
     return {0, 0}

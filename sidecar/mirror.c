@@ -790,6 +790,13 @@ void ms_mirror_saw_version(ms_app_t *app, uint64_t version)
 }
 
 
+uint64_t ms_mirror_applied(const ms_app_t *app)
+{
+    return app->mirror != NULL && app->mirror->positioned ? app->mirror->applied
+                                                          : 0;
+}
+
+
 uint64_t ms_mirror_high(const ms_app_t *app)
 {
     return app->mirror != NULL ? app->mirror->high : 0;

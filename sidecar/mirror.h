@@ -74,6 +74,12 @@ void ms_mirror_saw_version(ms_app_t *app, uint64_t version);
 void ms_mirror_cache_failed(ms_app_t *app, uint64_t version);
 bool ms_mirror_cache_failing(const ms_app_t *app);
 
+/*
+ * The position: every change up to this version is in the cache (0 when
+ * no position is known, e.g. during a first load).
+ */
+uint64_t ms_mirror_applied(const ms_app_t *app);
+
 /* Counts rebuilds, so a write can tell one happened while it was sent. */
 unsigned ms_mirror_rebuilds(const ms_app_t *app);
 

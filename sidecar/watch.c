@@ -121,6 +121,7 @@ typedef struct feed_s {
     uint64_t fill_started;
     STAILQ_HEAD(, held_s) held;
     size_t held_count;
+    size_t held_at_send; /* held when the last fill page was asked for */
     size_t held_bytes;
     uv_timer_t retry;
 } feed_t;
@@ -264,13 +265,15 @@ static void drop_held(feed_t *f)
 }
 
 
-/* The version a feed starting now would stand at. */
+/*
+ * The version a feed starting now stands at: the mirror's position, up to
+ * which the cache holds every change (not Redis's sequence, which a cache
+ * still loading or catching up may not hold yet). The fill that follows
+ * pushes what lies beyond, or a reset when the log cannot.
+ */
 static uint64_t current_version(const ms_app_t *app)
 {
-    int64_t cached = ms_cache_max_version(app->cache);
-    uint64_t high = ms_mirror_high(app);
-
-    return cached > 0 && (uint64_t)cached > high ? (uint64_t)cached : high;
+    return ms_mirror_applied(app);
 }
 
 
@@ -666,6 +669,14 @@ void ms_watch_on_change(ms_app_t *app, const char *payload, size_t len)
                      "pos=%" PRIu64 " got=%" PRIu64, f->pos, c.version);
         hold(f, payload, len, c.version);
         fill_start(f);
+    } else {
+        /*
+         * Not above the position: a message under way when the feed was
+         * placed, or Redis's sequence starting over (a flush) with no
+         * earlier message on this link to compare with. A fill tells them
+         * apart: it checks the epoch and the run_id.
+         */
+        fill_start(f);
     }
 done:
     msgpack_unpacked_destroy(&up);
@@ -687,6 +698,7 @@ static void fill_send(feed_t *f, uint64_t from)
     snprintf(first, sizeof(first), "%" PRIu64, from);
     for (int i = 0; i < 5; i++)
         argvlen[i] = strlen(argv[i]);
+    f->held_at_send = f->held_count;
     a->gen = f->gen;
     a->from = from;
     if (f->app->redis == NULL ||
@@ -757,8 +769,35 @@ static const char *history_changed(feed_t *f, const redisReply *r, uint64_t seq)
 }
 
 
+/*
+ * A message held before the fill's last page was asked for, and above
+ * the sequence that page read, cannot be one Redis published: dropped,
+ * or the feed would ask for it forever. (Messages held since may well be
+ * newer than that read.) Nothing leaves the held list during a fill, so
+ * those are the first held_at_send.
+ */
+static void drop_beyond(feed_t *f, uint64_t seq)
+{
+    held_t *h, *next;
+    size_t n = f->held_at_send;
+
+    for (h = STAILQ_FIRST(&f->held); h != NULL && n > 0; h = next, n--) {
+        next = STAILQ_NEXT(h, link);
+        if (h->version <= seq)
+            continue;
+        ms_log_warn("change message beyond Redis's sequence dropped",
+                    "version=%" PRIu64 " seq=%" PRIu64, h->version, seq);
+        STAILQ_REMOVE(&f->held, h, held_s, link);
+        f->held_count--;
+        f->held_bytes -= h->len;
+        free(h);
+    }
+}
+
+
 static void fill_done(feed_t *f, uint64_t seq)
 {
+    drop_beyond(f, seq);
     if (seq > f->pos)
         f->pos = seq;
     f->filling = false;

@@ -742,6 +742,59 @@ static void test_reset_when_redis_lost_data(void **state)
     harness_daemon_stop_clean(dc);
 }
 
+/*
+ * A FLUSHALL right after the watch began: the first message after it is
+ * not above the feed's position and no earlier message on the link shows
+ * the fall; the feed must still notice (a reset) and go on.
+ */
+static void test_reset_after_flush(void **state)
+{
+    harness_t *h = *state;
+    harness_daemon_t *da = harness_daemon_start(h, "a", quick_args, NULL);
+    harness_daemon_t *dc = harness_daemon_start(h, "c", quick_args, NULL);
+    meshsync_t *w = harness_client_open(da), *x = harness_client_open(dc);
+    meshsync_value_t got;
+    meshsync_event_t ev;
+    uint64_t v = 0;
+    int resets = 0;
+
+    for (int i = 0; i < 3; i++)
+        v = room_set(w, "old", "{}");
+    HARNESS_CALL_OK(
+        x, meshsync_room_get_min(x, "old", v, WAIT_MS, MESHSYNC_JSON, &got));
+    meshsync_value_free(&got);
+    HARNESS_CALL_OK(x, meshsync_watch(x, NULL, 0, NULL, 0, 1, NULL));
+
+    freeReplyObject(harness_command(harness_redis(h), "FLUSHALL"));
+    v = conn_set(w, "fresh", "{\"n\":1}");
+
+    /*
+     * A reset, then the new history's change, unless the reset already
+     * covers it (its version is at or past the change's).
+     */
+    for (int i = 0; i < 4; i++) {
+        bool done;
+
+        next_event(x, &ev);
+        resets += ev.reset;
+        done = ev.reset ? ev.version >= v : ev.version == v;
+        if (!ev.reset) {
+            assert_true(resets >= 1);
+            assert_string_equal(ev.id, "fresh");
+        }
+        meshsync_event_free(&ev);
+        if (done)
+            break;
+        assert_true(i < 3);
+    }
+    assert_true(resets >= 1);
+
+    meshsync_free(w);
+    meshsync_free(x);
+    harness_daemon_stop_clean(da);
+    harness_daemon_stop_clean(dc);
+}
+
 /* --- a watcher that does not read ------------------------------------- */
 
 #define BIG_VALUE  (40 * 1024)
@@ -1046,6 +1099,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reset_when_log_trimmed,
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_reset_when_redis_lost_data,
+                                        harness_setup_redis, harness_teardown),
+        cmocka_unit_test_setup_teardown(test_reset_after_flush,
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_stalled_watcher_cut_off,
                                         harness_setup_redis, harness_teardown),
