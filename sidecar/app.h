@@ -20,6 +20,7 @@ typedef struct ms_writes_s ms_writes_t;
 typedef struct ms_waits_s ms_waits_t;
 typedef struct ms_scrub_s ms_scrub_t;
 typedef struct ms_registry_s ms_registry_t;
+typedef struct ms_watch_s ms_watch_t;
 
 typedef struct ms_app_s {
     uv_loop_t *loop;
@@ -34,6 +35,7 @@ typedef struct ms_app_s {
     ms_waits_t *waits;       /* reads waiting for a version (waits.c) */
     ms_scrub_t *scrub;       /* NULL when the scrub is off (scrub.c) */
     ms_registry_t *registry; /* Mesh's registry (registry.c) */
+    ms_watch_t *watch;       /* the change feed (watch.c) */
 } ms_app_t;
 
 #endif

@@ -12,9 +12,6 @@
  * messages go on. Redis's sequence, epoch and run_id, read with each page,
  * and channel versions that fail to rise tell when the history itself
  * changed (Redis lost its data): then watchers get a reset.
- *
- * app.h has no slot for this module: its state is the one `feed` below
- * (one daemon per process).
  */
 #include "watch.h"
 
@@ -101,7 +98,7 @@ typedef struct change_s {
     size_t json_len;
 } change_t;
 
-typedef struct feed_s {
+struct ms_watch_s {
     ms_app_t *app;
     void *entries;  /* tsearch root of watched_t, by entry */
     void *members;  /* tsearch root of member_t, by watcher and entry */
@@ -124,15 +121,16 @@ typedef struct feed_s {
     size_t held_at_send; /* held when the last fill page was asked for */
     size_t held_bytes;
     uv_timer_t retry;
-} feed_t;
+};
+
+typedef ms_watch_t feed_t;
 
 /* What a page request carries to its reply. */
 typedef struct fill_s {
+    ms_app_t *app;
     unsigned gen;
     uint64_t from;
 } fill_t;
-
-static feed_t *feed;
 
 /* --- the watch sets ---------------------------------------------------- */
 
@@ -636,12 +634,11 @@ static void drain(feed_t *f)
 
 void ms_watch_on_change(ms_app_t *app, const char *payload, size_t len)
 {
-    feed_t *f = feed;
+    feed_t *f = app->watch;
     msgpack_unpacked up;
     message_t kind;
     change_t c;
 
-    (void)app;
     if (f == NULL || LIST_EMPTY(&f->watchers))
         return;
     msgpack_unpacked_init(&up);
@@ -699,6 +696,7 @@ static void fill_send(feed_t *f, uint64_t from)
     for (int i = 0; i < 5; i++)
         argvlen[i] = strlen(argv[i]);
     f->held_at_send = f->held_count;
+    a->app = f->app;
     a->gen = f->gen;
     a->from = from;
     if (f->app->redis == NULL ||
@@ -862,7 +860,7 @@ static void fill_page(feed_t *f, const redisReply *r, uint64_t from)
 static void on_fill(void *arg, redisReply *r, int err)
 {
     fill_t *a = arg;
-    feed_t *f = feed;
+    feed_t *f = a->app->watch;
     bool current = f != NULL && a->gen == f->gen && f->filling;
     uint64_t from = a->from;
 
@@ -888,9 +886,8 @@ static void on_fill(void *arg, redisReply *r, int err)
 
 void ms_watch_on_live(ms_app_t *app, bool live)
 {
-    feed_t *f = feed;
+    feed_t *f = app->watch;
 
-    (void)app;
     if (f == NULL)
         return;
     f->live = live;
@@ -1012,7 +1009,7 @@ static uint64_t reply_pos(const feed_t *f)
 
 static void op_watch(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 {
-    feed_t *f = feed;
+    feed_t *f = app->watch;
     wanted_t want;
     ms_error_t err;
     watcher_t *w;
@@ -1051,7 +1048,7 @@ static void op_watch(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 
 static void op_unwatch(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 {
-    feed_t *f = feed;
+    feed_t *f = app->watch;
     wanted_t want;
     ms_error_t err;
     uint64_t version;
@@ -1094,12 +1091,11 @@ void ms_watch_session_closed(ms_app_t *app, ms_session_t *s)
 {
     watcher_t *w;
 
-    (void)app;
-    if (feed == NULL)
+    if (app->watch == NULL)
         return;
-    w = watcher_of(feed, s, false);
+    w = watcher_of(app->watch, s, false);
     if (w != NULL)
-        watcher_drop(feed, w);
+        watcher_drop(app->watch, w);
 }
 
 /* --- life cycle ---------------------------------------------------------- */
@@ -1115,7 +1111,7 @@ void ms_watch_init(ms_app_t *app)
     STAILQ_INIT(&f->held);
     uv_timer_init(app->loop, &f->retry);
     f->retry.data = f;
-    feed = f;
+    app->watch = f;
 }
 
 
@@ -1127,9 +1123,8 @@ static void on_retry_closed(uv_handle_t *h)
 
 void ms_watch_close(ms_app_t *app)
 {
-    feed_t *f = feed;
+    feed_t *f = app->watch;
 
-    (void)app;
     if (f == NULL)
         return;
     while (!LIST_EMPTY(&f->watchers))
@@ -1137,6 +1132,6 @@ void ms_watch_close(ms_app_t *app)
     drop_held(f);
 
     /* Late page replies find no feed and stop there. */
-    feed = NULL;
+    app->watch = NULL;
     uv_close((uv_handle_t *)&f->retry, on_retry_closed);
 }
