@@ -112,7 +112,10 @@ MESHSYNC_API int meshsync_ping(meshsync_t *ms);
  * object: {"state": "live" | "catching_up" | "down", "ready": true only
  * when live, "seq": the highest version the sidecar knows, "redisSeq":
  * Redis's sequence or null when unreachable, "lag": their difference or
- * null, "conns": N, "rooms": N}. Release with meshsync_value_free().
+ * null, "conns": N, "rooms": N, "scrubber": whether it runs the scrub,
+ * "keyspaceEvents": true, false or null, "adopted": N outside writes it
+ * versioned, "cacheFailing": whether its cache file cannot be written}.
+ * Release with meshsync_value_free().
  */
 MESHSYNC_API int meshsync_health(meshsync_t *ms, meshsync_value_t *out);
 

@@ -4,14 +4,17 @@
  * SIGTERM or SIGINT, then shuts everything down in order.
  */
 #include <errno.h>
+#include <libgen.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <uv.h>
 
+#include "alloc.h"
 #include "app.h"
 #include "waits.h"
 #include "log.h"
@@ -173,11 +176,29 @@ static int move_aside(const char *path)
 }
 
 
+/*
+ * The default cache lives in /var/lib/meshsync, which may not exist yet
+ * (the packages create it; a hand-run daemon may not find it).
+ */
+static void make_cache_dir(const char *path)
+{
+    char *copy = ms_strndup(path, strlen(path));
+    const char *dir = dirname(copy);
+
+    if (mkdir(dir, 0750) == 0)
+        ms_log_info("created cache directory", "path=\"%s\"", dir);
+    free(copy);
+}
+
+
 static int open_cache(ms_app_t *app)
 {
     const char *path = app->cfg->cache_path;
     ms_error_t err;
-    int rc = ms_cache_open(path, &app->cache, &err);
+    int rc;
+
+    make_cache_dir(path);
+    rc = ms_cache_open(path, &app->cache, &err);
 
     if (rc == MS_EINVAL) {
         ms_log_warn("cannot use cache file", "error=\"%s\"", err.msg);

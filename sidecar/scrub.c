@@ -579,7 +579,8 @@ static void lose_lease(ms_app_t *app, const char *why)
     uv_timer_stop(&s->notify_timer);
     uv_timer_stop(&s->conn_timer);
     if (s->leader)
-        ms_log_info("scrub lease lost", "reason=\"%s\"", why);
+        ms_log_info(s->stopping ? "scrub lease given back" : "scrub lease lost",
+                    "reason=\"%s\"", why);
     s->leader = false;
 }
 
@@ -713,9 +714,10 @@ static void on_keyspace_config(void *arg, redisReply *r, int err)
     else
         ms_log_info("keyspace notifications off: outside writes are found "
                     "by the periodic scrub",
-                    "setting=%s interval_ms=%u",
-                    usable == 0 ? "\"without K and hash or generic events\""
-                                : "unreadable",
+                    "notify_keyspace_events=\"%.*s\" needs=\"Kgh or KA\" "
+                    "interval_ms=%u",
+                    usable == 0 ? (int)r->element[1]->len : 10,
+                    usable == 0 ? r->element[1]->str : "unreadable",
                     app->cfg->scrub_interval);
 }
 

@@ -91,9 +91,9 @@ B room get lobby --min-version "$v"
 
 echo
 echo "== what Redis holds, in Mesh's own keys"
-show redis-cli HGET mesh:connection-meta conn123
+show redis-cli -s redis.sock HGET mesh:connection-meta conn123
 redis-cli -s "$tmp/redis.sock" HGET mesh:connection-meta conn123
-show redis-cli HGET mesh:roommeta:lobby data
+show redis-cli -s redis.sock HGET mesh:roommeta:lobby data
 redis-cli -s "$tmp/redis.sock" HGET mesh:roommeta:lobby data
 
 echo
@@ -103,7 +103,7 @@ A room join lobby conn123
 set_v A room set lobby '{"topic":"Registry"}'
 B room get lobby --min-version "$v"
 B room members lobby
-show redis-cli HGET mesh:connections conn123
+show redis-cli -s redis.sock HGET mesh:connections conn123
 redis-cli -s "$tmp/redis.sock" HGET mesh:connections conn123
 A room list
 A conn mget conn123 nobody
@@ -138,5 +138,5 @@ echo
 echo "== stopping"
 for p in "${pids[@]:1}"; do kill -TERM "$p"; wait "$p"; done
 echo "sidecars stopped cleanly; their logs:"
-cat "$tmp/a.log"
+cat "$tmp/a.log" "$tmp/b.log"
 echo "demo: all examples ran"
