@@ -305,6 +305,29 @@ void ms_registry_session_closed(ms_app_t *app, ms_session_t *s)
 }
 
 
+/*
+ * Answers a request Redis did not carry out: unreachable or too slow
+ * (unavailable, timeout: worth a retry), or an error reply, say a key of
+ * a foreign type (internal, with Redis's words: it will fail again).
+ */
+static void reply_redis_error(ms_session_t *s, const ms_request_t *rq,
+                              const redisReply *reply, int err,
+                              const char *what)
+{
+    char msg[200];
+
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        snprintf(msg, sizeof(msg), "Redis refused %s: %.*s", what,
+                 (int)(reply->len < 120 ? reply->len : 120), reply->str);
+        ms_reply_error(s, rq, MS_EINTERNAL, msg);
+        return;
+    }
+    ms_reply_error(s, rq, err == MS_ETIMEOUT ? MS_ETIMEOUT : MS_EUNAVAIL,
+                   err == MS_ETIMEOUT ? "Redis did not answer in time"
+                                      : "Redis is not reachable");
+}
+
+
 /* --- conn.open ---------------------------------------------------------- */
 
 static void bind_conn(ms_app_t *app, ms_session_t *s, const char *id,
@@ -337,11 +360,7 @@ static void on_opened(void *arg, redisReply *reply, int err)
 
     if (!ok || app->registry == NULL) {
         if (!ms_session_closed(s))
-            ms_reply_error(s, &rq,
-                           err == MS_ETIMEOUT ? MS_ETIMEOUT : MS_EUNAVAIL,
-                           reply != NULL && reply->type == REDIS_REPLY_ERROR
-                               ? "Redis refused the registration"
-                               : "Redis is not reachable");
+            reply_redis_error(s, &rq, reply, err, "the registration");
         goto done;
     }
 
@@ -448,10 +467,7 @@ static void on_member(void *arg, redisReply *reply, int err)
             ms_mirror_cache_failed(m->app, version);
     }
     if (!ms_session_closed(s) && !ok) {
-        ms_reply_error(s, &rq, err == MS_ETIMEOUT ? MS_ETIMEOUT : MS_EUNAVAIL,
-                       reply != NULL && reply->type == REDIS_REPLY_ERROR
-                           ? "Redis refused the membership change"
-                           : "Redis is not reachable");
+        reply_redis_error(s, &rq, reply, err, "the membership change");
     } else if (!ms_session_closed(s)) {
         pk = ms_reply_ok(s, &rq, 2);
         ms_pack_str(pk, "version");

@@ -437,6 +437,13 @@ static void test_memberships(void **state)
     expect_members(ma, "lobby", "");
     assert_int_equal(rint_(h, "EXISTS %s", "mesh:room:lobby"), 0);
 
+    /* A room set of a foreign type: refused, nothing written at all. */
+    freeReplyObject(harness_command(c, "SET mesh:room:bad x"));
+    assert_int_equal(meshsync_room_join(ma, "bad", "u9", NULL), -1);
+    assert_string_equal(meshsync_errcode(ma), "internal");
+    assert_non_null(strstr(meshsync_errmsg(ma), "WRONGTYPE"));
+    assert_int_equal(rint_(h, "EXISTS %s", "mesh:connection:u9:rooms"), 0);
+
     /* A room that is not a valid name is refused. */
     assert_int_equal(meshsync_room_join(ma, "", "u9", NULL), -1);
     assert_string_equal(meshsync_errcode(ma), "invalid_request");
