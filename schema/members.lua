@@ -5,7 +5,10 @@
 -- KEYS[2]  the connection's rooms: <prefix>:connection:<conn>:rooms
 -- KEYS[3]  the global sequence: <prefix>:meshsync:seq
 -- KEYS[4]  the change log, a stream: <prefix>:meshsync:log
--- ARGV[1]  "join" or "leave"
+-- ARGV[1]  "join" or "leave"; or "ajoin" / "aleave" to version a
+--          membership someone else (a Mesh server) made or ended, which
+--          the scrub found: only while the connection is still in (ajoin)
+--          or still out of (aleave) the room; the sets are not touched
 -- ARGV[2]  the room's name
 -- ARGV[3]  the connection id
 -- ARGV[4]  the change channel: <prefix>:meshsync:changes:<db>
@@ -20,7 +23,12 @@
 -- anything is written. The connection's set, of a foreign type, is
 -- skipped, as write.lua's close skips it.
 local changed
-if ARGV[1] == 'join' then
+local step = ARGV[1]
+if step == 'ajoin' or step == 'aleave' then
+    local member = redis.call('SISMEMBER', KEYS[1], ARGV[3])
+    changed = (step == 'ajoin') == (member == 1) and 1 or 0
+    step = step == 'ajoin' and 'join' or 'leave'
+elseif step == 'join' then
     changed = redis.call('SADD', KEYS[1], ARGV[3])
     redis.pcall('SADD', KEYS[2], ARGV[2])
 else
@@ -32,7 +40,7 @@ if changed == 0 then
 end
 
 local version = redis.call('INCR', KEYS[3])
-local payload = cmsgpack.pack({version, ARGV[1], ARGV[2], ARGV[3]})
+local payload = cmsgpack.pack({version, step, ARGV[2], ARGV[3]})
 redis.call('PUBLISH', ARGV[4], payload)
 
 -- As in write.lua: a log from another history of the sequence goes.

@@ -28,6 +28,12 @@
 --   connv  HSCAN of the connections' versions, for values deleted
 --   roomv  HSCAN of the rooms' versions, for values deleted
 --   rooms  the rooms named in ARGV[6...] (keyspace notifications)
+--   mset   SCAN of the room membership sets (ARGV[2] and ARGV[3] are then
+--          <prefix>:room: and its pattern): returns {next cursor, {room,
+--          {conn, ...}, ...}} with every member, for the sidecar to
+--          compare with its cache (memberships carry no digest)
+--   mroom  the membership sets of the rooms named in ARGV[6...], same
+--          reply with cursor "0" (a set that is gone: no members)
 -- A scan returns {next cursor, found}; "rooms" returns {"0", found}.
 -- found is a flat list {kind, id, JSON text or false, ...} of entries
 -- whose value in Redis is not the one meshsync last wrote: present
@@ -96,6 +102,26 @@ if step == 'rooms' then
                 redis.call('HGET', KEYS[3], ARGV[i]))
     end
     return {'0', found}
+end
+
+if step == 'mset' or step == 'mroom' then
+    local out, keys, cursor = {}, {}, '0'
+    if step == 'mset' then
+        local r = redis.call('SCAN', ARGV[4], 'MATCH', ARGV[3],
+                             'COUNT', ARGV[5], 'TYPE', 'set')
+        cursor, keys = r[1], r[2]
+    else
+        for i = 6, #ARGV do
+            keys[#keys + 1] = ARGV[2] .. ARGV[i]
+        end
+    end
+    local plen = #ARGV[2]
+    for _, key in ipairs(keys) do
+        local m = redis.pcall('SMEMBERS', key)
+        out[#out + 1] = string.sub(key, plen + 1)
+        out[#out + 1] = m.err and {} or m
+    end
+    return {cursor, out}
 end
 
 if step == 'room' then

@@ -62,6 +62,7 @@ enum {
     ST_MEMBERS,
     ST_MEMBERS_RESYNC_END,
     ST_MEMBERS_CLEAR,
+    ST_MEMBER_ROOMS,
     ST_MAX
 };
 
@@ -119,6 +120,8 @@ static const char *const stmt_sql[ST_MAX] = {
     [ST_MEMBERS_RESYNC_END] = "UPDATE members SET present = 0, version = ?1, "
                               "gen = ?2 WHERE gen <> ?2 AND version <= ?1",
     [ST_MEMBERS_CLEAR] = "DELETE FROM members",
+    [ST_MEMBER_ROOMS] = "SELECT DISTINCT room FROM members "
+                        "WHERE present = 1 ORDER BY room",
 };
 
 struct ms_cache_s {
@@ -856,4 +859,21 @@ int ms_cache_members(ms_cache_t *c, const char *room, size_t room_len,
     if (rc != SQLITE_DONE)
         return cache_fail(c, "members");
     return 0;
+}
+
+
+int ms_cache_member_rooms(ms_cache_t *c, ms_cache_room_cb fn, void *arg)
+{
+    sqlite3_stmt *s = c->stmt[ST_MEMBER_ROOMS];
+    int rc;
+
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *room = (const char *)sqlite3_column_text(s, 0);
+
+        if (room == NULL)
+            ms_oom();
+        fn(arg, room, (size_t)sqlite3_column_bytes(s, 0));
+    }
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? 0 : cache_fail(c, "member_rooms");
 }

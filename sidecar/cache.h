@@ -157,4 +157,12 @@ int ms_cache_members(ms_cache_t *c, const char *room, size_t room_len,
                      const char *after, size_t after_len, ms_cache_list_cb fn,
                      void *arg) MS_MUST_CHECK;
 
+/*
+ * Calls fn with each room that has members in the cache, in byte order
+ * (room valid during the call; fn must not call into the cache).
+ */
+typedef void (*ms_cache_room_cb)(void *arg, const char *room, size_t len);
+int ms_cache_member_rooms(ms_cache_t *c, ms_cache_room_cb fn,
+                          void *arg) MS_MUST_CHECK;
+
 #endif

@@ -39,11 +39,23 @@ typedef enum {
     STEP_ROOM,     /* room keys */
     STEP_CONNV,    /* connections' versions: deletes */
     STEP_ROOMV,    /* rooms' versions: deletes */
+    STEP_MSET,     /* room membership sets, compared with the cache */
     STEP_DONE
 } step_t;
 
 static const char *const step_name[STEP_DONE] = {"conn", "room", "connv",
-                                                 "roomv"};
+                                                 "roomv", "mset"};
+
+/* A list of strings (ids, rooms), binary-safe. */
+typedef struct member_s {
+    char *s;
+    size_t len;
+} member_t;
+
+typedef struct members_s {
+    member_t *v;
+    size_t n, cap;
+} members_t;
 
 /* What a notification was about: "hset" and the like, "hdel", "del". */
 typedef enum { EV_SET, EV_HDEL, EV_DEL, EV_OTHER } event_t;
@@ -73,6 +85,7 @@ struct ms_scrub_s {
     uint64_t conn_ms; /* how long the last connections scan took */
     bool lease_error; /* the last lease call got an error reply */
     uint64_t found;   /* outside writes found by this scan */
+    members_t seen;   /* rooms the membership scan saw */
     pending_t *pending;
     size_t npending;
     char **rooms; /* room names to look at, from notifications */
@@ -225,6 +238,245 @@ static bool step_shape_ok(const redisReply *r)
 }
 
 
+/* --- memberships -------------------------------------------------------- */
+
+/*
+ * Memberships carry no digest: the scrubber compares Redis's sets with
+ * its own cache, which holds every versioned join and leave, and
+ * versions each difference through members.lua's "ajoin" or "aleave"
+ * (which check that Redis still shows it).
+ */
+static void members_add(members_t *m, const char *s, size_t len)
+{
+    if (m->n == m->cap) {
+        m->cap = m->cap ? 2 * m->cap : 16;
+        m->v = ms_realloc(m->v, m->cap * sizeof(*m->v));
+    }
+    m->v[m->n].s = ms_strndup(s, len);
+    m->v[m->n++].len = len;
+}
+
+
+static void members_free(members_t *m)
+{
+    for (size_t i = 0; i < m->n; i++)
+        free(m->v[i].s);
+    free(m->v);
+    m->v = NULL;
+    m->n = m->cap = 0;
+}
+
+
+/* Byte order, as SQLite's BINARY collation sorts the cache's ids. */
+static int member_cmp(const void *a, const void *b)
+{
+    const member_t *x = a, *y = b;
+    int rc = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
+
+    if (rc != 0)
+        return rc;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+
+static int cached_member_cb(void *arg, const char *id, size_t len,
+                            const ms_cache_entry_t *e)
+{
+    (void)e;
+    members_add(arg, id, len);
+    return 0;
+}
+
+
+static void on_member_adopted(void *arg, redisReply *r, int err)
+{
+    call_t *c = arg;
+    ms_scrub_t *s = c->app->scrub;
+
+    if (s != NULL && err == 0 && r != NULL && r->type == REDIS_REPLY_ARRAY &&
+        r->elements == 2 && r->element[0]->type == REDIS_REPLY_INTEGER &&
+        r->element[0]->integer == 1)
+        s->adopted++;
+    free(c);
+}
+
+
+static void adopt_member(ms_app_t *app, const char *room, size_t room_len,
+                         const member_t *conn, bool join)
+{
+    const ms_layout_t *l = &app->layout;
+    size_t k1, k2;
+    char *k_room = ms_layout_key(l->members_prefix, NULL, room, room_len, &k1);
+    char *k_conn =
+        ms_layout_key(l->key_prefix, "connection:", conn->s, conn->len, &k2);
+    char log_len[24];
+    const char *argv[9];
+    size_t argvlen[9];
+    call_t *c = call_new(app);
+
+    k_conn = ms_realloc(k_conn, k2 + 7);
+    memcpy(k_conn + k2, ":rooms", 7);
+    k2 += 6;
+    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
+
+    /* KEYS, then ARGV, as schema/members.lua lists them. */
+    argv[0] = k_room;
+    argv[1] = k_conn;
+    argv[2] = l->seq;
+    argv[3] = l->log;
+    argv[4] = join ? "ajoin" : "aleave";
+    argv[5] = room;
+    argv[6] = conn->s;
+    argv[7] = l->channel;
+    argv[8] = log_len;
+    for (int i = 0; i < 9; i++)
+        argvlen[i] = strlen(argv[i]);
+    argvlen[0] = k1;
+    argvlen[1] = k2;
+    argvlen[5] = room_len;
+    argvlen[6] = conn->len;
+    app->scrub->found++;
+    if (app->redis == NULL ||
+        ms_redis_script(app->redis, MS_SCRIPT_MEMBERS, 4, 9, argv, argvlen,
+                        on_member_adopted, c) < 0)
+        free(c);
+    free(k_room);
+    free(k_conn);
+}
+
+
+/* Versions every difference between Redis's set and the cache's. */
+static void members_diff(ms_app_t *app, const char *room, size_t room_len,
+                         const redisReply *set)
+{
+    members_t redis = {0}, cached = {0};
+    size_t i = 0, j = 0;
+
+    for (size_t k = 0; k < set->elements; k++) {
+        if (set->element[k]->type == REDIS_REPLY_STRING)
+            members_add(&redis, set->element[k]->str, set->element[k]->len);
+    }
+    if (redis.n > 1)
+        qsort(redis.v, redis.n, sizeof(*redis.v), member_cmp);
+    if (ms_cache_members(app->cache, room, room_len, NULL, 0, cached_member_cb,
+                         &cached) < 0)
+        goto done;
+    while (i < redis.n || j < cached.n) {
+        int cmp = i == redis.n    ? 1
+                  : j == cached.n ? -1
+                                  : member_cmp(&redis.v[i], &cached.v[j]);
+
+        if (cmp < 0)
+            adopt_member(app, room, room_len, &redis.v[i++], true);
+        else if (cmp > 0)
+            adopt_member(app, room, room_len, &cached.v[j++], false);
+        else
+            i++, j++;
+    }
+done:
+    members_free(&redis);
+    members_free(&cached);
+}
+
+
+/* A reply {room, {conn, ...}, ...}: each room compared; seen noted. */
+static void members_compare(ms_app_t *app, const redisReply *rooms, bool note)
+{
+    ms_scrub_t *s = app->scrub;
+
+    for (size_t i = 0; i + 1 < rooms->elements; i += 2) {
+        const redisReply *room = rooms->element[i];
+        const redisReply *set = rooms->element[i + 1];
+
+        if (room->type != REDIS_REPLY_STRING || set->type != REDIS_REPLY_ARRAY)
+            continue;
+        if (note)
+            members_add(&s->seen, room->str, room->len);
+        members_diff(app, room->str, room->len, set);
+    }
+}
+
+
+static void on_mroom(void *arg, redisReply *r, int err)
+{
+    call_t *c = arg;
+    ms_app_t *app = c->app;
+    bool current = call_current(c);
+
+    (void)err;
+    free(c);
+    if (current && r != NULL && r->type == REDIS_REPLY_ARRAY &&
+        r->elements == 2 && r->element[1]->type == REDIS_REPLY_ARRAY)
+        members_compare(app, r->element[1], false);
+}
+
+
+static void cached_room_cb(void *arg, const char *room, size_t len)
+{
+    members_add(arg, room, len);
+}
+
+
+/* Asks for the sets of up to ROOMS_MAX rooms (step "mroom"). */
+static void mroom_call(ms_app_t *app, const member_t *rooms, size_t n)
+{
+    const ms_layout_t *l = &app->layout;
+    size_t argc = 9 + n;
+    const char **argv = ms_malloc(argc * sizeof(*argv));
+    size_t *argvlen = ms_malloc(argc * sizeof(*argvlen));
+    call_t *c = call_new(app);
+
+    argv[0] = l->conn_meta;
+    argv[1] = l->conn_versions;
+    argv[2] = l->room_versions;
+    argv[3] = l->scrubber;
+    argv[4] = "mroom";
+    argv[5] = l->members_prefix;
+    argv[6] = l->members_pattern;
+    argv[7] = "0";
+    argv[8] = "0";
+    for (size_t i = 0; i < 9; i++)
+        argvlen[i] = strlen(argv[i]);
+    for (size_t i = 0; i < n; i++) {
+        argv[9 + i] = rooms[i].s;
+        argvlen[9 + i] = rooms[i].len;
+    }
+    if (app->redis == NULL ||
+        ms_redis_script(app->redis, MS_SCRIPT_SCRUB, 4, (int)argc, argv,
+                        argvlen, on_mroom, c) < 0)
+        free(c);
+    free(argv);
+    free(argvlen);
+}
+
+
+/*
+ * The set scan is over: rooms the cache has members of but the scan did
+ * not see (their set is gone) are looked at by name.
+ */
+static void members_gone(ms_app_t *app)
+{
+    ms_scrub_t *s = app->scrub;
+    members_t cached = {0}, gone = {0};
+
+    if (ms_cache_member_rooms(app->cache, cached_room_cb, &cached) == 0) {
+        if (s->seen.n > 1)
+            qsort(s->seen.v, s->seen.n, sizeof(*s->seen.v), member_cmp);
+        for (size_t i = 0; i < cached.n; i++) {
+            if (bsearch(&cached.v[i], s->seen.v, s->seen.n, sizeof(*s->seen.v),
+                        member_cmp) == NULL)
+                members_add(&gone, cached.v[i].s, cached.v[i].len);
+        }
+        for (size_t i = 0; i < gone.n; i += ROOMS_MAX)
+            mroom_call(app, gone.v + i,
+                       gone.n - i < ROOMS_MAX ? gone.n - i : ROOMS_MAX);
+    }
+    members_free(&cached);
+    members_free(&gone);
+    members_free(&s->seen);
+}
+
+
 /* --- scanning ---------------------------------------------------------- */
 
 static void scan_start(ms_app_t *app, bool conn_only);
@@ -271,11 +523,16 @@ static void on_step(void *arg, redisReply *r, int err)
         scan_end(app, false);
         return;
     }
-    adopt_found(app, r->element[1]);
+    if (s->step == STEP_MSET)
+        members_compare(app, r->element[1], true);
+    else
+        adopt_found(app, r->element[1]);
     if (strcmp(r->element[0]->str, "0") != 0) {
         scan_step(app, r->element[0]->str, r->element[0]->len);
         return;
     }
+    if (s->step == STEP_MSET)
+        members_gone(app);
 
     /* Next step; a connections scan does only the two about them. */
     s->step = s->step == STEP_CONN && s->conn_only    ? STEP_CONNV
@@ -291,13 +548,14 @@ static void on_step(void *arg, redisReply *r, int err)
 static void scan_step(ms_app_t *app, const char *cursor, size_t cursor_len)
 {
     const ms_layout_t *l = &app->layout;
+    bool mset = app->scrub->step == STEP_MSET;
     const char *argv[9] = {l->conn_meta,
                            l->conn_versions,
                            l->room_versions,
                            l->scrubber,
                            step_name[app->scrub->step],
-                           l->room_prefix,
-                           l->room_pattern,
+                           mset ? l->members_prefix : l->room_prefix,
+                           mset ? l->members_pattern : l->room_pattern,
                            cursor,
                            SCAN_BATCH};
     size_t argvlen[9];
@@ -334,6 +592,7 @@ static void scan_start(ms_app_t *app, bool conn_only)
     s->want_conn = false;
     s->scanning = true;
     s->conn_only = conn_only;
+    members_free(&s->seen);
     s->step = STEP_CONN;
     s->found = 0;
     s->started = uv_now(app->loop);
@@ -573,6 +832,7 @@ static void lose_lease(ms_app_t *app, const char *why)
     s->gen++;
     s->scanning = false;
     s->want_full = s->want_conn = false;
+    members_free(&s->seen);
     pending_clear(s);
     rooms_clear(s);
     uv_timer_stop(&s->pass_timer);
@@ -822,6 +1082,7 @@ void ms_scrub_close(ms_app_t *app)
         return;
     pending_clear(s);
     rooms_clear(s);
+    members_free(&s->seen);
 
     /* Late replies find no scrub and stop there. */
     app->scrub = NULL;

@@ -455,6 +455,67 @@ static void test_memberships(void **state)
 }
 
 
+/*
+ * Waits until the scrub (run by whichever of a and b holds its lease) has
+ * completed n full scans from now: n = 3 covers a scan under way, the
+ * next one, and the checks it sent when it ended.
+ */
+static void wait_scrubs(harness_daemon_t *a, harness_daemon_t *b, int n)
+{
+    harness_daemon_t *leader = NULL;
+
+    for (int i = 0; i < 100 && leader == NULL; i++) {
+        if (strstr(harness_daemon_log(a), "scrub lease taken") != NULL)
+            leader = a;
+        else if (strstr(harness_daemon_log(b), "scrub lease taken") != NULL)
+            leader = b;
+        else if (!harness_daemon_wait_log(a, "scrub lease", 100))
+            (void)harness_daemon_wait_log(b, "scrub lease", 100);
+    }
+    if (leader == NULL)
+        fail_msg("no sidecar took the scrub lease");
+    for (int i = 0; i < n; i++)
+        if (!harness_daemon_wait_log(leader, "scrub done", WAIT_MS))
+            fail_msg("no scrub done; log:\n%s", harness_daemon_log(leader));
+}
+
+
+/*
+ * Memberships a Mesh server makes or ends (SADD, SREM, DEL on its sets)
+ * reach every cache through the scrub, which versions each difference.
+ */
+static void test_mesh_memberships_scrubbed(void **state)
+{
+    harness_t *h = *state;
+    redisContext *c = harness_redis(h);
+    harness_daemon_t *a = sidecar(h, "A", "--scrub-interval-ms", "300");
+    harness_daemon_t *b = sidecar(h, "B", "--scrub-interval-ms", "300");
+    meshsync_t *ma = harness_client_open(a);
+    meshsync_t *mb = harness_client_open(b);
+
+    HARNESS_CALL_OK(ma, meshsync_room_join(ma, "lobby", "u1", NULL));
+    freeReplyObject(harness_command(c, "SADD mesh:room:lobby m1 m2"));
+    freeReplyObject(harness_command(c, "SADD mesh:room:hall h1"));
+    wait_scrubs(a, b, 3);
+    barrier(ma, mb);
+    expect_members(mb, "lobby", "m1=null;m2=null;u1=null;");
+    expect_members(mb, "hall", "h1=null;");
+
+    freeReplyObject(harness_command(c, "SREM mesh:room:lobby u1"));
+    freeReplyObject(harness_command(c, "DEL mesh:room:hall"));
+    wait_scrubs(a, b, 3);
+    barrier(ma, mb);
+    expect_members(mb, "lobby", "m1=null;m2=null;");
+    expect_members(mb, "hall", "");
+    expect_members(ma, "hall", "");
+
+    meshsync_free(ma);
+    meshsync_free(mb);
+    harness_daemon_stop_clean(a);
+    harness_daemon_stop_clean(b);
+}
+
+
 /* --- stopping ----------------------------------------------------------- */
 
 static void test_sigterm_no_ghosts(void **state)
@@ -548,6 +609,7 @@ int main(void)
         TEST(test_killed_sidecar_reaped),
         TEST(test_mesh_ghost_reaped),
         TEST(test_memberships),
+        TEST(test_mesh_memberships_scrubbed),
         TEST(test_sigterm_no_ghosts),
         TEST(test_sigterm_keep),
         cmocka_unit_test(test_bad_flags),
