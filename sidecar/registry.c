@@ -429,6 +429,50 @@ static void op_conn_open(ms_app_t *app, ms_session_t *s, const ms_request_t *rq)
 }
 
 
+int ms_registry_members_call(ms_app_t *app, const char *step, const char *room,
+                             size_t room_len, const char *conn, size_t conn_len,
+                             ms_redis_reply_cb cb, void *arg)
+{
+    const ms_layout_t *l = &app->layout;
+    char log_len[24];
+    const char *argv[9];
+    size_t argvlen[9], k1, k2;
+    char *k_room = ms_layout_key(l->members_prefix, NULL, room, room_len, &k1);
+    char *k_conn =
+        ms_layout_key(l->key_prefix, "connection:", conn, conn_len, &k2);
+    int rc = 0;
+
+    k_conn = ms_realloc(k_conn, k2 + 7);
+    memcpy(k_conn + k2, ":rooms", 7);
+    k2 += 6;
+    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
+
+    /* KEYS, then ARGV, as schema/members.lua lists them. room and conn
+     * may come straight from a frame: never strlen()'d. */
+    argv[0] = k_room;
+    argv[1] = k_conn;
+    argv[2] = l->seq;
+    argv[3] = l->log;
+    argv[4] = step;
+    argv[5] = room;
+    argv[6] = conn;
+    argv[7] = l->channel;
+    argv[8] = log_len;
+    for (int i = 0; i < 9; i++)
+        argvlen[i] = i == 5   ? room_len
+                     : i == 6 ? conn_len
+                     : i == 0 ? k1
+                     : i == 1 ? k2
+                              : strlen(argv[i]);
+    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_MEMBERS, 4,
+                                              9, argv, argvlen, cb, arg) < 0)
+        rc = MS_EUNAVAIL;
+    free(k_room);
+    free(k_conn);
+    return rc;
+}
+
+
 /* --- room.join, room.leave ------------------------------------------- */
 
 /* What a join or leave carries to its reply. */
@@ -494,15 +538,10 @@ static void on_member(void *arg, redisReply *reply, int err)
 static void op_member(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
                       bool join)
 {
-    const ms_layout_t *l = &app->layout;
-    char log_len[24];
-    const char *argv[9];
-    size_t argvlen[9];
     member_call_t *m;
     ms_error_t err;
     const char *room, *conn;
-    size_t room_len, conn_len, k1, k2;
-    char *k_room, *k_conn;
+    size_t room_len, conn_len;
 
     if (ms_request_target(app, s, rq, MS_KIND_ROOM, &room, &room_len, &err) <
             0 ||
@@ -511,30 +550,6 @@ static void op_member(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
         ms_reply_error(s, rq, err.code, err.msg);
         return;
     }
-    k_room = ms_layout_key(l->members_prefix, NULL, room, room_len, &k1);
-    k_conn = ms_layout_key(l->key_prefix, "connection:", conn, conn_len, &k2);
-    k_conn = ms_realloc(k_conn, k2 + 7);
-    memcpy(k_conn + k2, ":rooms", 7);
-    k2 += 6;
-    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
-
-    /* KEYS, then ARGV, as schema/members.lua lists them. */
-    argv[0] = k_room;
-    argv[1] = k_conn;
-    argv[2] = l->seq;
-    argv[3] = l->log;
-    argv[4] = join ? "join" : "leave";
-    argv[5] = room;
-    argv[6] = conn;
-    argv[7] = l->channel;
-    argv[8] = log_len;
-    for (int i = 0; i < 9; i++)
-        argvlen[i] = strlen(argv[i]);
-    argvlen[0] = k1;
-    argvlen[1] = k2;
-    argvlen[5] = room_len;
-    argvlen[6] = conn_len;
-
     m = ms_calloc(1, sizeof(*m));
     m->app = app;
     m->session = s;
@@ -545,12 +560,9 @@ static void op_member(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
     m->conn = ms_strndup(conn, conn_len);
     m->conn_len = conn_len;
     ms_session_hold(s, 0);
-    if (app->redis == NULL ||
-        ms_redis_script(app->redis, MS_SCRIPT_MEMBERS, 4, 9, argv, argvlen,
-                        on_member, m) < 0)
+    if (ms_registry_members_call(app, join ? "join" : "leave", room, room_len,
+                                 conn, conn_len, on_member, m) < 0)
         on_member(m, NULL, MS_EUNAVAIL);
-    free(k_room);
-    free(k_conn);
 }
 
 

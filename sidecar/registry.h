@@ -38,6 +38,14 @@ void ms_registry_init(ms_app_t *app);
 /* Stops the timers; memory goes when they have closed. */
 void ms_registry_close(ms_app_t *app);
 
+/*
+ * Calls schema/members.lua (step "join", "leave", "ajoin" or "aleave")
+ * for conn in room. Returns 0 (cb will be called), or MS_EUNAVAIL.
+ */
+int ms_registry_members_call(ms_app_t *app, const char *step, const char *room,
+                             size_t room_len, const char *conn, size_t conn_len,
+                             ms_redis_reply_cb cb, void *arg) MS_MUST_CHECK;
+
 /* The Redis links came up (live) or went down. */
 void ms_registry_on_live(ms_app_t *app, bool live);
 

@@ -11,6 +11,7 @@
 
 #include "alloc.h"
 #include "log.h"
+#include "registry.h"
 
 /* The lease: renewed every LEASE_RENEW_MS, lost LEASE_TTL_MS after. */
 #define LEASE_RENEW_MS 1000
@@ -304,44 +305,12 @@ static void on_member_adopted(void *arg, redisReply *r, int err)
 static void adopt_member(ms_app_t *app, const char *room, size_t room_len,
                          const member_t *conn, bool join)
 {
-    const ms_layout_t *l = &app->layout;
-    size_t k1, k2;
-    char *k_room = ms_layout_key(l->members_prefix, NULL, room, room_len, &k1);
-    char *k_conn =
-        ms_layout_key(l->key_prefix, "connection:", conn->s, conn->len, &k2);
-    char log_len[24];
-    const char *argv[9];
-    size_t argvlen[9];
     call_t *c = call_new(app);
 
-    k_conn = ms_realloc(k_conn, k2 + 7);
-    memcpy(k_conn + k2, ":rooms", 7);
-    k2 += 6;
-    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
-
-    /* KEYS, then ARGV, as schema/members.lua lists them. */
-    argv[0] = k_room;
-    argv[1] = k_conn;
-    argv[2] = l->seq;
-    argv[3] = l->log;
-    argv[4] = join ? "ajoin" : "aleave";
-    argv[5] = room;
-    argv[6] = conn->s;
-    argv[7] = l->channel;
-    argv[8] = log_len;
-    for (int i = 0; i < 9; i++)
-        argvlen[i] = strlen(argv[i]);
-    argvlen[0] = k1;
-    argvlen[1] = k2;
-    argvlen[5] = room_len;
-    argvlen[6] = conn->len;
     app->scrub->found++;
-    if (app->redis == NULL ||
-        ms_redis_script(app->redis, MS_SCRIPT_MEMBERS, 4, 9, argv, argvlen,
-                        on_member_adopted, c) < 0)
+    if (ms_registry_members_call(app, join ? "ajoin" : "aleave", room, room_len,
+                                 conn->s, conn->len, on_member_adopted, c) < 0)
         free(c);
-    free(k_room);
-    free(k_conn);
 }
 
 
@@ -418,35 +387,22 @@ static void cached_room_cb(void *arg, const char *room, size_t len)
 
 
 /* Asks for the sets of up to ROOMS_MAX rooms (step "mroom"). */
+static void named_call(ms_app_t *app, const char *step, bool members,
+                       char *const *names, const size_t *lens, size_t n,
+                       ms_redis_reply_cb cb);
+
 static void mroom_call(ms_app_t *app, const member_t *rooms, size_t n)
 {
-    const ms_layout_t *l = &app->layout;
-    size_t argc = 9 + n;
-    const char **argv = ms_malloc(argc * sizeof(*argv));
-    size_t *argvlen = ms_malloc(argc * sizeof(*argvlen));
-    call_t *c = call_new(app);
+    char **names = ms_malloc(n * sizeof(*names));
+    size_t *lens = ms_malloc(n * sizeof(*lens));
 
-    argv[0] = l->conn_meta;
-    argv[1] = l->conn_versions;
-    argv[2] = l->room_versions;
-    argv[3] = l->scrubber;
-    argv[4] = "mroom";
-    argv[5] = l->members_prefix;
-    argv[6] = l->members_pattern;
-    argv[7] = "0";
-    argv[8] = "0";
-    for (size_t i = 0; i < 9; i++)
-        argvlen[i] = strlen(argv[i]);
     for (size_t i = 0; i < n; i++) {
-        argv[9 + i] = rooms[i].s;
-        argvlen[9 + i] = rooms[i].len;
+        names[i] = rooms[i].s;
+        lens[i] = rooms[i].len;
     }
-    if (app->redis == NULL ||
-        ms_redis_script(app->redis, MS_SCRIPT_SCRUB, 4, (int)argc, argv,
-                        argvlen, on_mroom, c) < 0)
-        free(c);
-    free(argv);
-    free(argvlen);
+    named_call(app, "mroom", true, names, lens, n, on_mroom);
+    free(names);
+    free(lens);
 }
 
 
@@ -631,12 +587,16 @@ static void on_rooms(void *arg, redisReply *r, int err)
 }
 
 
-/* Looks at the rooms that notifications named, in one script call. */
-static void rooms_check(ms_app_t *app)
+/*
+ * A scrub.lua step about rooms named (rooms: their values; mroom: their
+ * membership sets), in one call.
+ */
+static void named_call(ms_app_t *app, const char *step, bool members,
+                       char *const *names, const size_t *lens, size_t n,
+                       ms_redis_reply_cb cb)
 {
-    ms_scrub_t *s = app->scrub;
     const ms_layout_t *l = &app->layout;
-    size_t argc = 9 + s->nrooms;
+    size_t argc = 9 + n;
     const char **argv = ms_malloc(argc * sizeof(*argv));
     size_t *argvlen = ms_malloc(argc * sizeof(*argvlen));
     call_t *c = call_new(app);
@@ -646,23 +606,33 @@ static void rooms_check(ms_app_t *app)
     argv[1] = l->conn_versions;
     argv[2] = l->room_versions;
     argv[3] = l->scrubber;
-    argv[4] = "rooms";
-    argv[5] = l->room_prefix;
-    argv[6] = l->room_pattern;
+    argv[4] = step;
+    argv[5] = members ? l->members_prefix : l->room_prefix;
+    argv[6] = members ? l->members_pattern : l->room_pattern;
     argv[7] = "0";
     argv[8] = "0";
     for (size_t i = 0; i < 9; i++)
         argvlen[i] = strlen(argv[i]);
-    for (size_t i = 0; i < s->nrooms; i++) {
-        argv[9 + i] = s->rooms[i];
-        argvlen[9 + i] = s->room_lens[i];
+    for (size_t i = 0; i < n; i++) {
+        argv[9 + i] = names[i];
+        argvlen[9 + i] = lens[i];
     }
     if (app->redis == NULL ||
         ms_redis_script(app->redis, MS_SCRIPT_SCRUB, 4, (int)argc, argv,
-                        argvlen, on_rooms, c) < 0)
+                        argvlen, cb, c) < 0)
         free(c);
     free(argv);
     free(argvlen);
+}
+
+
+/* Looks at the rooms that notifications named, in one script call. */
+static void rooms_check(ms_app_t *app)
+{
+    ms_scrub_t *s = app->scrub;
+
+    named_call(app, "rooms", false, s->rooms, s->room_lens, s->nrooms,
+               on_rooms);
     rooms_clear(s);
 }
 
