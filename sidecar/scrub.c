@@ -11,6 +11,7 @@
 
 #include "alloc.h"
 #include "log.h"
+#include "mirror.h"
 #include "registry.h"
 
 /* The lease: renewed every LEASE_RENEW_MS, lost LEASE_TTL_MS after. */
@@ -479,15 +480,20 @@ static void on_step(void *arg, redisReply *r, int err)
         scan_end(app, false);
         return;
     }
-    if (s->step == STEP_MSET)
+    /*
+     * Memberships are compared with this sidecar's cache: only when it is
+     * caught up, or every change still on its way would look like a
+     * difference (adopting one is harmless, but a storm is not).
+     */
+    if (s->step == STEP_MSET && !ms_mirror_stale(app))
         members_compare(app, r->element[1], true);
-    else
+    else if (s->step != STEP_MSET)
         adopt_found(app, r->element[1]);
     if (strcmp(r->element[0]->str, "0") != 0) {
         scan_step(app, r->element[0]->str, r->element[0]->len);
         return;
     }
-    if (s->step == STEP_MSET)
+    if (s->step == STEP_MSET && !ms_mirror_stale(app))
         members_gone(app);
 
     /* Next step; a connections scan does only the two about them. */
