@@ -1,7 +1,7 @@
 /*
  * scrub.c - versions the writes made into Mesh's keys outside meshsync
- * (see scrub.h): the lease, the scans, the keyspace-notification filter
- * and the adoptions. Loop thread only.
+ * (see scrub.h): the lease, the scans, the keyspace-notification filter,
+ * the membership comparison and the adoptions. Loop thread only.
  */
 #include "scrub.h"
 

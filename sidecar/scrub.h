@@ -14,7 +14,10 @@
  * that no change message explains is looked at within NOTIFY_DELAY_MS,
  * and the connections' hash, whose notifications do not name the field,
  * is scanned at most once per CONN_DELAY_MS, or per CONN_DELAY_TIMES the
- * duration of the last such scan if longer. Loop thread only.
+ * duration of the last such scan if longer. Room memberships, which carry
+ * no digest, are compared at each full scan with the scrubber's own cache
+ * (while it is caught up), and each difference versioned through
+ * schema/members.lua. Loop thread only.
  */
 #ifndef MS_SCRUB_H
 #define MS_SCRUB_H
