@@ -65,6 +65,8 @@ void ms_layout_init(ms_layout_t *l, const char *prefix, int db)
     l->ks_conn = join(ks, l->conn_meta);
     l->ks_room = join(ks, l->room_prefix);
     l->ks_room_pattern = glob_escape_star(l->ks_room);
+    l->ks_members = join(ks, l->members_prefix);
+    l->ks_members_pattern = glob_escape_star(l->ks_members);
 }
 
 
@@ -90,6 +92,8 @@ void ms_layout_free(ms_layout_t *l)
     free(l->ks_conn);
     free(l->ks_room);
     free(l->ks_room_pattern);
+    free(l->ks_members);
+    free(l->ks_members_pattern);
 }
 
 

@@ -43,19 +43,21 @@ typedef struct ms_layout_s {
     char *conn_versions;
     char *room_versions;
     char *channel;
-    char *turn_prefix;     /* <prefix>:meshsync:turn: */
-    char *log;             /* <prefix>:meshsync:log */
-    char *epoch;           /* <prefix>:meshsync:epoch */
-    char *scrubber;        /* <prefix>:meshsync:scrubber */
-    char *key_prefix;      /* <prefix>: */
-    char *connections;     /* <prefix>:connections */
-    char *instances;       /* <prefix>:instances */
-    char *cleanup_lock;    /* <prefix>:cleanup:lock */
-    char *members_prefix;  /* <prefix>:room: (a room's members set) */
-    char *members_pattern; /* members_prefix, glob-escaped, then "*" */
-    char *ks_conn;         /* keyspace channel of conn_meta */
-    char *ks_room;         /* keyspace channel prefix of room keys */
-    char *ks_room_pattern; /* ks_room, glob-escaped, then "*" */
+    char *turn_prefix;        /* <prefix>:meshsync:turn: */
+    char *log;                /* <prefix>:meshsync:log */
+    char *epoch;              /* <prefix>:meshsync:epoch */
+    char *scrubber;           /* <prefix>:meshsync:scrubber */
+    char *key_prefix;         /* <prefix>: */
+    char *connections;        /* <prefix>:connections */
+    char *instances;          /* <prefix>:instances */
+    char *cleanup_lock;       /* <prefix>:cleanup:lock */
+    char *members_prefix;     /* <prefix>:room: (a room's members set) */
+    char *members_pattern;    /* members_prefix, glob-escaped, then "*" */
+    char *ks_conn;            /* keyspace channel of conn_meta */
+    char *ks_room;            /* keyspace channel prefix of room keys */
+    char *ks_room_pattern;    /* ks_room, glob-escaped, then "*" */
+    char *ks_members;         /* keyspace channel prefix of room member sets */
+    char *ks_members_pattern; /* ks_members, glob-escaped, then "*" */
 } ms_layout_t;
 
 void ms_layout_init(ms_layout_t *l, const char *prefix, int db);

@@ -117,7 +117,10 @@ static int start_redis(daemon_t *d)
         .password = cfg->redis_password,
         .channel = d->app.layout.channel,
         .keyspace_channel = d->app.scrub ? d->app.layout.ks_conn : NULL,
-        .keyspace_pattern = d->app.scrub ? d->app.layout.ks_room_pattern : NULL,
+        .keyspace_patterns = {d->app.scrub ? d->app.layout.ks_room_pattern
+                                           : NULL,
+                              d->app.scrub ? d->app.layout.ks_members_pattern
+                                           : NULL},
         .backoff_min_ms = cfg->backoff_min,
         .backoff_max_ms = cfg->backoff_max,
         .command_timeout_ms = cfg->redis_timeout,

@@ -923,7 +923,10 @@ static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
         goto bad;
     version = f[0].via.u64;
     if (from_channel) {
-        if (!membership)
+        if (membership)
+            ms_scrub_saw_membership(app, f[2].via.str.ptr, f[2].via.str.size,
+                                    str_is(&f[1], "join"));
+        else
             ms_scrub_saw_change(app, kind, f[2].via.str.ptr, f[2].via.str.size,
                                 f[3].type != MSGPACK_OBJECT_STR, existed);
         channel_event(app, version);

@@ -105,8 +105,8 @@ struct ms_redis_s {
     redis_addr_t addr;
     char *password;
     char *channel;
-    char *ks_channel; /* NULL, or a keyspace channel to subscribe to */
-    char *ks_pattern; /* NULL, or a keyspace pattern to subscribe to */
+    char *ks_channel;     /* NULL, or a keyspace channel to subscribe to */
+    char *ks_patterns[2]; /* NULL, or keyspace patterns to subscribe to */
     unsigned backoff_min;
     unsigned backoff_max;
     ms_redis_callbacks_t cb;
@@ -351,7 +351,8 @@ static void redis_maybe_free(ms_redis_t *r)
     }
     free(r->channel);
     free(r->ks_channel);
-    free(r->ks_pattern);
+    free(r->ks_patterns[0]);
+    free(r->ks_patterns[1]);
     free(r);
 }
 
@@ -537,7 +538,8 @@ static void handshake_cb(redisAsyncContext *ac, void *reply, void *privdata)
 /* How many subscriptions the subscriber link makes: channels, patterns. */
 static long long sub_count(const ms_redis_t *r)
 {
-    return 1 + (r->ks_channel != NULL) + (r->ks_pattern != NULL);
+    return 1 + (r->ks_channel != NULL) + (r->ks_patterns[0] != NULL) +
+           (r->ks_patterns[1] != NULL);
 }
 
 
@@ -644,9 +646,9 @@ static void link_handshake(link_t *l)
         if (r->ks_channel != NULL)
             lens[2] = strlen(r->ks_channel);
         link_send(l, sub_cb, l, r->ks_channel != NULL ? 3 : 2, argv, lens);
-        if (r->ks_pattern != NULL) {
-            const char *pargv[] = {"PSUBSCRIBE", r->ks_pattern};
-            size_t plens[] = {10, strlen(r->ks_pattern)};
+        for (int i = 0; i < 2 && r->ks_patterns[i] != NULL; i++) {
+            const char *pargv[] = {"PSUBSCRIBE", r->ks_patterns[i]};
+            size_t plens[] = {10, strlen(r->ks_patterns[i])};
 
             link_send(l, sub_cb, l, 2, pargv, plens);
         }
@@ -752,9 +754,10 @@ int ms_redis_new(uv_loop_t *loop, const ms_redis_options_t *opt,
     if (opt->keyspace_channel != NULL)
         r->ks_channel =
             ms_strndup(opt->keyspace_channel, strlen(opt->keyspace_channel));
-    if (opt->keyspace_pattern != NULL)
-        r->ks_pattern =
-            ms_strndup(opt->keyspace_pattern, strlen(opt->keyspace_pattern));
+    for (int i = 0; i < 2; i++)
+        if (opt->keyspace_patterns[i] != NULL)
+            r->ks_patterns[i] = ms_strndup(opt->keyspace_patterns[i],
+                                           strlen(opt->keyspace_patterns[i]));
     r->backoff_min =
         opt->backoff_min_ms ? opt->backoff_min_ms : DEFAULT_BACKOFF_MIN;
     r->backoff_max =

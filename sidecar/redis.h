@@ -68,12 +68,12 @@ typedef struct ms_redis_options_s {
     const char *url;      /* redis://host:port[/db], unix:///path[?db=N] */
     const char *password; /* NULL for none; sent with AUTH */
     const char *channel;  /* the change channel to subscribe to */
-    const char *keyspace_channel; /* NULL, or also this channel */
-    const char *keyspace_pattern; /* NULL, or also this pattern */
-    unsigned backoff_min_ms;      /* first reconnect delay (0: 100) */
-    unsigned backoff_max_ms;      /* cap on the delay (0: 5000) */
-    unsigned command_timeout_ms;  /* a reply later than this cuts the
-                                     command link (0: 5000) */
+    const char *keyspace_channel;     /* NULL, or also this channel */
+    const char *keyspace_patterns[2]; /* NULL, or also these patterns */
+    unsigned backoff_min_ms;          /* first reconnect delay (0: 100) */
+    unsigned backoff_max_ms;          /* cap on the delay (0: 5000) */
+    unsigned command_timeout_ms;      /* a reply later than this cuts the
+                                         command link (0: 5000) */
 } ms_redis_options_t;
 
 /*

@@ -60,12 +60,13 @@ typedef struct members_s {
 } members_t;
 
 /* What a notification was about: "hset" and the like, "hdel", "del". */
-typedef enum { EV_SET, EV_HDEL, EV_DEL, EV_OTHER } event_t;
+typedef enum { EV_SET, EV_HDEL, EV_DEL, EV_SADD, EV_SREM, EV_OTHER } event_t;
 
 typedef struct pending_s {
-    bool room; /* a room key; else the connections' hash */
+    bool room;    /* a room key; else the connections' hash ... */
+    bool members; /* ... or a room's membership set */
     event_t ev;
-    char *id; /* the room name (rooms only) */
+    char *id; /* the room name (rooms and sets only) */
     size_t id_len;
 } pending_t;
 
@@ -309,6 +310,8 @@ static void adopt_member(ms_app_t *app, const char *room, size_t room_len,
     call_t *c = call_new(app);
 
     app->scrub->found++;
+    ms_log_debug("outside membership found", "change=%s",
+                 join ? "join" : "leave");
     if (ms_registry_members_call(app, join ? "ajoin" : "aleave", room, room_len,
                                  conn->s, conn->len, on_member_adopted, c) < 0)
         free(c);
@@ -375,8 +378,9 @@ static void on_mroom(void *arg, redisReply *r, int err)
 
     (void)err;
     free(c);
-    if (current && r != NULL && r->type == REDIS_REPLY_ARRAY &&
-        r->elements == 2 && r->element[1]->type == REDIS_REPLY_ARRAY)
+    if (current && !ms_mirror_stale(app) && r != NULL &&
+        r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[1]->type == REDIS_REPLY_ARRAY)
         members_compare(app, r->element[1], false);
 }
 
@@ -695,10 +699,13 @@ static void on_notify_timer(uv_timer_t *t)
 {
     ms_app_t *app = t->data;
     ms_scrub_t *s = app->scrub;
+    members_t sets = {0};
     bool conns = false;
 
     for (size_t i = 0; i < s->npending; i++) {
-        if (s->pending[i].room)
+        if (s->pending[i].members)
+            members_add(&sets, s->pending[i].id, s->pending[i].id_len);
+        else if (s->pending[i].room)
             room_wanted(s, s->pending[i].id, s->pending[i].id_len);
         else
             conns = true;
@@ -706,6 +713,10 @@ static void on_notify_timer(uv_timer_t *t)
     pending_clear(s);
     if (s->nrooms > 0)
         rooms_check(app);
+    for (size_t i = 0; i < sets.n; i += ROOMS_MAX)
+        mroom_call(app, sets.v + i,
+                   sets.n - i < ROOMS_MAX ? sets.n - i : ROOMS_MAX);
+    members_free(&sets);
     if (conns)
         conn_scan_wanted(app);
 }
@@ -722,6 +733,10 @@ static event_t event_kind(const char *ev, size_t len)
         return EV_HDEL;
     if (len == 3 && memcmp(ev, "del", 3) == 0)
         return EV_DEL;
+    if (len == 4 && memcmp(ev, "sadd", 4) == 0)
+        return EV_SADD;
+    if (len == 4 && memcmp(ev, "srem", 4) == 0)
+        return EV_SREM;
     return EV_OTHER;
 }
 
@@ -732,7 +747,7 @@ void ms_scrub_on_keyspace(ms_app_t *app, const char *channel,
 {
     ms_scrub_t *s = app->scrub;
     const ms_layout_t *l = &app->layout;
-    size_t head = strlen(l->ks_room);
+    size_t head = strlen(l->ks_room), mhead = strlen(l->ks_members);
     pending_t *p;
 
     if (s == NULL || !s->leader)
@@ -745,10 +760,17 @@ void ms_scrub_on_keyspace(ms_app_t *app, const char *channel,
         return;
     }
     p = &s->pending[s->npending];
-    p->room = channel_len > head && memcmp(channel, l->ks_room, head) == 0;
+    p->members =
+        channel_len > mhead && memcmp(channel, l->ks_members, mhead) == 0;
+    p->room = !p->members && channel_len > head &&
+              memcmp(channel, l->ks_room, head) == 0;
+    if (p->members)
+        head = mhead;
     p->ev = event_kind(event, event_len);
-    p->id = p->room ? ms_strndup(channel + head, channel_len - head) : NULL;
-    p->id_len = p->room ? channel_len - head : 0;
+    p->id = p->room || p->members
+                ? ms_strndup(channel + head, channel_len - head)
+                : NULL;
+    p->id_len = p->room || p->members ? channel_len - head : 0;
     s->npending++;
     if (!uv_is_active((uv_handle_t *)&s->notify_timer))
         uv_timer_start(&s->notify_timer, on_notify_timer, NOTIFY_DELAY_MS, 0);
@@ -758,7 +780,7 @@ void ms_scrub_on_keyspace(ms_app_t *app, const char *channel,
 static bool pending_is(const pending_t *p, bool room, const char *id,
                        size_t len, event_t ev)
 {
-    return p->room == room && p->ev == ev &&
+    return !p->members && p->room == room && p->ev == ev &&
            (!room || (p->id_len == len && memcmp(p->id, id, len) == 0));
 }
 
@@ -787,6 +809,35 @@ void ms_scrub_saw_change(ms_app_t *app, ms_kind_t kind, const char *id,
         last--;
     }
     if (pending_is(last, room, id, id_len, deleted ? EV_HDEL : EV_SET)) {
+        free(last->id);
+        s->npending--;
+    }
+}
+
+
+/*
+ * members.lua's notifications come just before its message: an "sadd"
+ * for a join, an "srem" (then a "del" when the set became empty) for a
+ * leave; nothing for an adoption, which touches no set.
+ */
+void ms_scrub_saw_membership(ms_app_t *app, const char *room, size_t len,
+                             bool join)
+{
+    ms_scrub_t *s = app->scrub;
+    pending_t *last;
+
+    if (s == NULL || s->npending == 0)
+        return;
+    last = &s->pending[s->npending - 1];
+    if (!join && last->members && last->ev == EV_DEL && last->id_len == len &&
+        memcmp(last->id, room, len) == 0) {
+        free(last->id);
+        if (--s->npending == 0)
+            return;
+        last--;
+    }
+    if (last->members && last->ev == (join ? EV_SADD : EV_SREM) &&
+        last->id_len == len && memcmp(last->id, room, len) == 0) {
         free(last->id);
         s->npending--;
     }

@@ -15,9 +15,10 @@
  * and the connections' hash, whose notifications do not name the field,
  * is scanned at most once per CONN_DELAY_MS, or per CONN_DELAY_TIMES the
  * duration of the last such scan if longer. Room memberships, which carry
- * no digest, are compared at each full scan with the scrubber's own cache
- * (while it is caught up), and each difference versioned through
- * schema/members.lua. Loop thread only.
+ * no digest, are compared with the scrubber's own cache (while it is
+ * caught up) at each full scan and for each room set a notification
+ * names, and each difference versioned through schema/members.lua. Loop
+ * thread only.
  */
 #ifndef MS_SCRUB_H
 #define MS_SCRUB_H
@@ -51,6 +52,10 @@ void ms_scrub_on_live(ms_app_t *app, bool live);
  */
 void ms_scrub_saw_change(ms_app_t *app, ms_kind_t kind, const char *id,
                          size_t id_len, bool deleted, bool existed);
+
+/* The same for a membership message (join or leave of room). */
+void ms_scrub_saw_membership(ms_app_t *app, const char *room, size_t len,
+                             bool join);
 
 /*
  * A message on a keyspace channel: the key is the channel name after the

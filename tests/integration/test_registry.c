@@ -516,6 +516,54 @@ static void test_mesh_memberships_scrubbed(void **state)
 }
 
 
+/*
+ * With keyspace notifications, a Mesh server's membership change reaches
+ * the caches at once, not at the next full scan (30 s away here).
+ */
+static void test_mesh_memberships_notified(void **state)
+{
+    harness_t *h = *state;
+    redisContext *c = harness_redis(h);
+    harness_daemon_t *a, *b, *leader;
+    meshsync_t *ma, *mb;
+
+    freeReplyObject(harness_command(c, "CONFIG SET notify-keyspace-events KA"));
+    a = sidecar(h, "A", "--log-level", "debug");
+    b = sidecar(h, "B", "--log-level", "debug");
+    ma = harness_client_open(a);
+    mb = harness_client_open(b);
+
+    /* The scan made when the lease is taken is over: the rest is theirs. */
+    wait_scrubs(a, b, 1);
+    leader = strstr(harness_daemon_log(a), "scrub lease taken") ? a : b;
+
+    freeReplyObject(harness_command(c, "SADD mesh:room:k m1 m2"));
+    for (int i = 0; i < 2; i++)
+        if (!harness_daemon_wait_log(leader, "outside membership found",
+                                     WAIT_MS))
+            fail_msg("no membership found; log:\n%s",
+                     harness_daemon_log(leader));
+    barrier(ma, mb);
+    expect_members(mb, "k", "m1=null;m2=null;");
+
+    freeReplyObject(harness_command(c, "SREM mesh:room:k m1"));
+    if (!harness_daemon_wait_log(leader, "outside membership found", WAIT_MS))
+        fail_msg("no leave found; log:\n%s", harness_daemon_log(leader));
+    barrier(ma, mb);
+    expect_members(mb, "k", "m2=null;");
+
+    /* A join through meshsync beside them reads back as usual. */
+    HARNESS_CALL_OK(ma, meshsync_room_join(ma, "k", "m3", NULL));
+    barrier(ma, mb);
+    expect_members(mb, "k", "m2=null;m3=null;");
+
+    meshsync_free(ma);
+    meshsync_free(mb);
+    harness_daemon_stop_clean(a);
+    harness_daemon_stop_clean(b);
+}
+
+
 /* --- stopping ----------------------------------------------------------- */
 
 static void test_sigterm_no_ghosts(void **state)
@@ -610,6 +658,7 @@ int main(void)
         TEST(test_mesh_ghost_reaped),
         TEST(test_memberships),
         TEST(test_mesh_memberships_scrubbed),
+        TEST(test_mesh_memberships_notified),
         TEST(test_sigterm_no_ghosts),
         TEST(test_sigterm_keep),
         cmocka_unit_test(test_bad_flags),
