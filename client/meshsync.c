@@ -200,8 +200,8 @@ static int64_t deadline_after(int64_t timeout_ms)
     return timeout_ms > 0 ? now_ms() + timeout_ms : -1;
 }
 
-/* Waits until fd is ready for events; fails with io at the deadline. */
-static int wait_fd(meshsync_t *ms, short events, int64_t deadline)
+/* Waits until fd is ready for events: 1, 0 at the deadline, or an error. */
+static int poll_fd(meshsync_t *ms, short events, int64_t deadline)
 {
     struct pollfd pfd = {.fd = ms->fd, .events = events};
     int wait = -1;
@@ -214,15 +214,23 @@ static int wait_fd(meshsync_t *ms, short events, int64_t deadline)
             wait = left > 0 ? (int)left : 0;
         }
         n = poll(&pfd, 1, wait);
-        if (n > 0)
-            return 0;
-        if (n == 0)
-            return fail(ms, MS_EIO,
-                        "timed out after %lld ms waiting for the sidecar",
-                        (long long)ms->call_timeout_ms);
+        if (n >= 0)
+            return n > 0;
         if (errno != EINTR)
             return fail_errno(ms, errno, "poll");
     }
+}
+
+/* Waits until fd is ready for events; fails with io at the deadline. */
+static int wait_fd(meshsync_t *ms, short events, int64_t deadline)
+{
+    int rc = poll_fd(ms, events, deadline);
+
+    if (rc == 0)
+        return fail(ms, MS_EIO,
+                    "timed out after %lld ms waiting for the sidecar",
+                    (long long)ms->call_timeout_ms);
+    return rc < 0 ? rc : 0;
 }
 
 static int send_all(meshsync_t *ms, const char *buf, size_t len,
@@ -1677,27 +1685,6 @@ int meshsync_unwatch(meshsync_t *ms, const char *const *rooms, size_t nrooms,
     return watch_call(ms, "unwatch", &a, version);
 }
 
-/* Waits until the socket is readable: 1, 0 at the deadline, or an error. */
-static int wait_readable(meshsync_t *ms, int64_t deadline)
-{
-    struct pollfd pfd = {.fd = ms->fd, .events = POLLIN};
-    int wait = -1;
-    int n;
-
-    for (;;) {
-        if (deadline >= 0) {
-            int64_t left = deadline - now_ms();
-
-            wait = left > 0 ? (int)left : 0;
-        }
-        n = poll(&pfd, 1, wait);
-        if (n >= 0)
-            return n > 0;
-        if (errno != EINTR)
-            return fail_errno(ms, errno, "poll");
-    }
-}
-
 /* Takes what the socket holds without waiting: 0, or an error. */
 static int read_available(meshsync_t *ms)
 {
@@ -1725,7 +1712,7 @@ static int wait_event(meshsync_t *ms, int64_t deadline)
                 return rc;
             continue;
         }
-        rc = wait_readable(ms, deadline);
+        rc = poll_fd(ms, POLLIN, deadline);
         if (rc <= 0)
             return rc;
         rc = read_available(ms);

@@ -693,17 +693,29 @@ static void on_gone(void *arg, redisReply *reply, int err)
 }
 
 
-static void forget_instance(ms_app_t *app, const str_t *e)
+/*
+ * A reap's step about one dead instance (named in the call's conn), its
+ * reply counted in waiting. False when it could not be sent.
+ */
+static bool instance_step(ms_app_t *app, const char *step, const str_t *e,
+                          ms_redis_reply_cb cb)
 {
     call_t *c = call_new(app);
 
     c->conn = ms_strndup(e->s, e->len);
     c->conn_len = e->len;
     app->registry->waiting++;
-    if (step_call(app, "gone", e->s, e->len, NULL, on_gone, c) < 0) {
-        app->registry->waiting--;
-        call_free(c);
-    }
+    if (step_call(app, step, e->s, e->len, NULL, cb, c) == 0)
+        return true;
+    app->registry->waiting--;
+    call_free(c);
+    return false;
+}
+
+
+static void forget_instance(ms_app_t *app, const str_t *e)
+{
+    (void)instance_step(app, "gone", e, on_gone);
 }
 
 
@@ -850,16 +862,8 @@ static void on_members(void *arg, redisReply *reply, int err)
 
 static void ask_members(ms_app_t *app, const str_t *e)
 {
-    call_t *c = call_new(app);
-
-    c->conn = ms_strndup(e->s, e->len);
-    c->conn_len = e->len;
-    app->registry->waiting++;
-    if (step_call(app, "members", e->s, e->len, NULL, on_members, c) < 0) {
-        app->registry->waiting--;
+    if (!instance_step(app, "members", e, on_members))
         app->registry->failed = true;
-        call_free(c);
-    }
 }
 
 

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "mirror.h"
 #include "registry.h"
+#include "writes.h"
 
 /* The lease: renewed every LEASE_RENEW_MS, lost LEASE_TTL_MS after. */
 #define LEASE_RENEW_MS 1000
@@ -91,9 +92,7 @@ struct ms_scrub_s {
     members_t seen;   /* rooms the membership scan saw */
     pending_t *pending;
     size_t npending;
-    char **rooms; /* room names to look at, from notifications */
-    size_t *room_lens;
-    size_t nrooms;
+    members_t rooms; /* room names to look at, from notifications */
     uint64_t passes;
     uint64_t adopted;
     unsigned open_timers;
@@ -156,51 +155,21 @@ static void on_adopted(void *arg, redisReply *r, int err)
 static void adopt(ms_app_t *app, ms_kind_t kind, const char *id, size_t id_len,
                   const char *json, size_t json_len)
 {
-    const ms_layout_t *l = &app->layout;
-    bool room = kind == MS_KIND_ROOM;
-    char log_len[16];
-    const char *argv[16];
-    size_t argvlen[16];
-    size_t hash_len, turn_len;
-    char *hash =
-        room ? ms_layout_key(l->room_prefix, NULL, id, id_len, &hash_len)
-             : ms_layout_key(l->conn_meta, NULL, "", 0, &hash_len);
-    char *turn = ms_layout_key(l->turn_prefix, room ? "room:" : "conn:", id,
-                               id_len, &turn_len);
+    ms_write_call_t w = {
+        .kind = kind,
+        .id = id,
+        .id_len = id_len,
+        .check = "adopt",
+        .base = json,
+        .base_len = json_len,
+        .op = json != NULL ? "set" : "del",
+        .json = json,
+        .json_len = json_len,
+    };
     call_t *c = call_new(app);
 
-    /* KEYS, then ARGV, as schema/write.lua lists them. */
-    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
-    argv[0] = hash;
-    argv[1] = ms_layout_versions(l, kind);
-    argv[2] = l->seq;
-    argv[3] = turn;
-    argv[4] = l->log;
-    argv[5] = room ? "data" : id;
-    argv[6] = id;
-    argv[7] = l->channel;
-    argv[8] = ms_kind_name(kind);
-    argv[9] = "adopt";
-    argv[10] = json != NULL ? json : "";
-    argv[11] = json != NULL ? "set" : "del";
-    argv[12] = argv[10];
-    argv[13] = app->cfg->instance_id;
-    argv[14] = "0";
-    argv[15] = log_len;
-    for (int i = 0; i < 16; i++)
-        argvlen[i] = strlen(argv[i]);
-    argvlen[0] = hash_len;
-    argvlen[3] = turn_len;
-    argvlen[5] = room ? 4 : id_len;
-    argvlen[6] = id_len;
-    argvlen[10] = argvlen[12] = json != NULL ? json_len : 0;
-
-    if (app->redis == NULL ||
-        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5, 16, argv, argvlen,
-                        on_adopted, c) < 0)
+    if (ms_writes_call(app, &w, on_adopted, c) < 0)
         free(c);
-    free(hash);
-    free(turn);
 }
 
 
@@ -393,21 +362,11 @@ static void cached_room_cb(void *arg, const char *room, size_t len)
 
 /* Asks for the sets of up to ROOMS_MAX rooms (step "mroom"). */
 static void named_call(ms_app_t *app, const char *step, bool members,
-                       char *const *names, const size_t *lens, size_t n,
-                       ms_redis_reply_cb cb);
+                       const member_t *names, size_t n, ms_redis_reply_cb cb);
 
 static void mroom_call(ms_app_t *app, const member_t *rooms, size_t n)
 {
-    char **names = ms_malloc(n * sizeof(*names));
-    size_t *lens = ms_malloc(n * sizeof(*lens));
-
-    for (size_t i = 0; i < n; i++) {
-        names[i] = rooms[i].s;
-        lens[i] = rooms[i].len;
-    }
-    named_call(app, "mroom", true, names, lens, n, on_mroom);
-    free(names);
-    free(lens);
+    named_call(app, "mroom", true, rooms, n, on_mroom);
 }
 
 
@@ -578,9 +537,7 @@ static void pending_clear(ms_scrub_t *s)
 
 static void rooms_clear(ms_scrub_t *s)
 {
-    for (size_t i = 0; i < s->nrooms; i++)
-        free(s->rooms[i]);
-    s->nrooms = 0;
+    members_free(&s->rooms);
 }
 
 
@@ -602,8 +559,7 @@ static void on_rooms(void *arg, redisReply *r, int err)
  * membership sets), in one call.
  */
 static void named_call(ms_app_t *app, const char *step, bool members,
-                       char *const *names, const size_t *lens, size_t n,
-                       ms_redis_reply_cb cb)
+                       const member_t *names, size_t n, ms_redis_reply_cb cb)
 {
     const ms_layout_t *l = &app->layout;
     size_t argc = 9 + n;
@@ -624,8 +580,8 @@ static void named_call(ms_app_t *app, const char *step, bool members,
     for (size_t i = 0; i < 9; i++)
         argvlen[i] = strlen(argv[i]);
     for (size_t i = 0; i < n; i++) {
-        argv[9 + i] = names[i];
-        argvlen[9 + i] = lens[i];
+        argv[9 + i] = names[i].s;
+        argvlen[9 + i] = names[i].len;
     }
     if (app->redis == NULL ||
         ms_redis_script(app->redis, MS_SCRIPT_SCRUB, 4, (int)argc, argv,
@@ -641,22 +597,19 @@ static void rooms_check(ms_app_t *app)
 {
     ms_scrub_t *s = app->scrub;
 
-    named_call(app, "rooms", false, s->rooms, s->room_lens, s->nrooms,
-               on_rooms);
+    named_call(app, "rooms", false, s->rooms.v, s->rooms.n, on_rooms);
     rooms_clear(s);
 }
 
 
 static void room_wanted(ms_scrub_t *s, const char *id, size_t len)
 {
-    for (size_t i = 0; i < s->nrooms; i++)
-        if (s->room_lens[i] == len && memcmp(s->rooms[i], id, len) == 0)
+    for (size_t i = 0; i < s->rooms.n; i++)
+        if (s->rooms.v[i].len == len && memcmp(s->rooms.v[i].s, id, len) == 0)
             return;
-    if (s->nrooms == ROOMS_MAX)
+    if (s->rooms.n == ROOMS_MAX)
         rooms_check(s->app);
-    s->rooms[s->nrooms] = ms_strndup(id, len);
-    s->room_lens[s->nrooms] = len;
-    s->nrooms++;
+    members_add(&s->rooms, id, len);
 }
 
 
@@ -711,7 +664,7 @@ static void on_notify_timer(uv_timer_t *t)
             conns = true;
     }
     pending_clear(s);
-    if (s->nrooms > 0)
+    if (s->rooms.n > 0)
         rooms_check(app);
     for (size_t i = 0; i < sets.n; i += ROOMS_MAX)
         mroom_call(app, sets.v + i,
@@ -1072,8 +1025,6 @@ void ms_scrub_init(ms_app_t *app)
     s->app = app;
     s->keyspace = -1;
     s->pending = ms_malloc(PENDING_MAX * sizeof(*s->pending));
-    s->rooms = ms_malloc(ROOMS_MAX * sizeof(*s->rooms));
-    s->room_lens = ms_malloc(ROOMS_MAX * sizeof(*s->room_lens));
     timer_init(app, &s->lease_timer);
     timer_init(app, &s->pass_timer);
     timer_init(app, &s->notify_timer);
@@ -1088,8 +1039,6 @@ static void on_timer_closed(uv_handle_t *h)
     if (--s->open_timers > 0)
         return;
     free(s->pending);
-    free(s->rooms);
-    free(s->room_lens);
     free(s);
 }
 

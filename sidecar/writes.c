@@ -78,6 +78,25 @@ static int compare_queues(const void *a, const void *b)
 }
 
 
+/* An entry's hash in Mesh's layout, and its turn key (write.lua). */
+static char *hash_key(const ms_layout_t *l, ms_kind_t kind, const char *id,
+                      size_t id_len, size_t *len)
+{
+    if (kind == MS_KIND_ROOM)
+        return ms_layout_key(l->room_prefix, NULL, id, id_len, len);
+    return ms_layout_key(l->conn_meta, NULL, "", 0, len);
+}
+
+
+static char *turn_key(const ms_layout_t *l, ms_kind_t kind, const char *id,
+                      size_t id_len, size_t *len)
+{
+    return ms_layout_key(l->turn_prefix,
+                         kind == MS_KIND_ROOM ? "room:" : "conn:", id, id_len,
+                         len);
+}
+
+
 static queue_t *queue_find_or_add(ms_app_t *app, ms_kind_t kind, const char *id,
                                   size_t id_len)
 {
@@ -91,15 +110,8 @@ static queue_t *queue_find_or_add(ms_app_t *app, ms_kind_t kind, const char *id,
     q->kind = kind;
     q->id = ms_strndup(id, id_len);
     q->id_len = id_len;
-    if (kind == MS_KIND_ROOM)
-        q->hash_key = ms_layout_key(app->layout.room_prefix, NULL, id, id_len,
-                                    &q->hash_key_len);
-    else
-        q->hash_key =
-            ms_layout_key(app->layout.conn_meta, NULL, "", 0, &q->hash_key_len);
-    q->turn_key = ms_layout_key(app->layout.turn_prefix,
-                                kind == MS_KIND_ROOM ? "room:" : "conn:", id,
-                                id_len, &q->turn_key_len);
+    q->hash_key = hash_key(&app->layout, kind, id, id_len, &q->hash_key_len);
+    q->turn_key = turn_key(&app->layout, kind, id, id_len, &q->turn_key_len);
     if (tsearch(q, &app->writes->queues, compare_queues) == NULL)
         ms_oom();
     return q;
@@ -197,17 +209,73 @@ static int load_base(write_t *w, json_t **current, ms_error_t *err)
 
 static void on_script_reply(void *arg, redisReply *reply, int err);
 
+int ms_writes_call(ms_app_t *app, const ms_write_call_t *w,
+                   ms_redis_reply_cb cb, void *arg)
+{
+    const ms_layout_t *l = &app->layout;
+    bool room = w->kind == MS_KIND_ROOM;
+    size_t hash_len = w->hash_key_len, turn_len = w->turn_key_len;
+    char *hash = NULL, *turn = NULL;
+    char log_len[24];
+    const char *argv[18];
+    size_t argvlen[18];
+    int rc = 0;
+
+    if (w->hash_key == NULL)
+        hash = hash_key(l, w->kind, w->id, w->id_len, &hash_len);
+    if (w->turn_key == NULL)
+        turn = turn_key(l, w->kind, w->id, w->id_len, &turn_len);
+    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
+
+    /* KEYS, then ARGV, as schema/write.lua lists them. */
+    argv[0] = hash != NULL ? hash : w->hash_key;
+    argv[1] = ms_layout_versions(l, w->kind);
+    argv[2] = l->seq;
+    argv[3] = turn != NULL ? turn : w->turn_key;
+    argv[4] = l->log;
+    argv[5] = room ? "data" : w->id;
+    argv[6] = w->id;
+    argv[7] = l->channel;
+    argv[8] = ms_kind_name(w->kind);
+    argv[9] = w->check;
+    argv[10] = w->base != NULL ? w->base : "";
+    argv[11] = w->op;
+    argv[12] = w->json != NULL ? w->json : "";
+    argv[13] = app->cfg->instance_id;
+    argv[14] = TURN_MS;
+    argv[15] = log_len;
+    argv[16] = l->key_prefix;
+    argv[17] = w->owner != NULL ? w->owner : "";
+
+    /* Keys, ids and texts carry their lengths: never strlen()'d. */
+    for (int i = 0; i < 18; i++) {
+        bool sized = i == 0 || i == 3 || i == 5 || i == 6 || i == 10 || i == 12;
+
+        argvlen[i] = sized ? 0 : strlen(argv[i]);
+    }
+    argvlen[0] = hash_len;
+    argvlen[3] = turn_len;
+    argvlen[5] = room ? 4 : w->id_len;
+    argvlen[6] = w->id_len;
+    argvlen[10] = w->base != NULL ? w->base_len : 0;
+    argvlen[12] = w->json != NULL ? w->json_len : 0;
+    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5,
+                                              18, argv, argvlen, cb, arg) < 0)
+        rc = MS_EUNAVAIL;
+    free(hash);
+    free(turn);
+    return rc;
+}
+
+
 /* Computes the value to store and sends it to Redis. */
 static int write_start(write_t *w, ms_error_t *err)
 {
     ms_app_t *app = w->app;
     queue_t *q = w->queue;
-    const ms_layout_t *l = &app->layout;
     bool merging = w->update != NULL && w->strategy != MS_STRATEGY_REPLACE;
     json_t *current = NULL, *result;
-    const char *argv[18], *check;
-    size_t argvlen[18];
-    char log_len[24];
+    ms_write_call_t call;
     int rc;
 
     if (merging && (rc = load_base(w, &current, err)) < 0)
@@ -225,42 +293,30 @@ static int write_start(write_t *w, ms_error_t *err)
             return rc;
     }
 
-    check = !merging ? "any" : w->base == NULL ? "absent" : "equal";
-    /* KEYS, then ARGV, as schema/write.lua lists them. */
-    snprintf(log_len, sizeof(log_len), "%u", app->cfg->log_length);
-    argv[0] = q->hash_key;
-    argv[1] = ms_layout_versions(l, q->kind);
-    argv[2] = l->seq;
-    argv[3] = q->turn_key;
-    argv[4] = l->log;
-    argv[5] = q->kind == MS_KIND_ROOM ? "data" : q->id;
-    argv[6] = q->id;
-    argv[7] = l->channel;
-    argv[8] = ms_kind_name(q->kind);
-    argv[9] = check;
-    argv[10] = w->base != NULL ? w->base : "";
-    argv[11] = w->json != NULL ? "set" : w->close ? "close" : "del";
-    argv[12] = w->json != NULL ? w->json : "";
-    argv[13] = app->cfg->instance_id;
-    argv[14] = TURN_MS;
-    argv[15] = log_len;
-    argv[16] = l->key_prefix;
-    argv[17] = w->owner != NULL ? w->owner : "";
-    for (int i = 0; i < 18; i++)
-        argvlen[i] = strlen(argv[i]);
-    argvlen[0] = q->hash_key_len;
-    argvlen[3] = q->turn_key_len;
-    argvlen[5] = q->kind == MS_KIND_ROOM ? 4 : q->id_len;
-    argvlen[6] = q->id_len;
-    argvlen[10] = w->base != NULL ? w->base_len : 0;
-    argvlen[12] = w->json != NULL ? w->json_len : 0;
-
     w->attempts++;
     w->floor = ms_mirror_high(app);
     w->rebuilds = ms_mirror_rebuilds(app);
-    if (app->redis == NULL ||
-        ms_redis_script(app->redis, MS_SCRIPT_WRITE, 5, 18, argv, argvlen,
-                        on_script_reply, w) < 0)
+    call = (ms_write_call_t){
+        .kind = q->kind,
+        .id = q->id,
+        .id_len = q->id_len,
+        .hash_key = q->hash_key,
+        .hash_key_len = q->hash_key_len,
+        .turn_key = q->turn_key,
+        .turn_key_len = q->turn_key_len,
+        .check = !merging          ? "any"
+                 : w->base == NULL ? "absent"
+                                   : "equal",
+        .base = w->base,
+        .base_len = w->base_len,
+        .op = w->json != NULL ? "set"
+              : w->close      ? "close"
+                              : "del",
+        .json = w->json,
+        .json_len = w->json_len,
+        .owner = w->owner,
+    };
+    if (ms_writes_call(app, &call, on_script_reply, w) < 0)
         return ms_error_set(err, MS_EUNAVAIL, "Redis is not reachable");
     return 0;
 }

@@ -55,6 +55,35 @@ void ms_writes_submit(ms_app_t *app, ms_kind_t kind, const char *id,
                       ms_write_done_cb cb, void *arg);
 
 /*
+ * One call of schema/write.lua, for the pipeline and for the scrub's
+ * adoptions: the entry (hash_key and turn_key may be given, else they are
+ * built), the check ("any", "absent", "equal", "adopt") with the expected
+ * text base (or NULL), the op ("set", "del", "close") with the new text
+ * json (or NULL), and for a close the expected owner (or NULL). Strings
+ * with a length need no NUL. Returns 0 (cb will be called), or
+ * MS_EUNAVAIL.
+ */
+typedef struct ms_write_call_s {
+    ms_kind_t kind;
+    const char *id;
+    size_t id_len;
+    const char *hash_key;
+    size_t hash_key_len;
+    const char *turn_key;
+    size_t turn_key_len;
+    const char *check;
+    const char *base;
+    size_t base_len;
+    const char *op;
+    const char *json;
+    size_t json_len;
+    const char *owner;
+} ms_write_call_t;
+
+int ms_writes_call(ms_app_t *app, const ms_write_call_t *w,
+                   ms_redis_reply_cb cb, void *arg) MS_MUST_CHECK;
+
+/*
  * Queues a connection's close: its metadata's delete, in the same step
  * as its removal from Mesh's registry and from its rooms (schema/
  * write.lua, "close"). With owner (copied), only while the connection is
