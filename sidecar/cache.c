@@ -27,12 +27,16 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "index.h"
 #include "log.h"
 
 #define CACHE_SCHEMA_VERSION 2
 
 /* Short: the file is ours alone, and the loop must not stall on it. */
 #define CACHE_BUSY_MS 10
+
+/* Rows the index reads from the table when the cache opens. */
+#define CACHE_FILL_OPEN 4096
 
 /* The meta key holding the resync generation; meta_set refuses it. */
 #define CACHE_GEN_KEY "resync_generation"
@@ -63,6 +67,7 @@ enum {
     ST_MEMBERS_RESYNC_END,
     ST_MEMBERS_CLEAR,
     ST_MEMBER_ROOMS,
+    ST_FILL,
     ST_MAX
 };
 
@@ -89,12 +94,14 @@ static const char *const stmt_sql[ST_MAX] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
+    /* Both return the rows they change, for the index. */
     [ST_RESYNC_END] = "UPDATE entries "
                       "SET version = ?1, json = NULL, mp = NULL, gen = ?2 "
                       "WHERE gen <> ?2 AND version <= ?1 "
-                      "AND json IS NOT NULL",
+                      "AND json IS NOT NULL RETURNING kind, id",
     [ST_RESYNC_TOMBS] = "UPDATE entries SET version = ?1, gen = ?2 "
-                        "WHERE gen <> ?2 AND version < ?1 AND json IS NULL",
+                        "WHERE gen <> ?2 AND version < ?1 AND json IS NULL "
+                        "RETURNING kind, id",
     [ST_COUNT_LIVE] = "SELECT count(*) FROM entries "
                       "WHERE kind = ?1 AND json IS NOT NULL",
     [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
@@ -122,6 +129,9 @@ static const char *const stmt_sql[ST_MAX] = {
     [ST_MEMBERS_CLEAR] = "DELETE FROM members",
     [ST_MEMBER_ROOMS] = "SELECT DISTINCT room FROM members "
                         "WHERE present = 1 ORDER BY room",
+    /* The index's refill: the next rows in key order after (?1, ?2). */
+    [ST_FILL] = "SELECT kind, id, version, mp FROM entries "
+                "WHERE (kind, id) > (?1, ?2) ORDER BY kind, id LIMIT ?3",
 };
 
 struct ms_cache_s {
@@ -131,8 +141,14 @@ struct ms_cache_s {
     int lock_fd;  /* holds the flock on "<path>-lock", or -1 */
     bool failing; /* an operation failed and none has worked since */
     sqlite3_int64 changes_seen; /* total changes when that was known */
-    char *buf; /* ms_cache_get's copy of the last row it found */
+    char *buf; /* ms_cache_get_json's copy of the last row it found */
     size_t buf_cap;
+    bool in_txn;       /* between ms_cache_begin and commit */
+    ms_index_t *index; /* the entries table in memory (see cache.h) */
+    bool index_full;   /* the index holds every row of the table */
+    int fill_kind;     /* the refill's position: the last key it read */
+    char *fill_id;
+    size_t fill_len;
 };
 
 
@@ -150,6 +166,20 @@ static bool u64_fits(uint64_t v)
 
 
 /*
+ * A transaction was rolled back: the index may hold changes the table
+ * lost. It starts again empty and is refilled from the table.
+ */
+static void index_lost(ms_cache_t *c)
+{
+    c->in_txn = false;
+    ms_index_clear(c->index);
+    c->index_full = false;
+    c->fill_kind = -1;
+    c->fill_len = 0;
+}
+
+
+/*
  * Logs a failed operation. A full disk fails every write until space
  * returns: only the first failure of a run is an error, the rest debug.
  */
@@ -159,6 +189,10 @@ static int cache_fail(ms_cache_t *c, const char *op)
            "op=%s err=\"%s\"", op, sqlite3_errmsg(c->db));
     c->failing = true;
     c->changes_seen = sqlite3_total_changes64(c->db);
+
+    /* SQLite rolls a transaction back itself on some errors (SQLITE_FULL). */
+    if (c->in_txn && sqlite3_get_autocommit(c->db))
+        index_lost(c);
     return MS_EINTERNAL;
 }
 
@@ -210,6 +244,14 @@ static int bind_key(sqlite3_stmt *s, ms_kind_t kind, const char *id,
         rc = sqlite3_bind_text64(s, 2, id_len > 0 ? id : "", id_len,
                                  SQLITE_STATIC, SQLITE_UTF8);
     return rc;
+}
+
+
+static int bind_text(sqlite3_stmt *s, int i, const char *t, size_t len)
+{
+    /* A NULL pointer would bind SQL NULL, not an empty string. */
+    return sqlite3_bind_text64(s, i, len > 0 ? t : "", len, SQLITE_STATIC,
+                               SQLITE_UTF8);
 }
 
 
@@ -421,6 +463,14 @@ int ms_cache_open(const char *path, ms_cache_t **out, ms_error_t *err)
         goto failed;
     }
 
+    /* A small cache is in memory at once; a large one fills as it serves. */
+    c->index = ms_index_new();
+    index_lost(c);
+    if (ms_cache_fill(c, CACHE_FILL_OPEN) < 0) {
+        open_fail(c, path, "read entries", err);
+        goto failed;
+    }
+
     *out = c;
     return 0;
 
@@ -442,6 +492,8 @@ void ms_cache_close(ms_cache_t *c)
     if (c->lock_fd >= 0)
         close(c->lock_fd);
     free(c->buf);
+    ms_index_free(c->index);
+    free(c->fill_id);
     free(c);
 }
 
@@ -484,6 +536,37 @@ static void entry_copy(ms_cache_t *c, sqlite3_stmt *s, ms_cache_entry_t *e)
 
 int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
                  ms_cache_entry_t *e)
+{
+    ms_index_view_t v;
+    int rc;
+
+    memset(e, 0, sizeof(*e));
+    if (!kind_valid(kind))
+        return MS_EINVAL;
+
+    /* Until the refill is done, a row may be in the table alone. */
+    if (!ms_index_find(c->index, kind, id, id_len, &v)) {
+        if (c->index_full)
+            return 0;
+        rc = ms_cache_get_json(c, kind, id, id_len, e);
+        if (rc < 0 || (!e->present && e->version == 0))
+            return rc;
+        ms_index_put(c->index, kind, id, id_len, e->version, e->mp, e->mp_len,
+                     false);
+        memset(e, 0, sizeof(*e));
+        if (!ms_index_find(c->index, kind, id, id_len, &v))
+            return 0;
+    }
+    e->version = v.version;
+    e->present = v.present;
+    e->mp = v.mp;
+    e->mp_len = v.mp_len;
+    return 0;
+}
+
+
+int ms_cache_get_json(ms_cache_t *c, ms_kind_t kind, const char *id,
+                      size_t id_len, ms_cache_entry_t *e)
 {
     sqlite3_stmt *s = c->stmt[ST_GET];
     int rc;
@@ -559,13 +642,19 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
         return cache_fail(c, "apply");
     cache_worked(c);
 
-    return sqlite3_changes(c->db) > 0 ? 1 : 0;
+    if (sqlite3_changes(c->db) == 0)
+        return 0;
+    ms_index_put(c->index, kind, id, id_len, version, mp, mp_len, false);
+    return 1;
 }
 
 
 int ms_cache_begin(ms_cache_t *c)
 {
-    return stmt_exec(c, ST_BEGIN, "begin");
+    int rc = stmt_exec(c, ST_BEGIN, "begin");
+
+    c->in_txn = rc == 0;
+    return rc;
 }
 
 
@@ -576,9 +665,12 @@ int ms_cache_begin(ms_cache_t *c)
  */
 int ms_cache_commit(ms_cache_t *c)
 {
-    if (stmt_exec(c, ST_COMMIT, "commit") == 0)
+    if (stmt_exec(c, ST_COMMIT, "commit") == 0) {
+        c->in_txn = false;
         return 0;
+    }
 
+    index_lost(c);
     if (!sqlite3_get_autocommit(c->db) &&
         stmt_exec(c, ST_ROLLBACK, "rollback") < 0)
         return MS_EINTERNAL;
@@ -599,6 +691,32 @@ int ms_cache_resync_begin(ms_cache_t *c)
 }
 
 
+/*
+ * Runs a bound resync statement, which returns the (kind, id) of each row
+ * it made a tombstone of version seq, and makes the same change in the
+ * index. Returns the number of rows, or MS_EINTERNAL.
+ */
+static int tombstone_rows(ms_cache_t *c, sqlite3_stmt *s, uint64_t seq)
+{
+    int n = 0;
+    int rc;
+
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(s, 1);
+
+        if (id == NULL)
+            ms_oom();
+        ms_index_put(c->index, (unsigned)sqlite3_column_int(s, 0), id,
+                     (size_t)sqlite3_column_bytes(s, 1), seq, NULL, 0, false);
+        n++;
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return cache_fail(c, "resync_end");
+    return n;
+}
+
+
 int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
 {
     sqlite3_stmt *s = c->stmt[ST_RESYNC_END];
@@ -611,9 +729,9 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
         return cache_fail(c, "resync_end");
 
     /* The tombstone takes version seq: the entry was gone by then. */
-    if (stmt_run(s) != SQLITE_DONE)
-        return cache_fail(c, "resync_end");
-    gone = sqlite3_changes(c->db);
+    gone = tombstone_rows(c, s, seq);
+    if (gone < 0)
+        return gone;
 
     /*
      * A tombstone held from before is as old as the delete this cache
@@ -623,7 +741,7 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
     s = c->stmt[ST_RESYNC_TOMBS];
     if (sqlite3_bind_int64(s, 1, (sqlite3_int64)seq) != SQLITE_OK ||
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK ||
-        stmt_run(s) != SQLITE_DONE)
+        tombstone_rows(c, s, seq) < 0)
         return cache_fail(c, "resync_end");
 
     /* Memberships the load did not see have ended, as entries have. */
@@ -633,6 +751,59 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
         stmt_run(s) != SQLITE_DONE)
         return cache_fail(c, "resync_end");
     return gone;
+}
+
+
+/* Remembers the last key the refill read, to go on after it. */
+static void fill_moved(ms_cache_t *c, sqlite3_stmt *s, const char *id,
+                       size_t len)
+{
+    c->fill_kind = sqlite3_column_int(s, 0);
+    free(c->fill_id);
+    c->fill_id = ms_strndup(id, len);
+    c->fill_len = len;
+}
+
+
+int ms_cache_fill(ms_cache_t *c, unsigned rows)
+{
+    sqlite3_stmt *s = c->stmt[ST_FILL];
+    unsigned n = 0;
+    int rc;
+
+    if (c->index_full)
+        return 1;
+    if (sqlite3_bind_int(s, 1, c->fill_kind) != SQLITE_OK ||
+        bind_text(s, 2, c->fill_id, c->fill_len) != SQLITE_OK ||
+        sqlite3_bind_int(s, 3, (int)rows) != SQLITE_OK)
+        return cache_fail(c, "fill");
+
+    /* Only rows the index lacks: what it holds is at least as new. */
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(s, 1);
+        size_t len = (size_t)sqlite3_column_bytes(s, 1);
+        const void *mp = sqlite3_column_blob(s, 3);
+
+        if (id == NULL)
+            ms_oom();
+        ms_index_put(c->index, (unsigned)sqlite3_column_int(s, 0), id, len,
+                     (uint64_t)sqlite3_column_int64(s, 2), mp,
+                     (size_t)sqlite3_column_bytes(s, 3), true);
+        if (++n == rows)
+            fill_moved(c, s, id, len);
+    }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return cache_fail(c, "fill");
+    if (n < rows)
+        c->index_full = true;
+    return c->index_full ? 1 : 0;
+}
+
+
+bool ms_cache_filled(const ms_cache_t *c)
+{
+    return c->index_full;
 }
 
 
@@ -729,6 +900,8 @@ int ms_cache_clear(ms_cache_t *c)
     if (stmt_run(c->stmt[ST_CLEAR]) != SQLITE_DONE ||
         stmt_run(c->stmt[ST_MEMBERS_CLEAR]) != SQLITE_DONE)
         return cache_fail(c, "clear");
+    ms_index_clear(c->index);
+    c->index_full = true;
     return 0;
 }
 
@@ -751,14 +924,6 @@ int ms_cache_meta_set(ms_cache_t *c, const char *key, uint64_t value)
     if (!u64_fits(value) || strcmp(key, CACHE_GEN_KEY) == 0)
         return MS_EINVAL;
     return meta_write(c, key, value, "meta_set");
-}
-
-
-static int bind_text(sqlite3_stmt *s, int i, const char *t, size_t len)
-{
-    /* A NULL pointer would bind SQL NULL, not an empty string. */
-    return sqlite3_bind_text64(s, i, len > 0 ? t : "", len, SQLITE_STATIC,
-                               SQLITE_UTF8);
 }
 
 

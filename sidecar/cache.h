@@ -15,6 +15,12 @@
  * before are raised to it too (the entry may have come back and gone
  * again unseen).
  *
+ * Reads are served from memory: an index (index.h) holds every entry's
+ * version and msgpack value, and every change made to the file is made to
+ * it too. When the cache opens, and after a transaction is rolled back,
+ * the index fills from the file in steps (ms_cache_fill); until it is
+ * complete, a lookup it cannot answer reads the file.
+ *
  * The file uses WAL and prepared statements. Runs on the daemon's loop
  * thread only; not thread-safe.
  */
@@ -62,11 +68,24 @@ int ms_cache_open(const char *path, ms_cache_t **out,
 void ms_cache_close(ms_cache_t *c);
 
 /*
- * Looks an entry up. Returns 0 and fills *e (whose pointers stay valid
- * until the next call on c), or MS_EINTERNAL.
+ * Looks an entry up in memory: version and msgpack value, with e->json
+ * NULL. Returns 0 and fills *e (whose pointers stay valid until the next
+ * call on c), or MS_EINTERNAL.
  */
 int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
                  ms_cache_entry_t *e) MS_MUST_CHECK;
+
+/* The same, from the file, with the JSON text too (for merges). */
+int ms_cache_get_json(ms_cache_t *c, ms_kind_t kind, const char *id,
+                      size_t id_len, ms_cache_entry_t *e) MS_MUST_CHECK;
+
+/*
+ * Reads up to `rows` more rows of the file into the index while it is not
+ * yet complete (see the file comment). Returns 1 once the index holds
+ * every entry, 0 while rows remain, MS_EINTERNAL on failure.
+ */
+int ms_cache_fill(ms_cache_t *c, unsigned rows) MS_MUST_CHECK;
+bool ms_cache_filled(const ms_cache_t *c);
 
 /*
  * Applies a change: json/mp NULL means a delete (a tombstone). Returns 1

@@ -94,12 +94,19 @@ void ms_handlers_reply_error(ms_session_t *s, int code, const char *msg)
 }
 
 
+/* Byte by byte: a request's keys and ops mostly differ at the first. */
 static bool key_is(const msgpack_object *k, const char *name)
 {
-    size_t n = strlen(name);
+    const char *p = k->via.str.ptr;
+    size_t n = k->via.str.size;
 
-    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-           memcmp(k->via.str.ptr, name, n) == 0;
+    if (k->type != MSGPACK_OBJECT_STR)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (name[i] == '\0' || name[i] != p[i])
+            return false;
+    }
+    return name[n] == '\0';
 }
 
 
@@ -529,7 +536,7 @@ static void op_get(ms_app_t *app, ms_session_t *s, const ms_request_t *rq,
                      timeout, reply_bytes);
         return;
     }
-    reply_entry(app, s, rq, kind, id, len);
+    reply_value(s, rq, e.present ? e.mp : NULL, e.mp_len, e.version, app);
 }
 
 
@@ -738,7 +745,8 @@ void ms_handlers_session_closed(ms_app_t *app, ms_session_t *s)
 void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
                        size_t len)
 {
-    msgpack_unpacked up;
+    msgpack_unpack_return rc;
+    msgpack_object map;
     ms_request_t rq;
     ms_error_t err;
     size_t off = 0;
@@ -759,21 +767,21 @@ void ms_handlers_frame(ms_app_t *app, ms_session_t *s, const char *body,
         ms_reply_error(s, &rq, err.code, err.msg);
         return;
     }
-    msgpack_unpacked_init(&up);
-    if (msgpack_unpack_next(&up, body, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+    rc = msgpack_unpack(body, len, &off, ms_session_zone(s), &map);
+    if (rc != MSGPACK_UNPACK_SUCCESS && rc != MSGPACK_UNPACK_EXTRA_BYTES) {
         ms_reply_error(s, NULL, MS_EINVAL, "frame is not msgpack");
         goto done;
     }
-    if (up.data.type != MSGPACK_OBJECT_MAP) {
+    if (map.type != MSGPACK_OBJECT_MAP) {
         ms_reply_error(s, NULL, MS_EINVAL, "request must be a map");
         goto done;
     }
-    if (parse_request(&up.data, &rq, &err) < 0) {
+    if (parse_request(&map, &rq, &err) < 0) {
         ms_reply_error(s, &rq, err.code, err.msg);
         goto done;
     }
     dispatch(app, s, &rq);
 
 done:
-    msgpack_unpacked_destroy(&up);
+    ms_session_zone_done(s, len);
 }

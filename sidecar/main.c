@@ -29,7 +29,9 @@ typedef struct daemon_s {
     ms_app_t app;
     uv_signal_t sigterm;
     uv_signal_t sigint;
-    uv_timer_t drain; /* watches the clients finish during a clean stop */
+    uv_timer_t drain;      /* watches the clients finish during a clean stop */
+    uv_check_t fill_check; /* sees when the cache's index needs filling */
+    uv_idle_t fill;        /* fills it a step per loop turn */
     uint64_t drain_deadline;
     bool stopping;
     bool failed; /* start-up failed: exit 1 once shut down */
@@ -38,12 +40,17 @@ typedef struct daemon_s {
 /* How often the drain looks whether every client is done. */
 #define DRAIN_POLL_MS 20
 
+/* Rows of the cache file read into memory per loop turn (about 2 ms). */
+#define FILL_ROWS 2048
+
 /* Closes everything; pending work not done by now fails unavailable. */
 static void close_all(daemon_t *d)
 {
     ms_redis_t *redis;
 
     uv_close((uv_handle_t *)&d->drain, NULL);
+    uv_close((uv_handle_t *)&d->fill_check, NULL);
+    uv_close((uv_handle_t *)&d->fill, NULL);
     ms_waits_close(&d->app);
     if (d->app.server != NULL)
         ms_server_close(d->app.server);
@@ -140,6 +147,44 @@ static int start_redis(daemon_t *d)
 }
 
 
+static void on_fill(uv_idle_t *h)
+{
+    daemon_t *d = h->data;
+
+    /* After a failure (the cache logs it), the check starts it again at
+     * the next turn that has events, rather than spinning. */
+    if (ms_cache_fill(d->app.cache, FILL_ROWS) != 0)
+        uv_idle_stop(h);
+}
+
+
+static void on_fill_check(uv_check_t *h)
+{
+    daemon_t *d = h->data;
+
+    if (!ms_cache_filled(d->app.cache))
+        uv_idle_start(&d->fill, on_fill);
+}
+
+
+/*
+ * The cache's index fills from the file after the cache opens and after
+ * a rolled-back transaction; reads go on meanwhile (see cache.h). Neither
+ * handle keeps the loop alive on its own.
+ */
+static void start_fill(daemon_t *d)
+{
+    uv_check_init(d->app.loop, &d->fill_check);
+    uv_idle_init(d->app.loop, &d->fill);
+    d->fill_check.data = d;
+    d->fill.data = d;
+    uv_unref((uv_handle_t *)&d->fill_check);
+    uv_unref((uv_handle_t *)&d->fill);
+    uv_check_start(&d->fill_check, on_fill_check);
+    on_fill_check(&d->fill_check);
+}
+
+
 static void start_signals(daemon_t *d)
 {
     uv_timer_init(d->app.loop, &d->drain);
@@ -230,6 +275,7 @@ static int run(daemon_t *d)
     ms_scrub_init(app);
     ms_registry_init(app);
     start_signals(d);
+    start_fill(d);
 
     if (ms_server_start(app, &err) < 0) {
         ms_log_error("cannot start server", "error=\"%s\"", err.msg);

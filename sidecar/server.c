@@ -48,6 +48,7 @@ struct ms_session_s {
     uv_pipe_t pipe;
     ms_frame_reader_t reader;
     msgpack_sbuffer out; /* replies not yet handed to uv_write */
+    msgpack_zone zone;   /* holds the request being handled */
     msgpack_packer packer;
     size_t frame_start;
     size_t in_flight;              /* bytes handed to uv_write, not yet done */
@@ -59,7 +60,6 @@ struct ms_session_s {
     bool eof; /* the client shut its side; answer, then close */
     bool reading;
     bool handling; /* inside handle_frames(): no recursion */
-    bool resume;   /* a request finished: handle held-back frames */
     int refs;
     unsigned pending; /* requests held by ms_session_hold() */
     size_t reserved;  /* reply bytes those requests may still produce */
@@ -72,7 +72,15 @@ typedef struct write_req_s {
     uv_write_t req;
     ms_session_t *session;
     msgpack_sbuffer buf;
+    size_t len; /* the bytes of buf handed to uv_write: its tail */
 } write_req_t;
+
+/* A session's request zone: its chunks, and a request that may keep one. */
+#define ZONE_CHUNK 2048
+#define ZONE_KEEP  (16 * 1024)
+
+/* A session's output buffer is kept between flushes up to this size. */
+#define OUTPUT_KEEP (64 * 1024)
 
 static void session_close(ms_session_t *s, const char *reason);
 static void session_flush(ms_session_t *s);
@@ -89,6 +97,7 @@ void ms_session_unref(ms_session_t *s)
         return;
     ms_frame_reader_free(&s->reader);
     msgpack_sbuffer_destroy(&s->out);
+    msgpack_zone_destroy(&s->zone);
     free(s->conn);
     free(s);
 }
@@ -142,6 +151,25 @@ void ms_session_bind(ms_session_t *s, const char *conn, size_t len)
 }
 
 
+msgpack_zone *ms_session_zone(ms_session_t *s)
+{
+    return &s->zone;
+}
+
+
+void ms_session_zone_done(ms_session_t *s, size_t frame_len)
+{
+    msgpack_zone_clear(&s->zone);
+
+    /* The zone keeps its last chunk: not one a large request needed. */
+    if (frame_len > ZONE_KEEP) {
+        msgpack_zone_destroy(&s->zone);
+        if (!msgpack_zone_init(&s->zone, ZONE_CHUNK))
+            ms_oom();
+    }
+}
+
+
 msgpack_packer *ms_session_reply_begin(ms_session_t *s)
 {
     /* ms_frame_begin only fails when memory runs out. */
@@ -183,7 +211,7 @@ static void on_write(uv_write_t *req, int status)
     write_req_t *w = (write_req_t *)req;
     ms_session_t *s = w->session;
 
-    s->in_flight -= w->buf.size;
+    s->in_flight -= w->len;
     msgpack_sbuffer_destroy(&w->buf);
     free(w);
 
@@ -195,26 +223,66 @@ static void on_write(uv_write_t *req, int status)
 }
 
 
-/* Hands the session's pending output to libuv in one write. */
+/*
+ * Tries to send the session's output at once, with one write(2) and no
+ * allocation: the usual case. Returns the bytes sent (0 when the socket
+ * is full or libuv still queues earlier output), or a negative libuv
+ * error.
+ */
+static int flush_now(ms_session_t *s)
+{
+    uv_buf_t buf = uv_buf_init(s->out.data, (unsigned)s->out.size);
+    int n;
+
+    /* Output already queued must go first. */
+    if (s->in_flight > 0)
+        return 0;
+    n = uv_try_write((uv_stream_t *)&s->pipe, &buf, 1);
+    if (n == UV_EAGAIN)
+        return 0;
+    if (n < 0 || (size_t)n < s->out.size)
+        return n;
+
+    s->out.size = 0;
+    if (s->out.alloc > OUTPUT_KEEP) {
+        msgpack_sbuffer_destroy(&s->out);
+        msgpack_sbuffer_init(&s->out);
+    }
+    return n;
+}
+
+
+/* Hands the session's pending output to libuv: sent now, or queued. */
 static void session_flush(ms_session_t *s)
 {
     write_req_t *w;
     uv_buf_t buf;
+    int sent;
     int rc;
 
     if (s->closed || s->out.size == 0)
         return;
+    sent = flush_now(s);
+    if (sent < 0) {
+        session_close(s, uv_strerror(sent));
+        return;
+    }
+    if (s->out.size == 0)
+        return;
+
+    /* The rest waits in libuv's queue; the buffer goes with it. */
     w = ms_malloc(sizeof(*w));
     w->session = s;
     w->buf = s->out;
+    w->len = w->buf.size - (size_t)sent;
     msgpack_sbuffer_init(&s->out);
-    buf = uv_buf_init(w->buf.data, (unsigned)w->buf.size);
-    s->in_flight += w->buf.size;
+    buf = uv_buf_init(w->buf.data + sent, (unsigned)w->len);
+    s->in_flight += w->len;
     ms_session_ref(s);
 
     rc = uv_write(&w->req, (uv_stream_t *)&s->pipe, &buf, 1, on_write);
     if (rc < 0) {
-        s->in_flight -= w->buf.size;
+        s->in_flight -= w->len;
         msgpack_sbuffer_destroy(&w->buf);
         free(w);
         ms_session_unref(s);
@@ -231,10 +299,10 @@ static void flush_dirty(ms_server_t *srv)
         srv->dirty = s->next_dirty;
         s->is_dirty = false;
         session_flush(s);
-        if (s->resume) {
-            s->resume = false;
-            handle_frames(s);
-        }
+
+        /* Output sent at once may end a stall no write callback will:
+         * frames held back wait, and a client that hung up is done. */
+        handle_frames(s);
         ms_session_unref(s);
     }
 }
@@ -382,10 +450,8 @@ void ms_session_release(ms_session_t *s, size_t reply_bytes)
 {
     s->pending--;
     s->reserved -= reply_bytes;
-    if (!s->closed) {
-        s->resume = true;
+    if (!s->closed)
         mark_dirty(s);
-    }
     ms_session_unref(s);
 }
 
@@ -456,6 +522,8 @@ static void on_connection(uv_stream_t *listener, int status)
     ms_frame_reader_init(&s->reader, srv->app->cfg->max_frame);
     msgpack_sbuffer_init(&s->out);
     msgpack_packer_init(&s->packer, &s->out, pack_write);
+    if (!msgpack_zone_init(&s->zone, ZONE_CHUNK))
+        ms_oom();
     uv_pipe_init(srv->app->loop, &s->pipe, 0);
     s->pipe.data = s;
     srv->open_handles++;

@@ -47,6 +47,14 @@ size_t ms_server_sessions(const ms_server_t *s);
 void ms_server_close(ms_server_t *s);
 
 /*
+ * The zone a request of this session is decoded into (reused, so that a
+ * request costs no allocation); ms_session_zone_done() empties it once
+ * the request of frame_len bytes has been handled.
+ */
+msgpack_zone *ms_session_zone(ms_session_t *s);
+void ms_session_zone_done(ms_session_t *s, size_t frame_len);
+
+/*
  * Starts a reply frame in the session's output and returns the packer to
  * pack one map into; ms_session_reply_end() completes the frame.
  */

@@ -51,6 +51,7 @@ struct write_s {
     size_t base_len;
     char *json; /* JSON text being written, NULL for a delete */
     size_t json_len;
+    msgpack_sbuffer mp;  /* the same value as msgpack, for the cache */
     unsigned turn_waits; /* times it waited for another sidecar's turn */
     bool has_timer;      /* timer initialised: free w in its close callback */
     uv_timer_t timer;    /* ends a wait for another sidecar's turn */
@@ -129,6 +130,7 @@ static void write_free(write_t *w)
     json_decref(w->update);
     free(w->base);
     free(w->json);
+    msgpack_sbuffer_destroy(&w->mp);
     free(w->owner);
     if (w->has_timer)
         uv_close((uv_handle_t *)&w->timer, on_timer_closed);
@@ -187,7 +189,7 @@ static int load_base(write_t *w, json_t **current, ms_error_t *err)
 
     *current = NULL;
     if (!w->have_base) {
-        if (ms_cache_get(app->cache, q->kind, q->id, q->id_len, &e) < 0)
+        if (ms_cache_get_json(app->cache, q->kind, q->id, q->id_len, &e) < 0)
             return ms_error_set(err, MS_EINTERNAL, "cache read failed");
         free(w->base);
         w->base = e.present ? ms_strndup(e.json, e.json_len) : NULL;
@@ -268,6 +270,23 @@ int ms_writes_call(ms_app_t *app, const ms_write_call_t *w,
 }
 
 
+/*
+ * The cache takes the value as msgpack too. Packing the tree gives the
+ * bytes converting the dumped text would (Jansson keeps key order, and
+ * reals are dumped to round-trip), without parsing it again.
+ */
+static int pack_written(write_t *w, const json_t *result, ms_error_t *err)
+{
+    msgpack_packer pk;
+
+    w->mp.size = 0;
+    msgpack_packer_init(&pk, &w->mp, msgpack_sbuffer_write);
+    if (ms_value_pack(result, &pk) < 0)
+        return ms_error_set(err, MS_ENOMEM, "out of memory");
+    return 0;
+}
+
+
 /* Computes the value to store and sends it to Redis. */
 static int write_start(write_t *w, ms_error_t *err)
 {
@@ -288,6 +307,8 @@ static int write_start(write_t *w, ms_error_t *err)
     w->json = NULL;
     if (result != NULL) {
         rc = ms_value_dump(result, &app->limits, &w->json, &w->json_len, err);
+        if (rc == 0)
+            rc = pack_written(w, result, err);
         json_decref(result);
         if (rc < 0)
             return rc;
@@ -327,18 +348,10 @@ static void apply_written(write_t *w, uint64_t version)
 {
     ms_app_t *app = w->app;
     queue_t *q = w->queue;
-    char *mp = NULL;
-    size_t mp_len = 0;
-    ms_error_t err;
+    const char *mp = w->json != NULL ? w->mp.data : NULL;
+    size_t mp_len = w->json != NULL ? w->mp.size : 0;
     int rc;
 
-    if (w->json != NULL &&
-        ms_value_json_to_msgpack(w->json, w->json_len, &app->limits, &mp,
-                                 &mp_len, &err) < 0) {
-        /* We produced this text ourselves; it always converts. */
-        ms_log_error("written value does not convert", "error=\"%s\"", err.msg);
-        return;
-    }
     rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version, w->json,
                         w->json_len, mp, mp_len, MS_APPLY_NEWER);
 
@@ -362,7 +375,6 @@ static void apply_written(write_t *w, uint64_t version)
         ms_waits_entry_changed(app, q->kind, q->id, q->id_len, version);
     else if (rc < 0)
         ms_mirror_cache_failed(app, version);
-    free(mp);
 }
 
 

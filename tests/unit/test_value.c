@@ -951,6 +951,49 @@ static void test_element_budget(void **state)
 }
 
 
+/*
+ * A sidecar caches its own write by packing the value it built, and
+ * every other sidecar by converting the JSON text Redis got: the bytes
+ * must be the same, or two sidecars would answer one value differently.
+ */
+static void test_pack_matches_text(void **state)
+{
+    static const char *const texts[] = {
+        "{\"z\":1,\"a\":{\"y\":[1,2.5,null],\"b\":\"x\"},\"m\":true}",
+        "[0.1,1e300,-0.0,2.0,-9223372036854775808,9223372036854775807]",
+        "{\"\\u00e9t\\u00e9\":\"\\ud83d\\ude00\",\"\":{}}",
+        "\"plain\"",
+        "{\"deep\":{\"a\":{\"b\":{\"c\":[[[]]]}}}}",
+    };
+    ms_value_limits_t lim = {.max_bytes = 65536, .max_depth = 32};
+    ms_error_t err = {0, ""};
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        json_t *v = NULL;
+        char *text = NULL, *mp = NULL;
+        size_t text_len = 0, mp_len = 0;
+
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        assert_int_equal(
+            ms_value_parse(texts[i], strlen(texts[i]), &lim, &v, &err), 0);
+        assert_int_equal(ms_value_pack(v, &pk), 0);
+        assert_int_equal(ms_value_dump(v, &lim, &text, &text_len, &err), 0);
+        assert_int_equal(
+            ms_value_json_to_msgpack(text, text_len, &lim, &mp, &mp_len, &err),
+            0);
+        assert_int_equal(sb.size, mp_len);
+        assert_memory_equal(sb.data, mp, mp_len);
+        free(text);
+        free(mp);
+        json_decref(v);
+        msgpack_sbuffer_destroy(&sb);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -975,6 +1018,7 @@ int main(void)
         cmocka_unit_test(test_dump_invalid_string),
         cmocka_unit_test(test_msgpack_bytes_refused),
         cmocka_unit_test(test_element_budget),
+        cmocka_unit_test(test_pack_matches_text),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
