@@ -35,6 +35,9 @@
 /* Short: the file is ours alone, and the loop must not stall on it. */
 #define CACHE_BUSY_MS 10
 
+/* An open transaction commits once it holds this many writes. */
+#define CACHE_GROUP_ROWS 8192
+
 /* Rows the index reads from the table when the cache opens. */
 #define CACHE_FILL_OPEN 4096
 
@@ -143,7 +146,9 @@ struct ms_cache_s {
     sqlite3_int64 changes_seen; /* total changes when that was known */
     char *buf; /* ms_cache_get_json's copy of the last row it found */
     size_t buf_cap;
-    bool in_txn;       /* between ms_cache_begin and commit */
+    bool in_txn;       /* a transaction is open (see ms_cache_flush) */
+    unsigned depth;    /* ms_cache_begin calls not yet committed */
+    unsigned txn_rows; /* writes made in the open transaction */
     ms_index_t *index; /* the entries table in memory (see cache.h) */
     bool index_full;   /* the index holds every row of the table */
     int fill_kind;     /* the refill's position: the last key it read */
@@ -166,16 +171,24 @@ static bool u64_fits(uint64_t v)
 
 
 /*
- * A transaction was rolled back: the index may hold changes the table
- * lost. It starts again empty and is refilled from the table.
+ * The index starts empty and fills from the table (ms_cache_fill): when
+ * the cache opens, and after a transaction is lost, so that memory holds
+ * what the file holds.
  */
-static void index_lost(ms_cache_t *c)
+static void index_reset(ms_cache_t *c)
 {
-    c->in_txn = false;
     ms_index_clear(c->index);
     c->index_full = false;
     c->fill_kind = -1;
     c->fill_len = 0;
+}
+
+
+static void txn_lost(ms_cache_t *c)
+{
+    c->in_txn = false;
+    c->txn_rows = 0;
+    index_reset(c);
 }
 
 
@@ -192,7 +205,7 @@ static int cache_fail(ms_cache_t *c, const char *op)
 
     /* SQLite rolls a transaction back itself on some errors (SQLITE_FULL). */
     if (c->in_txn && sqlite3_get_autocommit(c->db))
-        index_lost(c);
+        txn_lost(c);
     return MS_EINTERNAL;
 }
 
@@ -231,6 +244,57 @@ static int stmt_exec(ms_cache_t *c, int st, const char *op)
     if (st != ST_ROLLBACK)
         cache_worked(c);
     return 0;
+}
+
+
+static int load_gen(ms_cache_t *c);
+
+/* Every write runs in a transaction, opened by the first one. */
+static int txn_open(ms_cache_t *c)
+{
+    if (c->in_txn)
+        return 0;
+    if (stmt_exec(c, ST_BEGIN, "begin") < 0)
+        return MS_EINTERNAL;
+    c->in_txn = true;
+    c->txn_rows = 0;
+    return 0;
+}
+
+
+/*
+ * A failed COMMIT may leave the transaction open; it is rolled back so
+ * that later calls do not run inside it, and the generation is reread in
+ * case a resync_begin was part of the lost batch.
+ */
+static int txn_commit(ms_cache_t *c)
+{
+    if (stmt_exec(c, ST_COMMIT, "commit") == 0) {
+        c->in_txn = false;
+        c->txn_rows = 0;
+        return 0;
+    }
+
+    txn_lost(c);
+    if (!sqlite3_get_autocommit(c->db) &&
+        stmt_exec(c, ST_ROLLBACK, "rollback") < 0)
+        return MS_EINTERNAL;
+    if (load_gen(c) != SQLITE_OK)
+        cache_fail(c, "load generation");
+    return MS_EINTERNAL;
+}
+
+
+/*
+ * After a write outside begin/commit. While the file fails, each write
+ * is committed at once, so that the failure shows where it happens and
+ * memory goes back to what the file holds straight away.
+ */
+static int txn_settle(ms_cache_t *c)
+{
+    if (!c->failing || c->depth > 0 || !c->in_txn)
+        return 0;
+    return txn_commit(c);
 }
 
 
@@ -279,7 +343,12 @@ static int meta_write(ms_cache_t *c, const char *key, uint64_t value,
     if (sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC) != SQLITE_OK ||
         sqlite3_bind_int64(s, 2, (sqlite3_int64)value) != SQLITE_OK)
         return cache_fail(c, op);
-    return stmt_exec(c, ST_META_SET, op);
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
+    c->txn_rows++;
+    if (stmt_exec(c, ST_META_SET, op) < 0)
+        return MS_EINTERNAL;
+    return txn_settle(c);
 }
 
 
@@ -465,7 +534,7 @@ int ms_cache_open(const char *path, ms_cache_t **out, ms_error_t *err)
 
     /* A small cache is in memory at once; a large one fills as it serves. */
     c->index = ms_index_new();
-    index_lost(c);
+    index_reset(c);
     if (ms_cache_fill(c, CACHE_FILL_OPEN) < 0) {
         open_fail(c, path, "read entries", err);
         goto failed;
@@ -484,6 +553,10 @@ void ms_cache_close(ms_cache_t *c)
 {
     if (c == NULL)
         return;
+
+    /* A failure is logged; what it loses a restart loads again. */
+    if (c->db != NULL && c->stmt[ST_COMMIT] != NULL && ms_cache_flush(c) < 0)
+        ms_log_warn("cache file lost its last changes at close", NULL);
     for (int i = 0; i < ST_MAX; i++)
         sqlite3_finalize(c->stmt[i]);
 
@@ -604,6 +677,30 @@ static int bind_value(sqlite3_stmt *s, const char *json, size_t json_len,
 }
 
 
+/*
+ * The version guard, checked in memory first: a change it refuses costs
+ * no statement. Returns 1 to apply, 0 when the cache holds a newer
+ * version, or MS_EINTERNAL.
+ */
+static int index_allows(ms_cache_t *c, ms_kind_t kind, const char *id,
+                        size_t id_len, uint64_t version, ms_apply_mode_t mode)
+{
+    ms_cache_entry_t e;
+    ms_index_view_t v;
+
+    /* Until the index is full, an entry may be in the file alone. */
+    if (!c->index_full && !ms_index_find(c->index, kind, id, id_len, &v) &&
+        ms_cache_get(c, kind, id, id_len, &e) < 0)
+        return MS_EINTERNAL;
+    if (mode == MS_APPLY_ALWAYS ||
+        !ms_index_find(c->index, kind, id, id_len, &v))
+        return 1;
+    if (mode == MS_APPLY_NEWER)
+        return version > v.version;
+    return version >= v.version;
+}
+
+
 int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
                    uint64_t version, const char *json, size_t json_len,
                    const char *mp, size_t mp_len, ms_apply_mode_t mode)
@@ -638,12 +735,21 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
     if (rc != SQLITE_OK)
         return cache_fail(c, "apply");
 
+    rc = index_allows(c, kind, id, id_len, version, mode);
+    if (rc <= 0)
+        return rc;
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
     if (stmt_run(s) != SQLITE_DONE)
         return cache_fail(c, "apply");
-    cache_worked(c);
+    c->txn_rows++;
 
     if (sqlite3_changes(c->db) == 0)
         return 0;
+
+    /* While the file fails, memory takes only what the file took. */
+    if (txn_settle(c) < 0)
+        return MS_EINTERNAL;
     ms_index_put(c->index, kind, id, id_len, version, mp, mp_len, false);
     return 1;
 }
@@ -651,32 +757,35 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
 
 int ms_cache_begin(ms_cache_t *c)
 {
-    int rc = stmt_exec(c, ST_BEGIN, "begin");
-
-    c->in_txn = rc == 0;
-    return rc;
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
+    c->depth++;
+    return 0;
 }
 
 
-/*
- * A failed COMMIT may leave the transaction open; it is rolled back so
- * that later calls do not run inside it, and the generation is reread in
- * case a resync_begin was part of the lost batch.
- */
 int ms_cache_commit(ms_cache_t *c)
 {
-    if (stmt_exec(c, ST_COMMIT, "commit") == 0) {
-        c->in_txn = false;
+    if (c->depth > 0)
+        c->depth--;
+    if (c->depth > 0 || !c->in_txn ||
+        (c->txn_rows < CACHE_GROUP_ROWS && !c->failing))
         return 0;
-    }
+    return txn_commit(c);
+}
 
-    index_lost(c);
-    if (!sqlite3_get_autocommit(c->db) &&
-        stmt_exec(c, ST_ROLLBACK, "rollback") < 0)
-        return MS_EINTERNAL;
-    if (load_gen(c) != SQLITE_OK)
-        cache_fail(c, "load generation");
-    return MS_EINTERNAL;
+
+int ms_cache_flush(ms_cache_t *c)
+{
+    if (!c->in_txn || c->depth > 0)
+        return 0;
+    return txn_commit(c);
+}
+
+
+bool ms_cache_unflushed(const ms_cache_t *c)
+{
+    return c->in_txn;
 }
 
 
@@ -727,11 +836,14 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
     if (sqlite3_bind_int64(s, 1, (sqlite3_int64)seq) != SQLITE_OK ||
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK)
         return cache_fail(c, "resync_end");
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
 
     /* The tombstone takes version seq: the entry was gone by then. */
     gone = tombstone_rows(c, s, seq);
     if (gone < 0)
         return gone;
+    c->txn_rows += (unsigned)gone + 1;
 
     /*
      * A tombstone held from before is as old as the delete this cache
@@ -750,7 +862,7 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK ||
         stmt_run(s) != SQLITE_DONE)
         return cache_fail(c, "resync_end");
-    return gone;
+    return txn_settle(c) < 0 ? MS_EINTERNAL : gone;
 }
 
 
@@ -897,12 +1009,15 @@ int64_t ms_cache_max_version(ms_cache_t *c)
 
 int ms_cache_clear(ms_cache_t *c)
 {
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
+    c->txn_rows++;
     if (stmt_run(c->stmt[ST_CLEAR]) != SQLITE_DONE ||
         stmt_run(c->stmt[ST_MEMBERS_CLEAR]) != SQLITE_DONE)
         return cache_fail(c, "clear");
     ms_index_clear(c->index);
     c->index_full = true;
-    return 0;
+    return txn_settle(c);
 }
 
 
@@ -933,6 +1048,7 @@ static int member_write(ms_cache_t *c, int st, const char *room,
                         uint64_t version, bool present, uint64_t seq)
 {
     sqlite3_stmt *s = c->stmt[st];
+    int rc;
 
     if (!u64_fits(version) || !u64_fits(seq))
         return MS_EINVAL;
@@ -944,10 +1060,13 @@ static int member_write(ms_cache_t *c, int st, const char *room,
         (st == ST_MEMBER_LOAD &&
          sqlite3_bind_int64(s, 6, (sqlite3_int64)seq) != SQLITE_OK))
         return cache_fail(c, "member_apply");
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
     if (stmt_run(s) != SQLITE_DONE)
         return cache_fail(c, "member_apply");
-    cache_worked(c);
-    return sqlite3_changes(c->db) > 0 ? 1 : 0;
+    c->txn_rows++;
+    rc = sqlite3_changes(c->db) > 0 ? 1 : 0;
+    return txn_settle(c) < 0 ? MS_EINTERNAL : rc;
 }
 
 
@@ -979,10 +1098,12 @@ int ms_cache_member_drop_conn(ms_cache_t *c, const char *conn, size_t len,
         sqlite3_bind_int64(s, 2, (sqlite3_int64)version) != SQLITE_OK ||
         sqlite3_bind_int64(s, 3, (sqlite3_int64)c->gen) != SQLITE_OK)
         return cache_fail(c, "member_drop");
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
     if (stmt_run(s) != SQLITE_DONE)
         return cache_fail(c, "member_drop");
-    cache_worked(c);
-    return 0;
+    c->txn_rows++;
+    return txn_settle(c);
 }
 
 

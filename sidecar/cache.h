@@ -17,9 +17,11 @@
  *
  * Reads are served from memory: an index (index.h) holds every entry's
  * version and msgpack value, and every change made to the file is made to
- * it too. When the cache opens, and after a transaction is rolled back,
- * the index fills from the file in steps (ms_cache_fill); until it is
- * complete, a lookup it cannot answer reads the file.
+ * it too. When the cache opens, and after a transaction is lost (a full
+ * disk), the index fills from the file in steps (ms_cache_fill); until it
+ * is complete, a lookup it cannot answer reads the file. While the file
+ * fails, every write is committed on its own and memory takes only the
+ * writes the file took.
  *
  * The file uses WAL and prepared statements. Runs on the daemon's loop
  * thread only; not thread-safe.
@@ -97,9 +99,32 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
                    const char *mp, size_t mp_len,
                    ms_apply_mode_t mode) MS_MUST_CHECK;
 
-/* Groups many applies into one transaction. Not nestable. */
+/*
+ * Writes are grouped into transactions (group commit): the first write
+ * opens one, and it is committed by ms_cache_flush(), which the daemon
+ * calls once per loop turn, after the turn's replies have gone out (or
+ * at once by the write that brings it to 8192 rows). Memory has every
+ * change as soon as it is made; the file is behind by at most the open
+ * transaction, which a crash loses together with the position saved in
+ * it. A transaction that fails to commit is taken out of memory too:
+ * only a client that read its changes in that same loop turn saw them.
+ *
+ * begin/commit mark a group of writes that must not be split across two
+ * transactions (a load batch); they nest. commit returns a failure of
+ * the transaction, if it committed.
+ */
 int ms_cache_begin(ms_cache_t *c) MS_MUST_CHECK;
 int ms_cache_commit(ms_cache_t *c) MS_MUST_CHECK;
+
+/*
+ * Commits the open transaction, unless a begin is not yet committed.
+ * On failure the transaction is rolled back and MS_EINTERNAL returned:
+ * what it held is lost, and memory refills from the file (see above).
+ */
+int ms_cache_flush(ms_cache_t *c) MS_MUST_CHECK;
+
+/* Whether a transaction is open, waiting for ms_cache_flush(). */
+bool ms_cache_unflushed(const ms_cache_t *c);
 
 /* See the file comment. end returns the number of entries tombstoned. */
 int ms_cache_resync_begin(ms_cache_t *c) MS_MUST_CHECK;

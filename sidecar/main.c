@@ -29,9 +29,10 @@ typedef struct daemon_s {
     ms_app_t app;
     uv_signal_t sigterm;
     uv_signal_t sigint;
-    uv_timer_t drain;      /* watches the clients finish during a clean stop */
-    uv_check_t fill_check; /* sees when the cache's index needs filling */
-    uv_idle_t fill;        /* fills it a step per loop turn */
+    uv_timer_t drain;       /* watches the clients finish during a clean stop */
+    uv_check_t cache_check; /* starts the cache's index fill when needed */
+    uv_idle_t fill;         /* fills it a step per loop turn */
+    uv_prepare_t flush;     /* commits the cache's writes once per turn */
     uint64_t drain_deadline;
     bool stopping;
     bool failed; /* start-up failed: exit 1 once shut down */
@@ -49,8 +50,9 @@ static void close_all(daemon_t *d)
     ms_redis_t *redis;
 
     uv_close((uv_handle_t *)&d->drain, NULL);
-    uv_close((uv_handle_t *)&d->fill_check, NULL);
+    uv_close((uv_handle_t *)&d->cache_check, NULL);
     uv_close((uv_handle_t *)&d->fill, NULL);
+    uv_close((uv_handle_t *)&d->flush, NULL);
     ms_waits_close(&d->app);
     if (d->app.server != NULL)
         ms_server_close(d->app.server);
@@ -158,7 +160,23 @@ static void on_fill(uv_idle_t *h)
 }
 
 
-static void on_fill_check(uv_check_t *h)
+/*
+ * Before the loop waits for events, so after the replies of the turn
+ * have gone out. A lost transaction took the mirror's position with it:
+ * the mirror loads again.
+ */
+static void on_flush(uv_prepare_t *h)
+{
+    daemon_t *d = h->data;
+
+    if (!ms_cache_unflushed(d->app.cache))
+        return;
+    if (ms_cache_flush(d->app.cache) < 0)
+        ms_mirror_cache_failed(&d->app, 0);
+}
+
+
+static void on_cache_check(uv_check_t *h)
 {
     daemon_t *d = h->data;
 
@@ -169,19 +187,24 @@ static void on_fill_check(uv_check_t *h)
 
 /*
  * The cache's index fills from the file after the cache opens and after
- * a rolled-back transaction; reads go on meanwhile (see cache.h). Neither
- * handle keeps the loop alive on its own.
+ * a lost transaction, while reads go on; its writes are committed once
+ * per loop turn (see cache.h). None of these handles keeps the loop
+ * alive: closing the cache commits what is left.
  */
-static void start_fill(daemon_t *d)
+static void start_cache_upkeep(daemon_t *d)
 {
-    uv_check_init(d->app.loop, &d->fill_check);
+    uv_check_init(d->app.loop, &d->cache_check);
     uv_idle_init(d->app.loop, &d->fill);
-    d->fill_check.data = d;
+    uv_prepare_init(d->app.loop, &d->flush);
+    d->cache_check.data = d;
     d->fill.data = d;
-    uv_unref((uv_handle_t *)&d->fill_check);
+    d->flush.data = d;
+    uv_unref((uv_handle_t *)&d->cache_check);
     uv_unref((uv_handle_t *)&d->fill);
-    uv_check_start(&d->fill_check, on_fill_check);
-    on_fill_check(&d->fill_check);
+    uv_unref((uv_handle_t *)&d->flush);
+    uv_check_start(&d->cache_check, on_cache_check);
+    uv_prepare_start(&d->flush, on_flush);
+    on_cache_check(&d->cache_check);
 }
 
 
@@ -275,7 +298,7 @@ static int run(daemon_t *d)
     ms_scrub_init(app);
     ms_registry_init(app);
     start_signals(d);
-    start_fill(d);
+    start_cache_upkeep(d);
 
     if (ms_server_start(app, &err) < 0) {
         ms_log_error("cannot start server", "error=\"%s\"", err.msg);

@@ -52,9 +52,10 @@ struct ms_mirror_s {
     uint64_t caught;    /* changes read from the log by this catch-up */
     char run_id[48];    /* the Redis server process last synced with */
     uint64_t saved_run; /* run_prefix() of the run_id in the cache file */
-    unsigned cache_failures; /* changes the cache could not take */
-    bool cache_failing;      /* since the last sync that completed */
-    uv_timer_t retry;        /* restarts a failed load */
+    unsigned cache_failures;   /* changes the cache could not take */
+    unsigned failures_at_sync; /* cache_failures when this sync began */
+    bool cache_failing;        /* since the last sync that completed */
+    uv_timer_t retry;          /* restarts a failed load */
 };
 
 /* Changes per catch-up batch; how often the position is saved. */
@@ -220,9 +221,25 @@ static void sync_done(ms_app_t *app, uint64_t snapshot)
 {
     ms_mirror_t *m = app->mirror;
 
-    m->applied = snapshot > m->last_event ? snapshot : m->last_event;
-    m->positioned = true;
-    save_position(app);
+    /*
+     * Caught up means caught up in the file too. The cache commits its
+     * writes in groups (cache.h): one lost since the sync began may have
+     * held part of it, and the position is saved only after the rest
+     * is in.
+     */
+    if (ms_cache_flush(app->cache) < 0)
+        ms_mirror_cache_failed(app, 0);
+    if (m->cache_failures == m->failures_at_sync) {
+        m->applied = snapshot > m->last_event ? snapshot : m->last_event;
+        m->positioned = true;
+        save_position(app);
+        if (ms_cache_flush(app->cache) < 0)
+            ms_mirror_cache_failed(app, 0);
+    }
+    if (m->cache_failures != m->failures_at_sync) {
+        load_failed(app, "cache write failed");
+        return;
+    }
     m->loaded = true;
     if (m->cache_failing) {
         m->cache_failing = false;
@@ -699,6 +716,7 @@ static void sync_begin(ms_app_t *app, bool verify)
 {
     ms_mirror_t *m = app->mirror;
 
+    m->failures_at_sync = m->cache_failures;
     uv_timer_stop(&m->retry);
     m->gen++;
     if (!verify)

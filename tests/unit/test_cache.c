@@ -633,22 +633,77 @@ static void test_invalid_arguments(void **state)
 }
 
 
+/* Rows another connection sees in the file: what is committed. */
+static int committed_rows(const char *path)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int n;
+
+    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
+                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM entries", -1, &s, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    n = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return n;
+}
+
+
+/*
+ * Writes are grouped: memory has them at once, the file once flushed,
+ * never in the middle of a begin/commit group (which nests), and at the
+ * latest when a transaction reaches 8192 rows.
+ */
 static void test_transaction(void **state)
 {
-    ms_cache_t *c = ((fixture_t *)*state)->c;
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    char path[128], id[16];
+    ms_cache_t *c;
+
+    dir_path(f, "txn.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    c = f->c;
+    assert_false(ms_cache_unflushed(c));
 
     assert_int_equal(ms_cache_begin(c), 0);
     assert_int_equal(put(c, "a", 1, "1", MS_APPLY_NEWER), 1);
-    expect_conn(c, "a", 1, "1");
-
-    /* Not nestable: the second begin fails and leaves the first open. */
-    assert_int_equal(ms_cache_begin(c), MS_EINTERNAL);
+    assert_int_equal(ms_cache_begin(c), 0);
     assert_int_equal(put(c, "b", 2, "2", MS_APPLY_NEWER), 1);
     assert_int_equal(ms_cache_commit(c), 0);
-    assert_int_equal(ms_cache_commit(c), MS_EINTERNAL);
+    assert_int_equal(ms_cache_flush(c), 0); /* inside the outer group */
+    assert_true(ms_cache_unflushed(c));
+    assert_int_equal(committed_rows(path), 0);
+    expect_conn(c, "a", 1, "1");
 
+    assert_int_equal(ms_cache_commit(c), 0);
+    assert_int_equal(committed_rows(path), 0);
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_false(ms_cache_unflushed(c));
+    assert_int_equal(committed_rows(path), 2);
+
+    /* A write on its own opens a transaction too. */
     assert_int_equal(put(c, "c", 3, "3", MS_APPLY_NEWER), 1);
-    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 3);
+    assert_true(ms_cache_unflushed(c));
+    assert_int_equal(committed_rows(path), 2);
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_int_equal(committed_rows(path), 3);
+
+    /* A group that reaches 8192 rows commits when it ends. */
+    assert_int_equal(ms_cache_begin(c), 0);
+    for (int i = 0; i < 8192; i++) {
+        snprintf(id, sizeof(id), "n%d", i);
+        assert_int_equal(put(c, id, 10 + (uint64_t)i, "0", MS_APPLY_NEWER), 1);
+    }
+    assert_true(ms_cache_unflushed(c));
+    assert_int_equal(ms_cache_commit(c), 0);
+    assert_false(ms_cache_unflushed(c));
+    assert_int_equal(committed_rows(path), 3 + 8192);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 3 + 8192);
 }
 
 
@@ -737,6 +792,7 @@ static void put_many(ms_cache_t *c, int n, const char *json)
                              1);
     }
     assert_int_equal(ms_cache_commit(c), 0);
+    assert_int_equal(ms_cache_flush(c), 0);
 }
 
 
@@ -801,21 +857,23 @@ static void test_index_fill(void **state)
 
 
 /*
- * A transaction that fails (here: the file may not grow) is rolled back;
- * memory must not keep what the file lost.
+ * A transaction that fails to commit (here: the file may not grow) is
+ * lost, from memory too, which refills from the file; while the file
+ * fails, writes commit one by one and memory takes only what it took.
  */
-static void test_index_after_rollback(void **state)
+static void test_failed_commit(void **state)
 {
+    enum { HUGE = 512 * 1024 };
     fixture_t *f = *state;
     ms_error_t err = {0};
     struct rlimit old, low;
     char big[4096];
     char path[128];
     char id[32];
-    int failed_at = -1;
-    int rc;
+    char *huge;
+    int rc = 0;
 
-    dir_path(f, "rollback.db", path, sizeof(path));
+    dir_path(f, "failed.db", path, sizeof(path));
     assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
     put_many(f->c, 100, "\"kept\"");
 
@@ -828,26 +886,46 @@ static void test_index_after_rollback(void **state)
     low.rlim_cur = 256 * 1024;
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &low), 0);
 
-    assert_int_equal(ms_cache_begin(f->c), 0);
-    for (int i = 0; i < 1000 && failed_at < 0; i++) {
-        snprintf(id, sizeof(id), "k%d", i % 100);
-        if (put(f->c, id, 1000 + (uint64_t)i, big, MS_APPLY_NEWER) < 0)
-            failed_at = i;
+    /* Grouped writes reach memory; the commit fails and takes them out. */
+    for (int i = 0; i < 60 && rc >= 0; i++) {
+        snprintf(id, sizeof(id), "k%d", i);
+        rc = put(f->c, id, 1000 + (uint64_t)i, big, MS_APPLY_NEWER);
     }
-    rc = ms_cache_commit(f->c);
-    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
-    assert_true(failed_at >= 0 || rc < 0);
-    if (failed_at >= 0 && rc == 0)
-        skip(); /* SQLite kept the transaction: nothing was lost */
-
-    /* What the file holds is read back, in steps, as on a start. */
+    if (rc >= 0)
+        rc = ms_cache_flush(f->c);
+    assert_true(rc < 0);
+    assert_false(ms_cache_unflushed(f->c));
     assert_false(ms_cache_filled(f->c));
     expect_many(f->c, 100, "\"kept\"");
+
+    /* Failing now: a write the file refuses stays out of memory. */
+    huge = malloc(HUGE);
+    assert_non_null(huge);
+    memset(huge, 'y', HUGE - 1);
+    huge[0] = huge[HUGE - 2] = '"';
+    huge[HUGE - 1] = '\0';
+    assert_true(put(f->c, "k99", 5000, huge, MS_APPLY_NEWER) < 0);
+    free(huge);
+    assert_false(ms_cache_unflushed(f->c));
+    expect_many(f->c, 100, "\"kept\"");
+
+    /* Space returns: writes commit on their own until one works. */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    assert_int_equal(put(f->c, "k99", 5001, "\"back\"", MS_APPLY_NEWER), 1);
+    assert_false(ms_cache_unflushed(f->c));
+    expect_conn(f->c, "k99", 5001, "\"back\"");
+    assert_int_equal(put(f->c, "k98", 5002, "\"grouped\"", MS_APPLY_NEWER), 1);
+    assert_true(ms_cache_unflushed(f->c));
+    assert_int_equal(ms_cache_flush(f->c), 0);
+    expect_conn(f->c, "k98", 5002, "\"grouped\"");
+
+    /* What was refilled and what came after is all in the file too. */
     for (int i = 0; i < 100 && (rc = ms_cache_fill(f->c, 16)) == 0; i++)
         ;
     assert_int_equal(rc, 1);
-    expect_many(f->c, 100, "\"kept\"");
+    expect_many(f->c, 98, "\"kept\"");
 }
+
 
 static void write_file(const char *path, const void *data, size_t len)
 {
@@ -1127,7 +1205,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_invalid_arguments, setup_mem,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_transaction, setup_mem, teardown),
+        cmocka_unit_test_setup_teardown(test_transaction, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_bulk, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_warm_restart, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_max_version_and_clear, setup_mem,
@@ -1140,7 +1218,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_members, setup_mem, teardown),
         cmocka_unit_test_setup_teardown(test_index_fill, setup_dir, teardown),
-        cmocka_unit_test_setup_teardown(test_index_after_rollback, setup_dir,
+        cmocka_unit_test_setup_teardown(test_failed_commit, setup_dir,
                                         teardown),
     };
 
