@@ -25,9 +25,12 @@ CREATE TABLE IF NOT EXISTS entries (
     -- applied only if its version is newer; a resync load replaces
     -- anything no newer than the sequence it read.
     version INTEGER NOT NULL CHECK (version >= 0),
-    -- The value as JSON text, exactly as Redis holds it. NULL marks a
-    -- tombstone: the entry was deleted by the change at `version`, and
-    -- the row stays so that a late, older change cannot revive it.
+    -- The value as JSON text, as Redis holds it (rows written after a
+    -- load into an empty file hold the same value as meshsync writes
+    -- JSON, which can differ in form from text others wrote). NULL
+    -- marks a tombstone: the entry was deleted by the change at
+    -- `version`, and the row stays so that a late, older change cannot
+    -- revive it.
     json    TEXT,
     -- The same value encoded as msgpack, ready to copy into a reply;
     -- NULL exactly when json is NULL.

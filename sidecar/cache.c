@@ -16,6 +16,7 @@
  * (unknown kind or mode, a version or value above 2^63-1, only one of
  * json/mp) return MS_EINVAL without logging.
  */
+#define _GNU_SOURCE /* qsort_r */
 #include "cache.h"
 
 #include <errno.h>
@@ -29,6 +30,7 @@
 #include "alloc.h"
 #include "index.h"
 #include "log.h"
+#include "value.h"
 
 #define CACHE_SCHEMA_VERSION 2
 
@@ -151,6 +153,8 @@ struct ms_cache_s {
     unsigned txn_rows; /* writes made in the open transaction */
     ms_index_t *index; /* the entries table in memory (see cache.h) */
     bool index_full;   /* the index holds every row of the table */
+    bool cold;         /* a resync into an empty file: memory only */
+    bool ahead;        /* memory holds rows the file has yet to get */
     int fill_kind;     /* the refill's position: the last key it read */
     char *fill_id;
     size_t fill_len;
@@ -184,11 +188,18 @@ static void index_reset(ms_cache_t *c)
 }
 
 
+/*
+ * Memory goes back to the file, unless it is ahead of it: then it is the
+ * only complete copy, and all of it is written to the file again.
+ */
 static void txn_lost(ms_cache_t *c)
 {
     c->in_txn = false;
     c->txn_rows = 0;
-    index_reset(c);
+    if (c->ahead)
+        ms_index_dirty_all(c->index);
+    else
+        index_reset(c);
 }
 
 
@@ -625,7 +636,7 @@ int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
         if (rc < 0 || (!e->present && e->version == 0))
             return rc;
         ms_index_put(c->index, kind, id, id_len, e->version, e->mp, e->mp_len,
-                     false);
+                     0);
         memset(e, 0, sizeof(*e));
         if (!ms_index_find(c->index, kind, id, id_len, &v))
             return 0;
@@ -638,15 +649,53 @@ int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
 }
 
 
+/*
+ * While the file lacks a row, its JSON is memory's value as meshsync
+ * writes JSON (for a value written by someone else, the text
+ * may differ from Redis's in form: a merge based on it then costs one
+ * more round trip, write.lua's check answering with Redis's text).
+ */
+static int json_from_memory(ms_cache_t *c, const ms_index_view_t *v,
+                            ms_cache_entry_t *e)
+{
+    ms_error_t err;
+    char *json;
+    size_t len;
+
+    e->version = v->version;
+    if (!v->present)
+        return 0;
+    if (ms_value_msgpack_to_json(v->mp, v->mp_len, NULL, &json, &len, &err) < 0)
+        return MS_EINTERNAL;
+    if (len + 1 + v->mp_len > c->buf_cap) {
+        c->buf_cap = len + 1 + v->mp_len;
+        c->buf = ms_realloc(c->buf, c->buf_cap);
+    }
+    memcpy(c->buf, json, len);
+    c->buf[len] = '\0';
+    memcpy(c->buf + len + 1, v->mp, v->mp_len);
+    free(json);
+    e->present = true;
+    e->json = c->buf;
+    e->json_len = len;
+    e->mp = c->buf + len + 1;
+    e->mp_len = v->mp_len;
+    return 0;
+}
+
+
 int ms_cache_get_json(ms_cache_t *c, ms_kind_t kind, const char *id,
                       size_t id_len, ms_cache_entry_t *e)
 {
     sqlite3_stmt *s = c->stmt[ST_GET];
+    ms_index_view_t v;
     int rc;
 
     memset(e, 0, sizeof(*e));
     if (!kind_valid(kind))
         return MS_EINVAL;
+    if (c->ahead && ms_index_find(c->index, kind, id, id_len, &v) && v.dirty)
+        return json_from_memory(c, &v, e);
     if (bind_key(s, kind, id, id_len) != SQLITE_OK)
         return cache_fail(c, "get");
 
@@ -738,6 +787,13 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
     rc = index_allows(c, kind, id, id_len, version, mode);
     if (rc <= 0)
         return rc;
+
+    /* A cold load goes to memory; the file gets it in key order after. */
+    if (c->cold && mode == MS_APPLY_ALWAYS) {
+        ms_index_put(c->index, kind, id, id_len, version, mp, mp_len,
+                     MS_INDEX_DIRTY);
+        return 1;
+    }
     if (txn_open(c) < 0)
         return MS_EINTERNAL;
     if (stmt_run(s) != SQLITE_DONE)
@@ -750,7 +806,7 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
     /* While the file fails, memory takes only what the file took. */
     if (txn_settle(c) < 0)
         return MS_EINTERNAL;
-    ms_index_put(c->index, kind, id, id_len, version, mp, mp_len, false);
+    ms_index_put(c->index, kind, id, id_len, version, mp, mp_len, 0);
     return 1;
 }
 
@@ -796,6 +852,11 @@ int ms_cache_resync_begin(ms_cache_t *c)
     if (meta_write(c, CACHE_GEN_KEY, next, "resync_begin") < 0)
         return MS_EINTERNAL;
     c->gen = next;
+
+    /* Empty in memory, and memory holds all the file: the file is empty. */
+    c->cold = c->index_full && ms_index_count(c->index) == 0;
+    if (c->cold)
+        c->ahead = true;
     return 0;
 }
 
@@ -816,7 +877,7 @@ static int tombstone_rows(ms_cache_t *c, sqlite3_stmt *s, uint64_t seq)
         if (id == NULL)
             ms_oom();
         ms_index_put(c->index, (unsigned)sqlite3_column_int(s, 0), id,
-                     (size_t)sqlite3_column_bytes(s, 1), seq, NULL, 0, false);
+                     (size_t)sqlite3_column_bytes(s, 1), seq, NULL, 0, 0);
         n++;
     }
     sqlite3_reset(s);
@@ -855,6 +916,8 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK ||
         tombstone_rows(c, s, seq) < 0)
         return cache_fail(c, "resync_end");
+
+    c->cold = false;
 
     /* Memberships the load did not see have ended, as entries have. */
     s = c->stmt[ST_MEMBERS_RESYNC_END];
@@ -900,7 +963,7 @@ int ms_cache_fill(ms_cache_t *c, unsigned rows)
             ms_oom();
         ms_index_put(c->index, (unsigned)sqlite3_column_int(s, 0), id, len,
                      (uint64_t)sqlite3_column_int64(s, 2), mp,
-                     (size_t)sqlite3_column_bytes(s, 3), true);
+                     (size_t)sqlite3_column_bytes(s, 3), MS_INDEX_ONLY_NEW);
         if (++n == rows)
             fill_moved(c, s, id, len);
     }
@@ -910,6 +973,176 @@ int ms_cache_fill(ms_cache_t *c, unsigned rows)
     if (n < rows)
         c->index_full = true;
     return c->index_full ? 1 : 0;
+}
+
+
+/*
+ * The keys of the rows memory holds and the file lacks, copied so that
+ * they can be sorted on another thread: each record is the kind, then
+ * the id's length (4 bytes) and bytes; order[] lists record offsets.
+ */
+struct ms_cache_persist_s {
+    char *keys;
+    size_t len;
+    size_t cap;
+    uint32_t *order;
+    size_t n;
+    size_t cap_n;
+    size_t next; /* the next record to write */
+};
+
+
+static void persist_add(void *arg, unsigned kind, const char *id, size_t len)
+{
+    ms_cache_persist_t *p = arg;
+    uint32_t len32 = (uint32_t)len;
+
+    if (p->len + 5 + len > p->cap) {
+        p->cap = (p->len + 5 + len) * 2;
+        p->keys = ms_realloc(p->keys, p->cap);
+    }
+    if (p->n == p->cap_n) {
+        p->cap_n = p->cap_n ? p->cap_n * 2 : 1024;
+        p->order = ms_realloc(p->order, p->cap_n * sizeof(*p->order));
+    }
+    p->order[p->n++] = (uint32_t)p->len;
+    p->keys[p->len] = (char)kind;
+    memcpy(p->keys + p->len + 1, &len32, 4);
+    memcpy(p->keys + p->len + 5, id, len);
+    p->len += 5 + len;
+}
+
+
+static void record_key(const ms_cache_persist_t *p, uint32_t off,
+                       unsigned *kind, const char **id, size_t *len)
+{
+    uint32_t len32;
+
+    *kind = (unsigned char)p->keys[off];
+    memcpy(&len32, p->keys + off + 1, 4);
+    *id = p->keys + off + 5;
+    *len = len32;
+}
+
+
+ms_cache_persist_t *ms_cache_persist_new(ms_cache_t *c)
+{
+    ms_cache_persist_t *p;
+
+    /* Not while the cold load still runs; ahead until all is committed. */
+    if (c->cold || !c->ahead)
+        return NULL;
+    p = ms_calloc(1, sizeof(*p));
+    ms_index_walk_dirty(c->index, persist_add, p);
+    if (p->n == 0 && !c->in_txn) {
+        ms_cache_persist_free(p);
+        c->ahead = false;
+        return NULL;
+    }
+    return p;
+}
+
+
+/* The file's order: kind, then id bytes (SQLite's BINARY collation). */
+static int compare_records(const void *a, const void *b, void *arg)
+{
+    const ms_cache_persist_t *p = arg;
+    unsigned ka, kb;
+    const char *ia, *ib;
+    size_t la, lb;
+    int rc;
+
+    record_key(p, *(const uint32_t *)a, &ka, &ia, &la);
+    record_key(p, *(const uint32_t *)b, &kb, &ib, &lb);
+    if (ka != kb)
+        return ka < kb ? -1 : 1;
+    rc = memcmp(ia, ib, la < lb ? la : lb);
+    if (rc != 0 || la == lb)
+        return rc;
+    return la < lb ? -1 : 1;
+}
+
+
+void ms_cache_persist_sort(ms_cache_persist_t *p)
+{
+    qsort_r(p->order, p->n, sizeof(*p->order), compare_records, p);
+}
+
+
+/* Writes memory's copy of one row, at its version, to the file. */
+static int persist_row(ms_cache_t *c, unsigned kind, const char *id, size_t len,
+                       const ms_index_view_t *v)
+{
+    sqlite3_stmt *s = c->stmt[ST_APPLY_ALWAYS];
+    char *json = NULL;
+    size_t json_len = 0;
+    ms_error_t err;
+    int rc;
+
+    if (v->present && ms_value_msgpack_to_json(v->mp, v->mp_len, NULL, &json,
+                                               &json_len, &err) < 0)
+        return MS_EINTERNAL;
+    rc = bind_key(s, (ms_kind_t)kind, id, len);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)v->version);
+    if (rc == SQLITE_OK)
+        rc = bind_value(s, json, json_len, v->mp, v->mp_len);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)c->gen);
+    if (rc == SQLITE_OK)
+        rc = stmt_run(s) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+    free(json);
+    if (rc != SQLITE_OK)
+        return cache_fail(c, "persist");
+    c->txn_rows++;
+    return 0;
+}
+
+
+int ms_cache_persist_step(ms_cache_t *c, ms_cache_persist_t *p, unsigned rows)
+{
+    ms_index_view_t v;
+
+    /* While the file fails, the next successful write resumes this. */
+    if (c->failing)
+        return MS_EINTERNAL;
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
+    for (unsigned i = 0; i < rows && p->next < p->n; i++, p->next++) {
+        unsigned kind;
+        const char *id;
+        size_t len;
+
+        record_key(p, p->order[p->next], &kind, &id, &len);
+        if (!ms_index_find(c->index, kind, id, len, &v) || !v.dirty)
+            continue;
+        if (persist_row(c, kind, id, len, &v) < 0)
+            return MS_EINTERNAL;
+        ms_index_clean(c->index, kind, id, len);
+    }
+    return p->next == p->n ? 1 : 0;
+}
+
+
+void ms_cache_persist_free(ms_cache_persist_t *p)
+{
+    if (p == NULL)
+        return;
+    free(p->keys);
+    free(p->order);
+    free(p);
+}
+
+
+bool ms_cache_ahead(const ms_cache_t *c)
+{
+    return c->ahead;
+}
+
+
+bool ms_cache_persist_wanted(const ms_cache_t *c)
+{
+    return c->ahead && !c->cold;
 }
 
 
@@ -927,6 +1160,8 @@ int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind)
 
     if (!kind_valid(kind))
         return MS_EINVAL;
+    if (c->ahead)
+        return (int64_t)ms_index_count_live(c->index, kind);
     if (sqlite3_bind_int(s, 1, (int)kind) != SQLITE_OK)
         return cache_fail(c, "count");
 
@@ -961,6 +1196,45 @@ static void row_view(sqlite3_stmt *s, ms_cache_entry_t *e, const char **id,
 }
 
 
+/* Rows a memory list takes per scan of the index. */
+#define LIST_CHUNK 1024
+
+/*
+ * While memory is ahead of the file, lists come from memory, a chunk of
+ * ids at a time, each chunk a scan of the index (a few milliseconds per
+ * 100,000 entries).
+ */
+static int list_memory(ms_cache_t *c, ms_kind_t kind, const char *after,
+                       size_t after_len, ms_cache_list_cb fn, void *arg)
+{
+    ms_index_item_t *items = ms_malloc(LIST_CHUNK * sizeof(*items));
+    char *last = NULL;
+    size_t n;
+    int stop = 0;
+
+    do {
+        n = ms_index_page(c->index, kind, after, after_len, LIST_CHUNK, items);
+        for (size_t i = 0; i < n && stop == 0; i++) {
+            ms_cache_entry_t e = {.version = items[i].v.version,
+                                  .present = true,
+                                  .mp = items[i].v.mp,
+                                  .mp_len = items[i].v.mp_len};
+
+            stop = fn(arg, items[i].id, items[i].id_len, &e);
+        }
+        if (n > 0 && stop == 0) {
+            free(last);
+            last = ms_strndup(items[n - 1].id, items[n - 1].id_len);
+            after = last;
+            after_len = items[n - 1].id_len;
+        }
+    } while (n == LIST_CHUNK && stop == 0);
+    free(last);
+    free(items);
+    return stop != 0 ? 1 : 0;
+}
+
+
 int ms_cache_list(ms_cache_t *c, ms_kind_t kind, const char *after,
                   size_t after_len, ms_cache_list_cb fn, void *arg)
 {
@@ -973,6 +1247,8 @@ int ms_cache_list(ms_cache_t *c, ms_kind_t kind, const char *after,
 
     if (!kind_valid(kind) || (after == NULL && after_len > 0))
         return MS_EINVAL;
+    if (c->ahead)
+        return list_memory(c, kind, after, after_len, fn, arg);
     if (bind_key(s, kind, after, after_len) != SQLITE_OK)
         return cache_fail(c, "list");
 
@@ -1003,6 +1279,8 @@ int64_t ms_cache_max_version(ms_cache_t *c)
     sqlite3_reset(s);
     if (rc != SQLITE_ROW)
         return cache_fail(c, "max_version");
+    if (c->ahead && ms_index_max_version(c->index) > (uint64_t)v)
+        v = (int64_t)ms_index_max_version(c->index);
     return v;
 }
 
@@ -1017,6 +1295,7 @@ int ms_cache_clear(ms_cache_t *c)
         return cache_fail(c, "clear");
     ms_index_clear(c->index);
     c->index_full = true;
+    c->cold = c->ahead = false;
     return txn_settle(c);
 }
 
@@ -1107,6 +1386,22 @@ int ms_cache_member_drop_conn(ms_cache_t *c, const char *conn, size_t len,
 }
 
 
+/* While memory is ahead of the file, a member's metadata is memory's. */
+static void member_entry_from_memory(ms_cache_t *c, const char *conn,
+                                     size_t len, ms_cache_entry_t *e)
+{
+    ms_index_view_t v;
+
+    memset(e, 0, sizeof(*e));
+    if (!ms_index_find(c->index, MS_KIND_CONN, conn, len, &v))
+        return;
+    e->version = v.version;
+    e->present = v.present;
+    e->mp = v.mp;
+    e->mp_len = v.mp_len;
+}
+
+
 int ms_cache_members(ms_cache_t *c, const char *room, size_t room_len,
                      const char *after, size_t after_len, ms_cache_list_cb fn,
                      void *arg)
@@ -1135,6 +1430,8 @@ int ms_cache_members(ms_cache_t *c, const char *room, size_t room_len,
         e.mp = sqlite3_column_blob(s, 2);
         e.mp_len = (size_t)sqlite3_column_bytes(s, 2);
         e.present = e.json != NULL;
+        if (c->ahead)
+            member_entry_from_memory(c, id, id_len, &e);
         stop = fn(arg, id, id_len, &e);
     }
 

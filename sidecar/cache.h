@@ -126,6 +126,38 @@ int ms_cache_flush(ms_cache_t *c) MS_MUST_CHECK;
 /* Whether a transaction is open, waiting for ms_cache_flush(). */
 bool ms_cache_unflushed(const ms_cache_t *c);
 
+/*
+ * A full load into an empty file (a cold start, or after Redis lost its
+ * data) goes to memory only: random inserts into a B-tree larger than
+ * SQLite's page cache cost a page read and a page write each, minutes at
+ * a million rows. Memory is then ahead of the file (ms_cache_ahead): the
+ * rows it lacks are written afterwards in the file's key order, a few at
+ * a time, so that each page is written once:
+ *
+ *   p = ms_cache_persist_new(c);        loop thread, once the load is
+ *                                       over; NULL: nothing left
+ *   ms_cache_persist_sort(p);           any thread: touches p only
+ *   ms_cache_persist_step(c, p, rows);  loop thread, until it returns 1
+ *   ms_cache_persist_free(p);
+ *
+ * and again until ms_cache_persist_new() returns NULL, when everything
+ * is committed and the cache is no longer ahead. Meanwhile reads are
+ * served from memory as usual, lists and counts (from the file) are
+ * incomplete, a merge's JSON comes from memory (see ms_cache_get_json),
+ * and the caller must not record a sync position in the file. A lost
+ * transaction leaves memory as it is and marks every row to be written
+ * again. persist_step returns 1 when p is done, 0 while rows remain,
+ * MS_EINTERNAL when the file fails (try again later).
+ */
+typedef struct ms_cache_persist_s ms_cache_persist_t;
+bool ms_cache_ahead(const ms_cache_t *c);
+bool ms_cache_persist_wanted(const ms_cache_t *c); /* ahead, load over */
+ms_cache_persist_t *ms_cache_persist_new(ms_cache_t *c);
+void ms_cache_persist_sort(ms_cache_persist_t *p);
+int ms_cache_persist_step(ms_cache_t *c, ms_cache_persist_t *p,
+                          unsigned rows) MS_MUST_CHECK;
+void ms_cache_persist_free(ms_cache_persist_t *p);
+
 /* See the file comment. end returns the number of entries tombstoned. */
 int ms_cache_resync_begin(ms_cache_t *c) MS_MUST_CHECK;
 int ms_cache_resync_end(ms_cache_t *c, uint64_t seq) MS_MUST_CHECK;
@@ -141,9 +173,10 @@ int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind);
 
 /*
  * Called by ms_cache_list() for each entry: id (id_len bytes) and e point
- * into SQLite's current row, valid during the call only (e->json and id
- * are NUL-terminated). It returns 0 for the next entry, anything else to
- * stop, and must not call into the cache.
+ * into SQLite's current row or into memory, valid during the call only
+ * (e->json is NULL while memory is ahead of the file). It returns 0 for
+ * the next entry, anything else to stop, and must not call into the
+ * cache.
  */
 typedef int (*ms_cache_list_cb)(void *arg, const char *id, size_t id_len,
                                 const ms_cache_entry_t *e);

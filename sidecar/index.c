@@ -24,6 +24,7 @@ typedef struct entry_s {
     uint32_t id_len;
     uint8_t kind;
     uint8_t present;
+    uint8_t dirty;
     char data[]; /* id_len bytes of id, then mp_len bytes of value */
 } entry_t;
 
@@ -96,6 +97,7 @@ bool ms_index_find(const ms_index_t *ix, unsigned kind, const char *id,
         return false;
     v->version = e->version;
     v->present = e->present;
+    v->dirty = e->dirty;
     v->mp = e->present ? e->data + e->id_len : NULL;
     v->mp_len = e->mp_len;
     return true;
@@ -128,13 +130,13 @@ static void grow(ms_index_t *ix)
 
 void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
                   uint64_t version, const char *mp, size_t mp_len,
-                  bool only_new)
+                  unsigned flags)
 {
     uint32_t hash = hash_key(kind, id, id_len);
     size_t i = slot_of(ix, hash, kind, id, id_len);
     entry_t *e = ix->slots[i];
 
-    if (e != NULL && only_new)
+    if (e != NULL && (flags & MS_INDEX_ONLY_NEW))
         return;
     if (mp == NULL)
         mp_len = 0;
@@ -155,9 +157,158 @@ void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
 
     e->version = version;
     e->present = mp != NULL;
+    e->dirty = (flags & MS_INDEX_DIRTY) != 0;
     e->mp_len = (uint32_t)mp_len;
     if (mp_len > 0)
         memcpy(e->data + id_len, mp, mp_len);
+}
+
+
+void ms_index_clean(ms_index_t *ix, unsigned kind, const char *id,
+                    size_t id_len)
+{
+    uint32_t hash = hash_key(kind, id, id_len);
+    entry_t *e = ix->slots[slot_of(ix, hash, kind, id, id_len)];
+
+    if (e != NULL)
+        e->dirty = 0;
+}
+
+
+void ms_index_dirty_all(ms_index_t *ix)
+{
+    for (size_t i = 0; i <= ix->mask; i++) {
+        if (ix->slots[i] != NULL)
+            ix->slots[i]->dirty = 1;
+    }
+}
+
+
+size_t ms_index_count_live(const ms_index_t *ix, unsigned kind)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i <= ix->mask; i++) {
+        const entry_t *e = ix->slots[i];
+
+        n += e != NULL && e->kind == kind && e->present;
+    }
+    return n;
+}
+
+
+uint64_t ms_index_max_version(const ms_index_t *ix)
+{
+    uint64_t max = 0;
+
+    for (size_t i = 0; i <= ix->mask; i++) {
+        const entry_t *e = ix->slots[i];
+
+        if (e != NULL && e->version > max)
+            max = e->version;
+    }
+    return max;
+}
+
+
+void ms_index_walk_dirty(const ms_index_t *ix, ms_index_key_cb fn, void *arg)
+{
+    for (size_t i = 0; i <= ix->mask; i++) {
+        const entry_t *e = ix->slots[i];
+
+        if (e != NULL && e->dirty)
+            fn(arg, e->kind, e->data, e->id_len);
+    }
+}
+
+
+/* Byte order, a prefix first: SQLite's BINARY collation. */
+static int id_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    size_t n = alen < blen ? alen : blen;
+    int rc = n > 0 ? memcmp(a, b, n) : 0;
+
+    if (rc != 0 || alen == blen)
+        return rc;
+    return alen < blen ? -1 : 1;
+}
+
+
+static int item_cmp(const ms_index_item_t *a, const ms_index_item_t *b)
+{
+    return id_cmp(a->id, a->id_len, b->id, b->id_len);
+}
+
+
+/* out[0..n) is a max-heap on id: restores it from slot i down. */
+static void heap_down(ms_index_item_t *out, size_t n, size_t i)
+{
+    for (;;) {
+        size_t big = i, l = 2 * i + 1, r = 2 * i + 2;
+        ms_index_item_t t;
+
+        if (l < n && item_cmp(&out[l], &out[big]) > 0)
+            big = l;
+        if (r < n && item_cmp(&out[r], &out[big]) > 0)
+            big = r;
+        if (big == i)
+            return;
+        t = out[i];
+        out[i] = out[big];
+        out[big] = t;
+        i = big;
+    }
+}
+
+
+static void heap_up(ms_index_item_t *out, size_t i)
+{
+    while (i > 0 && item_cmp(&out[(i - 1) / 2], &out[i]) < 0) {
+        ms_index_item_t t = out[i];
+
+        out[i] = out[(i - 1) / 2];
+        out[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+
+static int item_qsort_cmp(const void *a, const void *b)
+{
+    return item_cmp(a, b);
+}
+
+
+size_t ms_index_page(const ms_index_t *ix, unsigned kind, const char *after,
+                     size_t after_len, size_t max, ms_index_item_t *out)
+{
+    size_t n = 0;
+
+    /* Keeps the max smallest ids seen so far, the largest on top. */
+    for (size_t i = 0; i <= ix->mask && max > 0; i++) {
+        const entry_t *e = ix->slots[i];
+        ms_index_item_t it;
+
+        if (e == NULL || e->kind != kind || !e->present ||
+            id_cmp(e->data, e->id_len, after, after_len) <= 0)
+            continue;
+        it.id = e->data;
+        it.id_len = e->id_len;
+        it.v.version = e->version;
+        it.v.present = true;
+        it.v.dirty = e->dirty;
+        it.v.mp = e->data + e->id_len;
+        it.v.mp_len = e->mp_len;
+        if (n < max) {
+            out[n] = it;
+            heap_up(out, n++);
+        } else if (item_cmp(&it, &out[0]) < 0) {
+            out[0] = it;
+            heap_down(out, n, 0);
+        }
+    }
+    qsort(out, n, sizeof(*out), item_qsort_cmp);
+    return n;
 }
 
 

@@ -25,6 +25,7 @@ typedef struct ms_index_s ms_index_t;
 typedef struct ms_index_view_s {
     uint64_t version;
     bool present;   /* false for a tombstone */
+    bool dirty;     /* not yet written to the file (see cache.h) */
     const char *mp; /* the value, NULL for a tombstone */
     size_t mp_len;
 } ms_index_view_t;
@@ -40,14 +41,49 @@ void ms_index_free(ms_index_t *ix);
 bool ms_index_find(const ms_index_t *ix, unsigned kind, const char *id,
                    size_t id_len, ms_index_view_t *v);
 
+/* ms_index_put's flags. */
+#define MS_INDEX_ONLY_NEW 1u /* leave an entry the index holds as it is */
+#define MS_INDEX_DIRTY    2u /* mark it not yet written to the file */
+
 /*
  * Stores (kind, id) at version with the value mp (copied), or as a
- * tombstone when mp is NULL, replacing what the index held. With
- * only_new, an entry the index already holds is left as it is.
+ * tombstone when mp is NULL, replacing what the index held.
  */
 void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
                   uint64_t version, const char *mp, size_t mp_len,
-                  bool only_new);
+                  unsigned flags);
+
+/* Marks (kind, id), if held, as written to the file. */
+void ms_index_clean(ms_index_t *ix, unsigned kind, const char *id,
+                    size_t id_len);
+
+/* Marks every entry dirty. */
+void ms_index_dirty_all(ms_index_t *ix);
+
+/* Live (non-tombstone) entries of a kind; the highest version held. */
+size_t ms_index_count_live(const ms_index_t *ix, unsigned kind);
+uint64_t ms_index_max_version(const ms_index_t *ix);
+
+/* An entry with its key, as ms_index_page() returns it. */
+typedef struct ms_index_item_s {
+    const char *id;
+    size_t id_len;
+    ms_index_view_t v;
+} ms_index_item_t;
+
+/*
+ * The first `max` live entries of a kind whose ids sort after `after`
+ * (bytewise, shorter first on a tie), in that order, into out[]; returns
+ * how many. A scan of the whole index: for lists while the file cannot
+ * give them (cache.h). Pointers valid until the next put or clear.
+ */
+size_t ms_index_page(const ms_index_t *ix, unsigned kind, const char *after,
+                     size_t after_len, size_t max, ms_index_item_t *out);
+
+/* Calls fn with the key of every dirty entry, in no particular order. */
+typedef void (*ms_index_key_cb)(void *arg, unsigned kind, const char *id,
+                                size_t id_len);
+void ms_index_walk_dirty(const ms_index_t *ix, ms_index_key_cb fn, void *arg);
 
 /* Forgets every entry. */
 void ms_index_clear(ms_index_t *ix);

@@ -33,6 +33,11 @@ typedef struct daemon_s {
     uv_check_t cache_check; /* starts the cache's index fill when needed */
     uv_idle_t fill;         /* fills it a step per loop turn */
     uv_prepare_t flush;     /* commits the cache's writes once per turn */
+    uv_idle_t persist_idle; /* writes rows memory has and the file lacks */
+    uv_work_t sort_work;    /* sorts them first, on the thread pool */
+    ms_cache_persist_t *persist; /* the rows being sorted or written */
+    bool persist_sorted;
+    bool closed; /* close_all ran: a sort finishing now only frees */
     uint64_t drain_deadline;
     bool stopping;
     bool failed; /* start-up failed: exit 1 once shut down */
@@ -44,6 +49,10 @@ typedef struct daemon_s {
 /* Rows of the cache file read into memory per loop turn (about 2 ms). */
 #define FILL_ROWS 2048
 
+/* Rows written to the cache file per loop turn after a cold load (about
+ * 3 ms: each is also turned into JSON). */
+#define PERSIST_ROWS 500
+
 /* Closes everything; pending work not done by now fails unavailable. */
 static void close_all(daemon_t *d)
 {
@@ -53,6 +62,12 @@ static void close_all(daemon_t *d)
     uv_close((uv_handle_t *)&d->cache_check, NULL);
     uv_close((uv_handle_t *)&d->fill, NULL);
     uv_close((uv_handle_t *)&d->flush, NULL);
+    uv_close((uv_handle_t *)&d->persist_idle, NULL);
+    d->closed = true;
+    if (d->persist_sorted || d->persist == NULL) {
+        ms_cache_persist_free(d->persist);
+        d->persist = NULL;
+    }
     ms_waits_close(&d->app);
     if (d->app.server != NULL)
         ms_server_close(d->app.server);
@@ -176,12 +191,79 @@ static void on_flush(uv_prepare_t *h)
 }
 
 
+static void on_persist_step(uv_idle_t *h)
+{
+    daemon_t *d = h->data;
+    int rc = ms_cache_persist_step(d->app.cache, d->persist, PERSIST_ROWS);
+
+    /* After a failure, the check starts it again at a later turn. */
+    if (rc == 0)
+        return;
+    uv_idle_stop(h);
+    if (rc == 1) {
+        ms_cache_persist_free(d->persist);
+        d->persist = NULL;
+    }
+}
+
+
+static void on_sort(uv_work_t *w)
+{
+    daemon_t *d = w->data;
+
+    ms_cache_persist_sort(d->persist);
+}
+
+
+static void on_sorted(uv_work_t *w, int status)
+{
+    daemon_t *d = w->data;
+
+    (void)status;
+    if (d->closed) {
+        ms_cache_persist_free(d->persist);
+        d->persist = NULL;
+        return;
+    }
+    d->persist_sorted = true;
+    uv_idle_start(&d->persist_idle, on_persist_step);
+}
+
+
+/*
+ * After a cold load, memory is ahead of the cache file (cache.h): its
+ * rows are sorted off the loop, then written a few per turn. Once none
+ * is left, the mirror may record its position in the file.
+ */
+static void persist_next(daemon_t *d)
+{
+    d->persist = ms_cache_persist_new(d->app.cache);
+    d->persist_sorted = false;
+    if (d->persist == NULL) {
+        if (!ms_cache_ahead(d->app.cache))
+            ms_mirror_cache_persisted(&d->app);
+        return;
+    }
+    d->sort_work.data = d;
+    if (uv_queue_work(d->app.loop, &d->sort_work, on_sort, on_sorted) < 0) {
+        ms_cache_persist_free(d->persist);
+        d->persist = NULL;
+    }
+}
+
+
 static void on_cache_check(uv_check_t *h)
 {
     daemon_t *d = h->data;
 
     if (!ms_cache_filled(d->app.cache))
         uv_idle_start(&d->fill, on_fill);
+    if (!ms_cache_persist_wanted(d->app.cache) || d->stopping)
+        return;
+    if (d->persist == NULL)
+        persist_next(d);
+    else if (d->persist_sorted)
+        uv_idle_start(&d->persist_idle, on_persist_step);
 }
 
 
@@ -196,12 +278,15 @@ static void start_cache_upkeep(daemon_t *d)
     uv_check_init(d->app.loop, &d->cache_check);
     uv_idle_init(d->app.loop, &d->fill);
     uv_prepare_init(d->app.loop, &d->flush);
+    uv_idle_init(d->app.loop, &d->persist_idle);
     d->cache_check.data = d;
     d->fill.data = d;
     d->flush.data = d;
+    d->persist_idle.data = d;
     uv_unref((uv_handle_t *)&d->cache_check);
     uv_unref((uv_handle_t *)&d->fill);
     uv_unref((uv_handle_t *)&d->flush);
+    uv_unref((uv_handle_t *)&d->persist_idle);
     uv_check_start(&d->cache_check, on_cache_check);
     uv_prepare_start(&d->flush, on_flush);
     on_cache_check(&d->cache_check);

@@ -203,6 +203,9 @@ static void save_position(ms_app_t *app)
 {
     ms_mirror_t *m = app->mirror;
 
+    /* Rows still only in memory would be skipped by a catch-up. */
+    if (ms_cache_ahead(app->cache))
+        return;
     m->unsaved = 0;
     m->saved_run = run_prefix(m->run_id, strlen(m->run_id));
     if (ms_cache_meta_set(app->cache, "applied", m->applied) < 0 ||
@@ -792,6 +795,15 @@ void ms_mirror_cache_failed(ms_app_t *app, uint64_t version)
         if (m->live)
             uv_timer_start(&m->retry, on_retry, LOAD_RETRY_MS, 0);
     }
+}
+
+
+void ms_mirror_cache_persisted(ms_app_t *app)
+{
+    ms_mirror_t *m = app->mirror;
+
+    if (m != NULL && m->loaded && m->positioned)
+        save_position(app);
 }
 
 

@@ -65,6 +65,12 @@ uint64_t ms_mirror_high(const ms_app_t *app);
 void ms_mirror_saw_version(ms_app_t *app, uint64_t version);
 
 /*
+ * The cache file has caught up with memory after a cold load (cache.h):
+ * the sync position may go into it now.
+ */
+void ms_mirror_cache_persisted(ms_app_t *app);
+
+/*
  * The cache could not take the change of this version (0: a value
  * without one): a full disk, an I/O error. Reads go on from what the
  * cache holds, marked stale, while a catch-up from the change log is

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cache.h"
+#include "value.h"
 
 typedef struct {
     char dir[64]; /* the temp directory, "" for :memory: tests */
@@ -927,6 +928,219 @@ static void test_failed_commit(void **state)
 }
 
 
+/* As put(), with the value's real msgpack: the cache converts it back. */
+static int put_mp(ms_cache_t *c, const char *id, uint64_t version,
+                  const char *json, ms_apply_mode_t mode)
+{
+    ms_error_t err;
+    char *mp;
+    size_t mp_len;
+    int rc;
+
+    assert_int_equal(
+        ms_value_json_to_msgpack(json, strlen(json), NULL, &mp, &mp_len, &err),
+        0);
+    rc = ms_cache_apply(c, MS_KIND_CONN, id, strlen(id), version, json,
+                        strlen(json), mp, mp_len, mode);
+    free(mp);
+    return rc;
+}
+
+
+/* A connection's version and JSON, its msgpack converted back. */
+static void expect_mp(ms_cache_t *c, const char *id, uint64_t version,
+                      const char *json)
+{
+    ms_cache_entry_t e;
+    ms_error_t err;
+    char *back;
+    size_t back_len;
+
+    assert_int_equal(lookup(c, MS_KIND_CONN, id, strlen(id), &e), 0);
+    assert_int_equal(e.version, version);
+    assert_true(e.present);
+    assert_string_equal(e.json, json);
+    assert_int_equal(
+        ms_value_msgpack_to_json(e.mp, e.mp_len, NULL, &back, &back_len, &err),
+        0);
+    assert_int_equal(back_len, strlen(json));
+    assert_memory_equal(back, json, back_len);
+    free(back);
+}
+
+
+/* Counts listed entries and checks they come in strictly rising order. */
+typedef struct {
+    int n;
+    char last[32];
+    size_t last_len;
+} order_t;
+
+static int order_cb(void *arg, const char *id, size_t id_len,
+                    const ms_cache_entry_t *e)
+{
+    order_t *o = arg;
+    size_t common = id_len < o->last_len ? id_len : o->last_len;
+    int rc = memcmp(o->last, id, common);
+
+    assert_true(e->present);
+    assert_true(id_len < sizeof(o->last));
+    assert_true(o->n == 0 || rc < 0 || (rc == 0 && o->last_len < id_len));
+    memcpy(o->last, id, id_len);
+    o->last_len = id_len;
+    o->n++;
+    return 0;
+}
+
+
+/* Runs the cold load's write-behind to its end, as the daemon does. */
+static void persist_all(ms_cache_t *c)
+{
+    ms_cache_persist_t *p;
+    int rounds = 0;
+
+    while ((p = ms_cache_persist_new(c)) != NULL) {
+        int rc;
+
+        assert_true(++rounds < 10);
+        ms_cache_persist_sort(p);
+        for (int i = 0; i < 1000 && (rc = ms_cache_persist_step(c, p, 64)) == 0;
+             i++)
+            ;
+        assert_int_equal(rc, 1);
+        ms_cache_persist_free(p);
+        assert_int_equal(ms_cache_flush(c), 0);
+    }
+    assert_false(ms_cache_ahead(c));
+}
+
+
+/*
+ * A full load into an empty file goes to memory; the file gets the rows
+ * afterwards, in key order, without overwriting what changed meanwhile.
+ */
+static void test_cold_load(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    ms_cache_entry_t e;
+    char path[128], id[32], json[64];
+    ms_cache_t *c;
+
+    dir_path(f, "cold.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    c = f->c;
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    for (int i = 0; i < 3000; i++) {
+        snprintf(id, sizeof(id), "k%d", (i * 7919) % 3000);
+        snprintf(json, sizeof(json), "{\"n\":%d,\"s\":\"%s\"}", i, id);
+        assert_int_equal(put_mp(c, id, 10, json, MS_APPLY_ALWAYS), 1);
+    }
+    assert_true(ms_cache_ahead(c));
+    assert_false(ms_cache_persist_wanted(c)); /* the load is not over */
+    assert_null(ms_cache_persist_new(c));
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_int_equal(committed_rows(path), 0);
+    assert_true(ms_cache_ahead(c));
+
+    /* Served from memory; counted from it; a merge's JSON from it too. */
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 3000);
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "k0", 2, &e), 0);
+    assert_true(e.present);
+    assert_int_equal(ms_cache_get_json(c, MS_KIND_CONN, "k0", 2, &e), 0);
+    assert_string_equal(e.json, "{\"n\":0,\"s\":\"k0\"}");
+
+    /* Lists come from memory meanwhile: all of it, in order, by chunks. */
+    {
+        order_t o = {0};
+
+        assert_int_equal(ms_cache_list(c, MS_KIND_CONN, NULL, 0, order_cb, &o),
+                         0);
+        assert_int_equal(o.n, 3000);
+        o = (order_t){0};
+        assert_int_equal(ms_cache_list(c, MS_KIND_CONN, "k5", 2, order_cb, &o),
+                         0);
+        assert_int_equal(o.n, 5 * 111 - 1); /* k5.., k6.. to k9.., not k5 */
+    }
+
+    /* A change meanwhile goes to the file at once, and stays. */
+    assert_int_equal(put_mp(c, "k1", 20, "\"new\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(put_mp(c, "extra", 21, "\"x\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_resync_end(c, 15), 0);
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_int_equal(committed_rows(path), 2);
+
+    persist_all(c);
+    assert_int_equal(committed_rows(path), 3001);
+    expect_mp(c, "k1", 20, "\"new\"");
+    expect_mp(c, "extra", 21, "\"x\"");
+    for (int i = 0; i < 3000; i++) {
+        snprintf(id, sizeof(id), "k%d", (i * 7919) % 3000);
+        snprintf(json, sizeof(json), "{\"n\":%d,\"s\":\"%s\"}", i, id);
+        if (strcmp(id, "k1") != 0)
+            expect_mp(c, id, 10, json);
+    }
+
+    /* And it all reads back the same from the file alone. */
+    ms_cache_close(c);
+    f->c = NULL;
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    assert_false(ms_cache_ahead(f->c));
+    expect_mp(f->c, "k1", 20, "\"new\"");
+    assert_int_equal(ms_cache_count(f->c, MS_KIND_CONN), 3001);
+}
+
+
+/* A write-behind transaction lost to a full disk is written again. */
+static void test_cold_load_lost(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    struct rlimit old, low;
+    ms_cache_persist_t *p;
+    char path[128], id[32], big[2048];
+    ms_cache_t *c;
+    int rc = 0;
+
+    memset(big, 'z', sizeof(big) - 1);
+    big[0] = big[sizeof(big) - 2] = '"';
+    big[sizeof(big) - 1] = '\0';
+    dir_path(f, "lost.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    c = f->c;
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    for (int i = 0; i < 400; i++) {
+        snprintf(id, sizeof(id), "k%d", i);
+        assert_int_equal(put_mp(c, id, 5, big, MS_APPLY_ALWAYS), 1);
+    }
+    assert_int_equal(ms_cache_resync_end(c, 5), 0);
+
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    low = old;
+    low.rlim_cur = 256 * 1024;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &low), 0);
+    p = ms_cache_persist_new(c);
+    assert_non_null(p);
+    ms_cache_persist_sort(p);
+    for (int i = 0; i < 100 && rc == 0; i++) {
+        rc = ms_cache_persist_step(c, p, 50);
+        if (rc >= 0)
+            rc = ms_cache_flush(c) < 0 ? -1 : rc;
+    }
+    ms_cache_persist_free(p);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    assert_true(rc < 0);
+
+    /* Memory kept everything; the file gets all of it once it can. */
+    assert_true(ms_cache_ahead(c));
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 400);
+    assert_int_equal(put_mp(c, "probe", 9, "1", MS_APPLY_NEWER), 1);
+    persist_all(c);
+    assert_int_equal(committed_rows(path), 401);
+    expect_mp(c, "k399", 5, big);
+}
+
 static void write_file(const char *path, const void *data, size_t len)
 {
     FILE *fp = fopen(path, "wb");
@@ -1219,6 +1433,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_members, setup_mem, teardown),
         cmocka_unit_test_setup_teardown(test_index_fill, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_failed_commit, setup_dir,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cold_load, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_cold_load_lost, setup_dir,
                                         teardown),
     };
 
