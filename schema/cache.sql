@@ -8,7 +8,11 @@
 -- -wal and -shm) is safe while the daemon is stopped.
 --
 -- On open the daemon also sets PRAGMA journal_mode=WAL (stored in the
--- file) and PRAGMA synchronous=NORMAL (per connection). To look inside:
+-- file), PRAGMA cache_size=-512 and PRAGMA synchronous=OFF (per
+-- connection): the file is never fsynced, so it survives a crash of the
+-- daemon but not one of the machine, and a file last opened in an
+-- earlier boot (meta key 'boot') is emptied and loaded again from Redis.
+-- To look inside:
 --   sqlite3 cache.db 'SELECT kind, id, version, json FROM entries'
 -- The comments inside each CREATE TABLE are kept by SQLite and shown
 -- by the sqlite3 tool's .schema command.
@@ -47,7 +51,9 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS meta (
     -- A name. 'resync_generation' belongs to the cache: the generation
     -- of the latest resync, bumped when one begins (absent before the
-    -- first). Other keys are reserved for the mirror's own state.
+    -- first); so does 'boot', 60 bits of the kernel's boot_id when the
+    -- file was last opened. Other keys are reserved for the mirror's
+    -- own state.
     key     TEXT PRIMARY KEY,
     -- An unsigned 64-bit value no larger than 2^63-1: never negative.
     value   INTEGER NOT NULL

@@ -17,9 +17,9 @@
 
 #define INDEX_MIN_SLOTS 1024
 
-typedef struct entry_s {
+/* Packed: a hundred thousand entries make every byte here count. */
+typedef struct __attribute__((packed)) entry_s {
     uint64_t version;
-    uint32_t hash;
     uint32_t mp_len;
     uint32_t id_len;
     uint8_t kind;
@@ -32,6 +32,7 @@ struct ms_index_s {
     entry_t **slots;
     size_t mask; /* number of slots - 1; a power of two */
     size_t count;
+    size_t live[2]; /* entries with a value, of kinds 0 and 1 */
 };
 
 
@@ -47,11 +48,10 @@ static uint32_t hash_key(unsigned kind, const char *id, size_t len)
 }
 
 
-static bool entry_is(const entry_t *e, uint32_t hash, unsigned kind,
-                     const char *id, size_t len)
+static bool entry_is(const entry_t *e, unsigned kind, const char *id,
+                     size_t len)
 {
-    return e->hash == hash && e->kind == kind && e->id_len == len &&
-           memcmp(e->data, id, len) == 0;
+    return e->id_len == len && e->kind == kind && memcmp(e->data, id, len) == 0;
 }
 
 
@@ -61,7 +61,7 @@ static size_t slot_of(const ms_index_t *ix, uint32_t hash, unsigned kind,
 {
     size_t i = hash & ix->mask;
 
-    while (ix->slots[i] != NULL && !entry_is(ix->slots[i], hash, kind, id, len))
+    while (ix->slots[i] != NULL && !entry_is(ix->slots[i], kind, id, len))
         i = (i + 1) & ix->mask;
     return i;
 }
@@ -119,7 +119,7 @@ static void grow(ms_index_t *ix)
 
         if (old[i] == NULL)
             continue;
-        j = old[i]->hash & ix->mask;
+        j = hash_key(old[i]->kind, old[i]->data, old[i]->id_len) & ix->mask;
         while (ix->slots[j] != NULL)
             j = (j + 1) & ix->mask;
         ix->slots[j] = old[i];
@@ -135,6 +135,7 @@ void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
     uint32_t hash = hash_key(kind, id, id_len);
     size_t i = slot_of(ix, hash, kind, id, id_len);
     entry_t *e = ix->slots[i];
+    bool was_present = e != NULL && e->present;
 
     if (e != NULL && (flags & MS_INDEX_ONLY_NEW))
         return;
@@ -145,7 +146,6 @@ void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
         grow(ix);
         i = slot_of(ix, hash, kind, id, id_len);
         e = ms_malloc(offsetof(entry_t, data) + id_len + mp_len);
-        e->hash = hash;
         e->kind = (uint8_t)kind;
         e->id_len = (uint32_t)id_len;
         memcpy(e->data, id, id_len);
@@ -155,6 +155,12 @@ void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
     }
     ix->slots[i] = e;
 
+    if (kind < 2 && was_present != (mp != NULL)) {
+        if (was_present)
+            ix->live[kind]--;
+        else
+            ix->live[kind]++;
+    }
     e->version = version;
     e->present = mp != NULL;
     e->dirty = (flags & MS_INDEX_DIRTY) != 0;
@@ -186,14 +192,7 @@ void ms_index_dirty_all(ms_index_t *ix)
 
 size_t ms_index_count_live(const ms_index_t *ix, unsigned kind)
 {
-    size_t n = 0;
-
-    for (size_t i = 0; i <= ix->mask; i++) {
-        const entry_t *e = ix->slots[i];
-
-        n += e != NULL && e->kind == kind && e->present;
-    }
-    return n;
+    return kind < 2 ? ix->live[kind] : 0;
 }
 
 
@@ -319,6 +318,7 @@ void ms_index_clear(ms_index_t *ix)
         ix->slots[i] = NULL;
     }
     ix->count = 0;
+    ix->live[0] = ix->live[1] = 0;
 }
 
 

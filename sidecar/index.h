@@ -60,7 +60,8 @@ void ms_index_clean(ms_index_t *ix, unsigned kind, const char *id,
 /* Marks every entry dirty. */
 void ms_index_dirty_all(ms_index_t *ix);
 
-/* Live (non-tombstone) entries of a kind; the highest version held. */
+/* Live (non-tombstone) entries of a kind (kept count: no scan); the
+ * highest version held (a scan). */
 size_t ms_index_count_live(const ms_index_t *ix, unsigned kind);
 uint64_t ms_index_max_version(const ms_index_t *ix);
 

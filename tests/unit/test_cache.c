@@ -1141,6 +1141,43 @@ static void test_cold_load_lost(void **state)
     expect_mp(c, "k399", 5, big);
 }
 
+/* A file last opened in another boot of the machine is not trusted. */
+static void test_other_boot(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    uint64_t v = 0;
+    char path[128];
+    sqlite3 *db;
+
+    dir_path(f, "boot.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    put_many(f->c, 10, "\"x\"");
+    assert_int_equal(ms_cache_meta_set(f->c, "applied", 10), 0);
+    ms_cache_close(f->c);
+    f->c = NULL;
+
+    /* The same boot: as it was. */
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    assert_int_equal(ms_cache_count(f->c, MS_KIND_CONN), 9);
+    ms_cache_close(f->c);
+    f->c = NULL;
+
+    /* Another boot: emptied, position and all. */
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE meta SET value = value + 1 "
+                                  "WHERE key = 'boot'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_changes(db), 1);
+    sqlite3_close(db);
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    assert_int_equal(ms_cache_count(f->c, MS_KIND_CONN), 0);
+    assert_int_equal(ms_cache_meta_get(f->c, "applied", &v), MS_EINVAL);
+    assert_int_equal(committed_rows(path), 0);
+}
+
 static void write_file(const char *path, const void *data, size_t len)
 {
     FILE *fp = fopen(path, "wb");
@@ -1435,6 +1472,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_commit, setup_dir,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cold_load, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_other_boot, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_cold_load_lost, setup_dir,
                                         teardown),
     };
