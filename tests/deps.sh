@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages meshsync needs to build, test and run the
-# demo, if any is missing. Run by tests/demo.sh and
+# Installs the Debian 12 packages meshsync needs to build, test, run the
+# demo and draw the benchmark's plot (gnuplot), if any is missing. Run by tests/demo.sh and
 # tests/run.sh; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -8,6 +8,7 @@ MESHSYNC_PACKAGES=(
   build-essential cmake pkg-config clang-format
   libuv1-dev libhiredis-dev libmsgpack-dev libsqlite3-dev libjansson-dev
   libcmocka-dev redis-server redis-tools
+  gnuplot-nox
 )
 
 missing=()
