@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages meshsync needs to build, test, run the
-# demo and draw the benchmark's plot (gnuplot), if any is missing. Run by tests/demo.sh and
-# tests/run.sh; needs root (or sudo) only when something is missing.
+# demo and draw the benchmark's plot (gnuplot), if any is missing. Run by
+# tests/demo.sh and tests/run.sh; needs root (or sudo) only when
+# something is missing.
 set -euo pipefail
 
 MESHSYNC_PACKAGES=(
