@@ -39,6 +39,18 @@
 /* Short: the file is ours alone, and the loop must not stall on it. */
 #define CACHE_BUSY_MS 10
 
+/* A change in memory that the file gets at the next flush. */
+typedef struct pending_s {
+    struct pending_s *next;
+    uint64_t version;
+    unsigned kind;
+    size_t id_len;
+    size_t json_len; /* 0 and no bytes for a delete (json NULL) */
+    size_t mp_len;
+    bool deleted;
+    char data[]; /* id, json, mp */
+} pending_t;
+
 /* An open transaction commits once it holds this many writes. */
 #define CACHE_GROUP_ROWS 8192
 
@@ -153,14 +165,16 @@ struct ms_cache_s {
     sqlite3_int64 changes_seen; /* total changes when that was known */
     char *buf; /* ms_cache_get_json's copy of the last row it found */
     size_t buf_cap;
-    bool in_txn;       /* a transaction is open (see ms_cache_flush) */
-    unsigned depth;    /* ms_cache_begin calls not yet committed */
-    unsigned txn_rows; /* writes made in the open transaction */
-    ms_index_t *index; /* the entries table in memory (see cache.h) */
-    bool index_full;   /* the index holds every row of the table */
-    bool cold;         /* a resync into an empty file: memory only */
-    bool ahead;        /* memory holds rows the file has yet to get */
-    int fill_kind;     /* the refill's position: the last key it read */
+    bool in_txn;               /* a transaction is open (see ms_cache_flush) */
+    unsigned depth;            /* ms_cache_begin calls not yet committed */
+    unsigned txn_rows;         /* writes made in the open transaction */
+    ms_index_t *index;         /* the entries table in memory (see cache.h) */
+    bool index_full;           /* the index holds every row of the table */
+    struct pending_s *pending; /* ms_cache_apply_soon's rows, oldest first */
+    struct pending_s **pending_tail;
+    bool cold;     /* a resync into an empty file: memory only */
+    bool ahead;    /* memory holds rows the file has yet to get */
+    int fill_kind; /* the refill's position: the last key it read */
     char *fill_id;
     size_t fill_len;
 };
@@ -197,10 +211,13 @@ static void index_reset(ms_cache_t *c)
  * Memory goes back to the file, unless it is ahead of it: then it is the
  * only complete copy, and all of it is written to the file again.
  */
+static void pending_drop(ms_cache_t *c);
+
 static void txn_lost(ms_cache_t *c)
 {
     c->in_txn = false;
     c->txn_rows = 0;
+    pending_drop(c);
     if (c->ahead)
         ms_index_dirty_all(c->index);
     else
@@ -596,6 +613,7 @@ int ms_cache_open(const char *path, ms_cache_t **out, ms_error_t *err)
 
     *out = NULL;
     c->lock_fd = -1;
+    c->pending_tail = &c->pending;
     if (lock_file(c, path, err) < 0)
         goto failed;
     if (sqlite3_open_v2(path, &c->db, flags, NULL) != SQLITE_OK) {
@@ -719,10 +737,11 @@ int ms_cache_get(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
 
 
 /*
- * While the file lacks a row, its JSON is memory's value as meshsync
- * writes JSON (for a value written by someone else, the text
- * may differ from Redis's in form: a merge based on it then costs one
- * more round trip, write.lua's check answering with Redis's text).
+ * While the file lacks a row (see ms_cache_apply_soon and
+ * ms_cache_persist_new), its JSON is memory's value as meshsync writes JSON
+ * (for a value written by someone else, the text may differ from Redis's in
+ * form: a merge based on it then costs one more round trip, write.lua's check
+ * answering with Redis's text).
  */
 static int json_from_memory(ms_cache_t *c, const ms_index_view_t *v,
                             ms_cache_entry_t *e)
@@ -763,7 +782,7 @@ int ms_cache_get_json(ms_cache_t *c, ms_kind_t kind, const char *id,
     memset(e, 0, sizeof(*e));
     if (!kind_valid(kind))
         return MS_EINVAL;
-    if (c->ahead && ms_index_find(c->index, kind, id, id_len, &v) && v.dirty)
+    if (ms_index_find(c->index, kind, id, id_len, &v) && v.dirty)
         return json_from_memory(c, &v, e);
     if (bind_key(s, kind, id, id_len) != SQLITE_OK)
         return cache_fail(c, "get");
@@ -819,31 +838,21 @@ static int index_allows(ms_cache_t *c, ms_kind_t kind, const char *id,
 }
 
 
-int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
-                   uint64_t version, const char *json, size_t json_len,
-                   const char *mp, size_t mp_len, ms_apply_mode_t mode)
+/*
+ * Runs the apply statement of a mode (its guard against the file's row),
+ * in the open transaction: 1 when it changed the row, 0 when the guard
+ * refused, MS_EINTERNAL.
+ */
+static int file_apply(ms_cache_t *c, ms_kind_t kind, const char *id,
+                      size_t id_len, uint64_t version, const char *json,
+                      size_t json_len, const char *mp, size_t mp_len,
+                      ms_apply_mode_t mode)
 {
-    sqlite3_stmt *s;
-    int rc;
+    sqlite3_stmt *s = c->stmt[mode == MS_APPLY_NEWER       ? ST_APPLY_NEWER
+                              : mode == MS_APPLY_NOT_OLDER ? ST_APPLY_NOT_OLDER
+                                                           : ST_APPLY_ALWAYS];
+    int rc = bind_key(s, kind, id, id_len);
 
-    if (!kind_valid(kind) || !u64_fits(version) ||
-        (json == NULL) != (mp == NULL))
-        return MS_EINVAL;
-    switch (mode) {
-    case MS_APPLY_NEWER:
-        s = c->stmt[ST_APPLY_NEWER];
-        break;
-    case MS_APPLY_NOT_OLDER:
-        s = c->stmt[ST_APPLY_NOT_OLDER];
-        break;
-    case MS_APPLY_ALWAYS:
-        s = c->stmt[ST_APPLY_ALWAYS];
-        break;
-    default:
-        return MS_EINVAL;
-    }
-
-    rc = bind_key(s, kind, id, id_len);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(s, 3, (sqlite3_int64)version);
     if (rc == SQLITE_OK)
@@ -852,7 +861,33 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
         rc = sqlite3_bind_int64(s, 6, (sqlite3_int64)c->gen);
     if (rc != SQLITE_OK)
         return cache_fail(c, "apply");
+    if (txn_open(c) < 0)
+        return MS_EINTERNAL;
+    if (stmt_run(s) != SQLITE_DONE)
+        return cache_fail(c, "apply");
+    c->txn_rows++;
+    return sqlite3_changes(c->db) > 0 ? 1 : 0;
+}
 
+
+static bool apply_args_valid(ms_kind_t kind, uint64_t version, const char *json,
+                             const char *mp, ms_apply_mode_t mode)
+{
+    return kind_valid(kind) && u64_fits(version) &&
+           (json == NULL) == (mp == NULL) &&
+           (mode == MS_APPLY_NEWER || mode == MS_APPLY_NOT_OLDER ||
+            mode == MS_APPLY_ALWAYS);
+}
+
+
+int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
+                   uint64_t version, const char *json, size_t json_len,
+                   const char *mp, size_t mp_len, ms_apply_mode_t mode)
+{
+    int rc;
+
+    if (!apply_args_valid(kind, version, json, mp, mode))
+        return MS_EINVAL;
     rc = index_allows(c, kind, id, id_len, version, mode);
     if (rc <= 0)
         return rc;
@@ -863,14 +898,10 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
                      MS_INDEX_DIRTY);
         return 1;
     }
-    if (txn_open(c) < 0)
-        return MS_EINTERNAL;
-    if (stmt_run(s) != SQLITE_DONE)
-        return cache_fail(c, "apply");
-    c->txn_rows++;
-
-    if (sqlite3_changes(c->db) == 0)
-        return 0;
+    rc = file_apply(c, kind, id, id_len, version, json, json_len, mp, mp_len,
+                    mode);
+    if (rc <= 0)
+        return rc;
 
     /* While the file fails, memory takes only what the file took. */
     if (txn_settle(c) < 0)
@@ -879,6 +910,94 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
     return 1;
 }
 
+
+int ms_cache_apply_soon(ms_cache_t *c, ms_kind_t kind, const char *id,
+                        size_t id_len, uint64_t version, const char *json,
+                        size_t json_len, const char *mp, size_t mp_len)
+{
+    pending_t *p;
+    int rc;
+
+    /* While the file fails, each change must see whether it took. */
+    if (c->failing || c->depth > 0)
+        return ms_cache_apply(c, kind, id, id_len, version, json, json_len, mp,
+                              mp_len, MS_APPLY_NEWER);
+    if (!apply_args_valid(kind, version, json, mp, MS_APPLY_NEWER))
+        return MS_EINVAL;
+    rc = index_allows(c, kind, id, id_len, version, MS_APPLY_NEWER);
+    if (rc <= 0)
+        return rc;
+
+    p = ms_malloc(sizeof(*p) + id_len + json_len + mp_len);
+    p->next = NULL;
+    p->version = version;
+    p->kind = kind;
+    p->id_len = id_len;
+    p->deleted = json == NULL;
+    p->json_len = json != NULL ? json_len : 0;
+    p->mp_len = json != NULL ? mp_len : 0;
+    memcpy(p->data, id, id_len);
+    if (json != NULL) {
+        memcpy(p->data + id_len, json, json_len);
+        memcpy(p->data + id_len + json_len, mp, mp_len);
+    }
+    *c->pending_tail = p;
+    c->pending_tail = &p->next;
+    ms_index_put(c->index, kind, id, id_len, version, mp, mp_len,
+                 MS_INDEX_DIRTY);
+    return 1;
+}
+
+
+static void pending_drop(ms_cache_t *c)
+{
+    while (c->pending != NULL) {
+        pending_t *p = c->pending;
+
+        c->pending = p->next;
+        free(p);
+    }
+    c->pending_tail = &c->pending;
+}
+
+
+/*
+ * Writes the pending changes to the file, oldest first; one that memory
+ * has since replaced (by a later change, or one written at once) is
+ * skipped. On failure the rest is dropped with it: the caller loses the
+ * transaction, which takes memory back to the file.
+ */
+static int pending_write(ms_cache_t *c)
+{
+    int rc = 0;
+
+    while (c->pending != NULL && rc >= 0) {
+        pending_t *p = c->pending;
+        const char *json = p->deleted ? NULL : p->data + p->id_len;
+        ms_index_view_t v;
+
+        c->pending = p->next;
+        if (ms_index_find(c->index, p->kind, p->data, p->id_len, &v) &&
+            v.dirty && v.version == p->version) {
+            rc = file_apply(c, (ms_kind_t)p->kind, p->data, p->id_len,
+                            p->version, json, p->json_len,
+                            json != NULL ? json + p->json_len : NULL, p->mp_len,
+                            MS_APPLY_NEWER);
+            if (rc >= 0 && !c->ahead)
+                ms_index_clean(c->index, p->kind, p->data, p->id_len);
+        }
+        free(p);
+    }
+    pending_drop(c);
+    if (rc >= 0)
+        return 0;
+
+    /* Memory has what the file could not take: lose the transaction. */
+    if (!sqlite3_get_autocommit(c->db))
+        stmt_exec(c, ST_ROLLBACK, "rollback");
+    txn_lost(c);
+    return MS_EINTERNAL;
+}
 
 int ms_cache_begin(ms_cache_t *c)
 {
@@ -902,7 +1021,11 @@ int ms_cache_commit(ms_cache_t *c)
 
 int ms_cache_flush(ms_cache_t *c)
 {
-    if (!c->in_txn || c->depth > 0)
+    if (c->depth > 0)
+        return 0;
+    if (pending_write(c) < 0)
+        return MS_EINTERNAL;
+    if (!c->in_txn)
         return 0;
     return txn_commit(c);
 }
@@ -910,7 +1033,7 @@ int ms_cache_flush(ms_cache_t *c)
 
 bool ms_cache_unflushed(const ms_cache_t *c)
 {
-    return c->in_txn;
+    return c->in_txn || c->pending != NULL;
 }
 
 
@@ -963,6 +1086,10 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
 
     if (!u64_fits(seq))
         return MS_EINVAL;
+
+    /* Its statements compare versions in the file: it must be current. */
+    if (pending_write(c) < 0)
+        return MS_EINTERNAL;
     if (sqlite3_bind_int64(s, 1, (sqlite3_int64)seq) != SQLITE_OK ||
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK)
         return cache_fail(c, "resync_end");
@@ -1329,6 +1456,10 @@ int ms_cache_list(ms_cache_t *c, ms_kind_t kind, const char *after,
         return MS_EINVAL;
     if (c->ahead)
         return list_memory(c, kind, after, after_len, fn, arg);
+
+    /* Pages come from the file: it takes the turn's changes first. */
+    if (pending_write(c) < 0)
+        return MS_EINTERNAL;
     if (bind_key(s, kind, after, after_len) != SQLITE_OK)
         return cache_fail(c, "list");
 
@@ -1352,7 +1483,11 @@ int64_t ms_cache_max_version(ms_cache_t *c)
 {
     sqlite3_stmt *s = c->stmt[ST_MAX_VERSION];
     int64_t v = 0;
-    int rc = sqlite3_step(s);
+    int rc;
+
+    if (pending_write(c) < 0)
+        return MS_EINTERNAL;
+    rc = sqlite3_step(s);
 
     if (rc == SQLITE_ROW)
         v = sqlite3_column_int64(s, 0);
@@ -1367,6 +1502,7 @@ int64_t ms_cache_max_version(ms_cache_t *c)
 
 int ms_cache_clear(ms_cache_t *c)
 {
+    pending_drop(c);
     if (txn_open(c) < 0)
         return MS_EINTERNAL;
     c->txn_rows++;
@@ -1493,6 +1629,8 @@ int ms_cache_members(ms_cache_t *c, const char *room, size_t room_len,
 
     if (after == NULL && after_len > 0)
         return MS_EINVAL;
+    if (pending_write(c) < 0)
+        return MS_EINTERNAL;
     if (bind_text(s, 1, room, room_len) != SQLITE_OK ||
         bind_text(s, 2, after, after_len) != SQLITE_OK)
         return cache_fail(c, "members");

@@ -100,6 +100,19 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
                    ms_apply_mode_t mode) MS_MUST_CHECK;
 
 /*
+ * The same as ms_cache_apply(..., MS_APPLY_NEWER), for changes that must
+ * reach memory at once and may reach the file a little later: memory
+ * takes the change now, the file at the next ms_cache_flush() (or before
+ * anything that reads the file). Keeps the statement off the path of a
+ * write's reply. While the file fails, or inside begin/commit, it is
+ * ms_cache_apply().
+ */
+int ms_cache_apply_soon(ms_cache_t *c, ms_kind_t kind, const char *id,
+                        size_t id_len, uint64_t version, const char *json,
+                        size_t json_len, const char *mp,
+                        size_t mp_len) MS_MUST_CHECK;
+
+/*
  * Writes are grouped into transactions (group commit): the first write
  * opens one, and it is committed by ms_cache_flush(), which the daemon
  * calls once per loop turn, after the turn's replies have gone out (or

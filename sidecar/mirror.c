@@ -134,8 +134,11 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
         json = NULL;
         json_len = 0;
     }
-    rc = ms_cache_apply(app->cache, kind, id, id_len, version, json, json_len,
-                        mp, mp_len, mode);
+    rc = mode == MS_APPLY_NEWER
+             ? ms_cache_apply_soon(app->cache, kind, id, id_len, version, json,
+                                   json_len, mp, mp_len)
+             : ms_cache_apply(app->cache, kind, id, id_len, version, json,
+                              json_len, mp, mp_len, mode);
     if (rc == 1) {
         ms_waits_entry_changed(app, kind, id, id_len, version);
         ms_writes_entry_changed(app, kind, id, id_len);

@@ -595,14 +595,73 @@ static void sub_cb(redisAsyncContext *ac, void *reply, void *privdata)
  * Sends a command on a live context. hiredis refuses only when the
  * context is going away (the caller's business) or memory ran out.
  */
+/* Appends n in decimal and "\r\n" at p; returns the end. */
+static char *put_count(char *p, size_t n)
+{
+    char digits[24];
+    int k = 0;
+
+    do {
+        digits[k++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    while (k > 0)
+        *p++ = digits[--k];
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+
+/*
+ * Encodes a command in RESP (*argc, then $len and the bytes of each
+ * argument) into one buffer the caller frees. hiredis's own formatters
+ * cost 13,000 (sds) and 17,000 (printf) instructions for a write's 18
+ * arguments, more than the rest of the write's path; this one is sized
+ * in one pass and written in another.
+ */
+static char *format_command(int argc, const char **argv, const size_t *lens,
+                            size_t *len)
+{
+    size_t need = 16 + 1;
+    char *buf, *p;
+
+    for (int i = 0; i < argc; i++)
+        need += 24 + lens[i] + 2;
+    buf = ms_malloc(need);
+    p = buf;
+    *p++ = '*';
+    p = put_count(p, (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        *p++ = '$';
+        p = put_count(p, lens[i]);
+        memcpy(p, argv[i], lens[i]);
+        p += lens[i];
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *len = (size_t)(p - buf);
+
+    /* hiredis reads the command name with strchr(): NUL-terminated. */
+    *p = '\0';
+    return buf;
+}
+
+
 static bool link_send(link_t *l, redisCallbackFn *fn, void *privdata, int argc,
                       const char **argv, const size_t *lens)
 {
     redisAsyncContext *ac = l->ac;
+    size_t len;
+    char *cmd;
+    int rc;
 
     if (ac == NULL || (ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
         return false;
-    if (redisAsyncCommandArgv(ac, fn, privdata, argc, argv, lens) != REDIS_OK)
+    cmd = format_command(argc, argv, lens, &len);
+    rc = redisAsyncFormattedCommand(ac, fn, privdata, cmd, len);
+    free(cmd);
+    if (rc != REDIS_OK)
         ms_oom();
     return true;
 }

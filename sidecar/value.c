@@ -589,16 +589,142 @@ static int dump_cb(const char *chunk, size_t size, void *data)
 }
 
 
+/* 17 significant digits read back as the same double. */
+#define DUMP_FLAGS (JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17))
+
+static int emit(dump_buf_t *d, const char *s, size_t n)
+{
+    return n > 0 ? dump_cb(s, n, d) : 0;
+}
+
+
+/* A string as Jansson writes it: the same escapes, UTF-8 as it is. */
+static int emit_string(dump_buf_t *d, const char *s, size_t n)
+{
+    size_t run = 0;
+
+    if (!ms_utf8_valid(s, n))
+        return -1;
+    if (emit(d, "\"", 1) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        const char *esc;
+        char u[8];
+
+        if (ch >= 0x20 && ch != '"' && ch != '\\')
+            continue;
+        switch (ch) {
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '\b':
+            esc = "\\b";
+            break;
+        case '\f':
+            esc = "\\f";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\r':
+            esc = "\\r";
+            break;
+        case '\t':
+            esc = "\\t";
+            break;
+        default:
+            snprintf(u, sizeof(u), "\\u%04X", ch);
+            esc = u;
+        }
+        if (emit(d, s + run, i - run) < 0 || emit(d, esc, strlen(esc)) < 0)
+            return -1;
+        run = i + 1;
+    }
+    if (emit(d, s + run, n - run) < 0)
+        return -1;
+    return emit(d, "\"", 1);
+}
+
+
+static int emit_integer(dump_buf_t *d, json_int_t n)
+{
+    char digits[24];
+    int k = (int)sizeof(digits);
+    uint64_t u = n < 0 ? (uint64_t)0 - (uint64_t)n : (uint64_t)n;
+
+    do {
+        digits[--k] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0);
+    if (n < 0)
+        digits[--k] = '-';
+    return emit(d, digits + k, sizeof(digits) - (size_t)k);
+}
+
+
+/*
+ * Writes v as Jansson's json_dump_callback would with DUMP_FLAGS, byte
+ * for byte (a unit test holds the two together), without its per-object
+ * bookkeeping: for a write's value that was most of a write's cost.
+ * Reals are left to Jansson, for its exact formatting.
+ */
+static int emit_value(dump_buf_t *d, const json_t *v)
+{
+    const char *sep = "";
+
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        if (emit(d, "{", 1) < 0)
+            return -1;
+        for (void *it = json_object_iter((json_t *)v); it != NULL;
+             it = json_object_iter_next((json_t *)v, it)) {
+            if (emit(d, sep, strlen(sep)) < 0 ||
+                emit_string(d, json_object_iter_key(it),
+                            json_object_iter_key_len(it)) < 0 ||
+                emit(d, ":", 1) < 0 ||
+                emit_value(d, json_object_iter_value(it)) < 0)
+                return -1;
+            sep = ",";
+        }
+        return emit(d, "}", 1);
+    case JSON_ARRAY:
+        if (emit(d, "[", 1) < 0)
+            return -1;
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if (emit(d, sep, strlen(sep)) < 0 ||
+                emit_value(d, json_array_get(v, i)) < 0)
+                return -1;
+            sep = ",";
+        }
+        return emit(d, "]", 1);
+    case JSON_STRING:
+        return emit_string(d, json_string_value(v), json_string_length(v));
+    case JSON_INTEGER:
+        return emit_integer(d, json_integer_value(v));
+    case JSON_REAL:
+        return json_dump_callback(v, dump_cb, d, DUMP_FLAGS);
+    case JSON_TRUE:
+        return emit(d, "true", 4);
+    case JSON_FALSE:
+        return emit(d, "false", 5);
+    case JSON_NULL:
+        return emit(d, "null", 4);
+    }
+    return -1;
+}
+
+
 int ms_value_dump(const json_t *v, const ms_value_limits_t *lim, char **text,
                   size_t *len, ms_error_t *err)
 {
-    /* 17 significant digits read back as the same double. */
-    const size_t flags =
-        JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17);
     dump_buf_t d = {.max = limit_bytes(lim), .rc = MS_EINVAL};
 
     *text = NULL;
-    if (json_dump_callback(v, dump_cb, &d, flags) != 0)
+    if (emit_value(&d, v) != 0)
         goto failed_dump;
     if (d.buf == NULL && dump_cb("", 0, &d) != 0)
         goto failed_dump;

@@ -352,8 +352,8 @@ static void apply_written(write_t *w, uint64_t version)
     size_t mp_len = w->json != NULL ? w->mp.size : 0;
     int rc;
 
-    rc = ms_cache_apply(app->cache, q->kind, q->id, q->id_len, version, w->json,
-                        w->json_len, mp, mp_len, MS_APPLY_NEWER);
+    rc = ms_cache_apply_soon(app->cache, q->kind, q->id, q->id_len, version,
+                             w->json, w->json_len, mp, mp_len);
 
     /*
      * Redis's INCR ran after the write was sent, so its version is above

@@ -1178,6 +1178,49 @@ static void test_other_boot(void **state)
     assert_int_equal(committed_rows(path), 0);
 }
 
+/* A change applied "soon": memory at once, the file at the next flush. */
+static void test_apply_soon(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    ms_cache_entry_t e;
+    char path[128];
+    char *mp;
+    size_t mp_len;
+    ms_cache_t *c;
+
+    dir_path(f, "soon.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    c = f->c;
+    assert_int_equal(
+        ms_value_json_to_msgpack("{\"a\":1}", 7, NULL, &mp, &mp_len, &err), 0);
+    assert_int_equal(ms_cache_apply_soon(c, MS_KIND_CONN, "s", 1, 5,
+                                         "{\"a\":1}", 7, mp, mp_len),
+                     1);
+    assert_true(ms_cache_unflushed(c));
+    assert_int_equal(committed_rows(path), 0);
+    assert_int_equal(ms_cache_get(c, MS_KIND_CONN, "s", 1, &e), 0);
+    assert_int_equal(e.version, 5);
+
+    /* Not older than memory; a merge's base text is memory's meanwhile. */
+    assert_int_equal(ms_cache_apply_soon(c, MS_KIND_CONN, "s", 1, 4,
+                                         "{\"a\":1}", 7, mp, mp_len),
+                     0);
+    assert_int_equal(ms_cache_get_json(c, MS_KIND_CONN, "s", 1, &e), 0);
+    assert_string_equal(e.json, "{\"a\":1}");
+    free(mp);
+
+    /* A delete too; then the flush writes the last of them. */
+    assert_int_equal(
+        ms_cache_apply_soon(c, MS_KIND_CONN, "s", 1, 6, NULL, 0, NULL, 0), 1);
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_false(ms_cache_unflushed(c));
+    expect_conn(c, "s", 6, NULL);
+    assert_int_equal(put(c, "t", 7, "\"x\"", MS_APPLY_NEWER), 1);
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_int_equal(committed_rows(path), 2);
+}
+
 static void write_file(const char *path, const void *data, size_t len)
 {
     FILE *fp = fopen(path, "wb");
@@ -1473,6 +1516,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cold_load, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_other_boot, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_apply_soon, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_cold_load_lost, setup_dir,
                                         teardown),
     };

@@ -994,6 +994,42 @@ static void test_pack_matches_text(void **state)
     }
 }
 
+/* ms_value_dump writes what Jansson's own dump writes, byte for byte. */
+static void test_dump_matches_jansson(void **state)
+{
+    static const char *const texts[] = {
+        "{\"a\":\"q\\\"b\\\\s\\/l\\b\\f\\n\\r\\t\\u0001\\u001f\\u007f\"}",
+        "[\"\\u0000x\",\"\\u00e9\\u4e2d\\ud83d\\ude00\",\"\\u2028\"]",
+        "{\"k\\n\\\"\":{\"\":[],\"x\":{}},\"n\":-9223372036854775808}",
+        "[9223372036854775807,0,-1,1.5,-0.0,1e300,2.5e-8,0.1,100.0]",
+        "[true,false,null,\"\",[[[]]],{\"a\":{\"b\":{\"c\":1}}}]",
+        "\"plain\"",
+        "12",
+    };
+    ms_value_limits_t lim = {.max_bytes = 65536, .max_depth = 32};
+    const size_t flags =
+        JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17);
+    ms_error_t err = {0, ""};
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        json_t *v = NULL;
+        char *ours = NULL, *theirs;
+        size_t len = 0;
+
+        assert_int_equal(
+            ms_value_parse(texts[i], strlen(texts[i]), &lim, &v, &err), 0);
+        assert_int_equal(ms_value_dump(v, &lim, &ours, &len, &err), 0);
+        theirs = json_dumps(v, flags);
+        assert_non_null(theirs);
+        assert_int_equal(len, strlen(theirs));
+        assert_memory_equal(ours, theirs, len);
+        free(ours);
+        free(theirs);
+        json_decref(v);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1019,6 +1055,7 @@ int main(void)
         cmocka_unit_test(test_msgpack_bytes_refused),
         cmocka_unit_test(test_element_budget),
         cmocka_unit_test(test_pack_matches_text),
+        cmocka_unit_test(test_dump_matches_jansson),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
