@@ -166,6 +166,7 @@ struct ms_cache_s {
     char *buf; /* ms_cache_get_json's copy of the last row it found */
     size_t buf_cap;
     bool in_txn;               /* a transaction is open (see ms_cache_flush) */
+    bool lost;                 /* one was lost: the next flush reports it */
     unsigned depth;            /* ms_cache_begin calls not yet committed */
     unsigned txn_rows;         /* writes made in the open transaction */
     ms_index_t *index;         /* the entries table in memory (see cache.h) */
@@ -217,6 +218,7 @@ static void txn_lost(ms_cache_t *c)
 {
     c->in_txn = false;
     c->txn_rows = 0;
+    c->lost = true;
     pending_drop(c);
     if (c->ahead)
         ms_index_dirty_all(c->index);
@@ -325,7 +327,8 @@ static int txn_commit(ms_cache_t *c)
  */
 static int txn_settle(ms_cache_t *c)
 {
-    if (!c->failing || c->depth > 0 || !c->in_txn)
+    /* After a loss, nothing commits before the flush has reported it. */
+    if (!c->failing || c->depth > 0 || !c->in_txn || c->lost)
         return 0;
     return txn_commit(c);
 }
@@ -632,6 +635,7 @@ int ms_cache_open(const char *path, ms_cache_t **out, ms_error_t *err)
 
     /* A small cache is in memory at once; a large one fills as it serves. */
     c->index = ms_index_new();
+    ms_index_set_gen(c->index, (uint32_t)c->gen);
     index_reset(c);
     if (ms_cache_fill(c, CACHE_FILL_OPEN) < 0) {
         open_fail(c, path, "read entries", err);
@@ -1019,21 +1023,31 @@ int ms_cache_commit(ms_cache_t *c)
 }
 
 
+/*
+ * A transaction lost anywhere (a list that wrote the turn's changes
+ * first, say) is reported here, once, so that the caller reloads; and
+ * what was written since is not committed either: a position saved
+ * after the loss would claim changes the file does not have.
+ */
 int ms_cache_flush(ms_cache_t *c)
 {
     if (c->depth > 0)
         return 0;
-    if (pending_write(c) < 0)
-        return MS_EINTERNAL;
-    if (!c->in_txn)
+    if (!c->lost && pending_write(c) == 0 && (!c->in_txn || txn_commit(c) == 0))
         return 0;
-    return txn_commit(c);
+
+    if (c->in_txn && !sqlite3_get_autocommit(c->db))
+        stmt_exec(c, ST_ROLLBACK, "rollback");
+    if (c->in_txn || c->pending != NULL)
+        txn_lost(c);
+    c->lost = false;
+    return MS_EINTERNAL;
 }
 
 
 bool ms_cache_unflushed(const ms_cache_t *c)
 {
-    return c->in_txn || c->pending != NULL;
+    return c->in_txn || c->pending != NULL || c->lost;
 }
 
 
@@ -1044,6 +1058,7 @@ int ms_cache_resync_begin(ms_cache_t *c)
     if (meta_write(c, CACHE_GEN_KEY, next, "resync_begin") < 0)
         return MS_EINTERNAL;
     c->gen = next;
+    ms_index_set_gen(c->index, (uint32_t)next);
 
     /* Empty in memory, and memory holds all the file: the file is empty. */
     c->cold = c->index_full && ms_index_count(c->index) == 0;
@@ -1114,6 +1129,10 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
         return cache_fail(c, "resync_end");
 
     c->cold = false;
+
+    /* Memory holds rows the file lacks: those the load did not see too. */
+    if (c->ahead)
+        gone += (int)ms_index_sweep(c->index, seq);
 
     /* Memberships the load did not see have ended, as entries have. */
     s = c->stmt[ST_MEMBERS_RESYNC_END];

@@ -1,7 +1,8 @@
 /*
  * cache.h - the SQLite cache of record: every connection and room entry
- * this sidecar knows, with its version, as JSON text (exactly as Redis
- * holds it) and as msgpack (ready to copy into a reply).
+ * this sidecar knows, with its version, as JSON text (as Redis holds it;
+ * after a cold load, as meshsync writes the same value: see
+ * ms_cache_persist_new) and as msgpack (ready to copy into a reply).
  *
  * Every change carries a version taken from one global sequence in Redis;
  * the cache applies a change only if it is newer than what it holds.
@@ -133,6 +134,9 @@ int ms_cache_commit(ms_cache_t *c) MS_MUST_CHECK;
  * Commits the open transaction, unless a begin is not yet committed.
  * On failure the transaction is rolled back and MS_EINTERNAL returned:
  * what it held is lost, and memory refills from the file (see above).
+ * A transaction lost elsewhere since the last flush (by a write, a list
+ * or a resync writing pending changes first) is reported here too, once,
+ * and nothing written after it is committed: the caller must load again.
  */
 int ms_cache_flush(ms_cache_t *c) MS_MUST_CHECK;
 

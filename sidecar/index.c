@@ -20,6 +20,7 @@
 /* Packed: a hundred thousand entries make every byte here count. */
 typedef struct __attribute__((packed)) entry_s {
     uint64_t version;
+    uint32_t gen; /* the index's generation when last put */
     uint32_t mp_len;
     uint32_t id_len;
     uint8_t kind;
@@ -33,6 +34,7 @@ struct ms_index_s {
     size_t mask; /* number of slots - 1; a power of two */
     size_t count;
     size_t live[2]; /* entries with a value, of kinds 0 and 1 */
+    uint32_t gen;   /* stamped on every entry put */
 };
 
 
@@ -162,6 +164,7 @@ void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
             ix->live[kind]++;
     }
     e->version = version;
+    e->gen = ix->gen;
     e->present = mp != NULL;
     e->dirty = (flags & MS_INDEX_DIRTY) != 0;
     e->mp_len = (uint32_t)mp_len;
@@ -178,6 +181,37 @@ void ms_index_clean(ms_index_t *ix, unsigned kind, const char *id,
 
     if (e != NULL)
         e->dirty = 0;
+}
+
+
+void ms_index_set_gen(ms_index_t *ix, uint32_t gen)
+{
+    ix->gen = gen;
+}
+
+
+size_t ms_index_sweep(ms_index_t *ix, uint64_t seq)
+{
+    size_t gone = 0;
+
+    for (size_t i = 0; i <= ix->mask; i++) {
+        entry_t *e = ix->slots[i];
+
+        if (e == NULL || e->gen == ix->gen || e->version > seq ||
+            (!e->present && e->version == seq))
+            continue;
+        if (e->present) {
+            if (e->kind < 2)
+                ix->live[e->kind]--;
+            gone++;
+        }
+        e->present = 0;
+        e->mp_len = 0;
+        e->version = seq;
+        e->gen = ix->gen;
+        e->dirty = 1;
+    }
+    return gone;
 }
 
 

@@ -57,6 +57,16 @@ void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
 void ms_index_clean(ms_index_t *ix, unsigned kind, const char *id,
                     size_t id_len);
 
+/*
+ * Every put stamps the entry with the index's generation (set here). A
+ * sweep makes each entry of another generation, no newer than seq, a
+ * dirty tombstone of version seq, stamped with the current generation,
+ * and returns how many had a value: what a full load does with what it
+ * did not see (cache.c uses it while memory is ahead of the file).
+ */
+void ms_index_set_gen(ms_index_t *ix, uint32_t gen);
+size_t ms_index_sweep(ms_index_t *ix, uint64_t seq);
+
 /* Marks every entry dirty. */
 void ms_index_dirty_all(ms_index_t *ix);
 

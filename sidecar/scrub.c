@@ -383,7 +383,8 @@ static void members_gone(ms_app_t *app)
         if (s->seen.n > 1)
             qsort(s->seen.v, s->seen.n, sizeof(*s->seen.v), member_cmp);
         for (size_t i = 0; i < cached.n; i++) {
-            if (bsearch(&cached.v[i], s->seen.v, s->seen.n, sizeof(*s->seen.v),
+            if (s->seen.n == 0 ||
+                bsearch(&cached.v[i], s->seen.v, s->seen.n, sizeof(*s->seen.v),
                         member_cmp) == NULL)
                 members_add(&gone, cached.v[i].s, cached.v[i].len);
         }

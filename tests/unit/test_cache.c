@@ -907,8 +907,13 @@ static void test_failed_commit(void **state)
     huge[HUGE - 1] = '\0';
     assert_true(put(f->c, "k99", 5000, huge, MS_APPLY_NEWER) < 0);
     free(huge);
-    assert_false(ms_cache_unflushed(f->c));
     expect_many(f->c, 100, "\"kept\"");
+
+    /* The next flush reports the loss, once. */
+    assert_true(ms_cache_unflushed(f->c));
+    assert_int_equal(ms_cache_flush(f->c), MS_EINTERNAL);
+    assert_false(ms_cache_unflushed(f->c));
+    assert_int_equal(ms_cache_flush(f->c), 0);
 
     /* Space returns: writes commit on their own until one works. */
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
@@ -1131,6 +1136,7 @@ static void test_cold_load_lost(void **state)
     ms_cache_persist_free(p);
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
     assert_true(rc < 0);
+    assert_true(ms_cache_flush(c) <= 0); /* a loss not yet reported is */
 
     /* Memory kept everything; the file gets all of it once it can. */
     assert_true(ms_cache_ahead(c));
@@ -1219,6 +1225,101 @@ static void test_apply_soon(void **state)
     assert_int_equal(put(c, "t", 7, "\"x\"", MS_APPLY_NEWER), 1);
     assert_int_equal(ms_cache_flush(c), 0);
     assert_int_equal(committed_rows(path), 2);
+}
+
+/*
+ * A full load while memory is still ahead of the file (its write-behind
+ * not done): what the load does not see is gone, in memory too.
+ */
+static void test_load_while_ahead(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    char path[128], id[16];
+    ms_cache_t *c;
+
+    dir_path(f, "ahead.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    c = f->c;
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "k%d", i);
+        assert_int_equal(put_mp(c, id, 3, "\"a\"", MS_APPLY_ALWAYS), 1);
+    }
+    assert_int_equal(ms_cache_resync_end(c, 5), 0);
+    assert_true(ms_cache_ahead(c));
+
+    /* The second load sees k0..k4 only. */
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof(id), "k%d", i);
+        assert_int_equal(put_mp(c, id, 8, "\"b\"", MS_APPLY_ALWAYS), 1);
+    }
+    assert_int_equal(ms_cache_resync_end(c, 9), 5);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 5);
+    persist_all(c);
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "k%d", i);
+        if (i < 5)
+            expect_mp(c, id, 8, "\"b\"");
+        else
+            expect_conn(c, id, 9, NULL);
+    }
+}
+
+
+/*
+ * A transaction lost outside the flush (a list writing the turn's
+ * changes first) is reported by the next flush, and the flush commits
+ * nothing written after it.
+ */
+static void test_loss_reported(void **state)
+{
+    enum { HUGE = 2 * 1024 * 1024 };
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    struct rlimit old, low;
+    order_t o = {0};
+    char path[128];
+    char *huge, *mp;
+    size_t mp_len;
+    ms_cache_t *c;
+
+    dir_path(f, "loss.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    c = f->c;
+    put_many(c, 10, "\"kept\"");
+    huge = malloc(HUGE);
+    assert_non_null(huge);
+    memset(huge, 'y', HUGE - 1);
+    huge[0] = huge[HUGE - 2] = '"';
+    huge[HUGE - 1] = '\0';
+    assert_int_equal(
+        ms_value_json_to_msgpack(huge, HUGE - 1, NULL, &mp, &mp_len, &err), 0);
+
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    low = old;
+    low.rlim_cur = 256 * 1024;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &low), 0);
+    assert_int_equal(ms_cache_apply_soon(c, MS_KIND_CONN, "k0", 2, 100, huge,
+                                         HUGE - 1, mp, mp_len),
+                     1);
+    assert_true(ms_cache_list(c, MS_KIND_CONN, NULL, 0, order_cb, &o) < 0);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    free(huge);
+    free(mp);
+
+    /* Memory went back to the file; a later write is not committed. */
+    assert_int_equal(put(c, "late", 200, "\"x\"", MS_APPLY_NEWER), 1);
+    assert_true(ms_cache_unflushed(c));
+    assert_int_equal(ms_cache_flush(c), MS_EINTERNAL);
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_int_equal(committed_rows(path), 10);
+    for (int i = 0; i < 100 && ms_cache_fill(c, 16) == 0; i++)
+        ;
+    expect_many(c, 10, "\"kept\"");
+    expect_conn(c, "late", 0, NULL);
 }
 
 static void write_file(const char *path, const void *data, size_t len)
@@ -1517,6 +1618,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cold_load, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_other_boot, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_apply_soon, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_load_while_ahead, setup_dir,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_loss_reported, setup_dir,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_cold_load_lost, setup_dir,
                                         teardown),
     };
