@@ -20,12 +20,12 @@
 /* Packed: a hundred thousand entries make every byte here count. */
 typedef struct __attribute__((packed)) entry_s {
     uint64_t version;
-    uint32_t gen; /* the index's generation when last put */
     uint32_t mp_len;
     uint32_t id_len;
-    uint8_t kind;
-    uint8_t present;
-    uint8_t dirty;
+    uint16_t gen; /* the index's generation when last put, mod 2^16 */
+    uint8_t kind : 1;
+    uint8_t present : 1;
+    uint8_t dirty : 1;
     char data[]; /* id_len bytes of id, then mp_len bytes of value */
 } entry_t;
 
@@ -34,7 +34,7 @@ struct ms_index_s {
     size_t mask; /* number of slots - 1; a power of two */
     size_t count;
     size_t live[2]; /* entries with a value, of kinds 0 and 1 */
-    uint32_t gen;   /* stamped on every entry put */
+    uint16_t gen;   /* stamped on every entry put */
 };
 
 
@@ -148,7 +148,7 @@ void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
         grow(ix);
         i = slot_of(ix, hash, kind, id, id_len);
         e = ms_malloc(offsetof(entry_t, data) + id_len + mp_len);
-        e->kind = (uint8_t)kind;
+        e->kind = kind & 1u;
         e->id_len = (uint32_t)id_len;
         memcpy(e->data, id, id_len);
         ix->count++;
@@ -186,7 +186,7 @@ void ms_index_clean(ms_index_t *ix, unsigned kind, const char *id,
 
 void ms_index_set_gen(ms_index_t *ix, uint32_t gen)
 {
-    ix->gen = gen;
+    ix->gen = (uint16_t)gen;
 }
 
 

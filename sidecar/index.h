@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Entries are keyed by a kind, 0 or 1 (ms_kind_t), and an id. */
 typedef struct ms_index_s ms_index_t;
 
 /* What a lookup finds; mp points into the index (see ms_index_find). */
@@ -58,7 +59,8 @@ void ms_index_clean(ms_index_t *ix, unsigned kind, const char *id,
                     size_t id_len);
 
 /*
- * Every put stamps the entry with the index's generation (set here). A
+ * Every put stamps the entry with the index's generation (set here; 16
+ * bits of it are kept, plenty between two loads). A
  * sweep makes each entry of another generation, no newer than seq, a
  * dirty tombstone of version seq, stamped with the current generation,
  * and returns how many had a value: what a full load does with what it
