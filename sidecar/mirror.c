@@ -118,11 +118,20 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
                         size_t id_len, uint64_t version, const char *json,
                         size_t json_len, ms_apply_mode_t mode)
 {
+    const char *own = NULL;
     char *mp = NULL;
     size_t mp_len = 0;
     ms_error_t err;
     int rc;
 
+    /* Our own write's message: the same text gives the same msgpack. */
+    if (mode == MS_APPLY_NEWER && json != NULL &&
+        ms_writes_own_value(app, kind, id, id_len, json, json_len, &own,
+                            &mp_len)) {
+        rc = ms_cache_apply_soon(app->cache, kind, id, id_len, version, json,
+                                 json_len, own, mp_len);
+        goto applied;
+    }
     if (json != NULL && ms_value_json_to_msgpack(json, json_len, &app->limits,
                                                  &mp, &mp_len, &err) < 0) {
         char shown[80];
@@ -139,6 +148,7 @@ static void apply_value(ms_app_t *app, ms_kind_t kind, const char *id,
                                    json_len, mp, mp_len)
              : ms_cache_apply(app->cache, kind, id, id_len, version, json,
                               json_len, mp, mp_len, mode);
+applied:
     if (rc == 1) {
         ms_waits_entry_changed(app, kind, id, id_len, version);
         ms_writes_entry_changed(app, kind, id, id_len);

@@ -469,6 +469,29 @@ static int retry_after_conflict(write_t *w, redisReply *reply, ms_error_t *err)
 }
 
 
+bool ms_writes_own_value(ms_app_t *app, ms_kind_t kind, const char *id,
+                         size_t id_len, const char *json, size_t json_len,
+                         const char **mp, size_t *mp_len)
+{
+    queue_t key = {.kind = kind, .id = (char *)id, .id_len = id_len};
+    queue_t **found;
+    const write_t *w;
+
+    if (app->writes == NULL)
+        return false;
+    found = tfind(&key, &app->writes->queues, compare_queues);
+    if (found == NULL)
+        return false;
+    w = (*found)->head;
+    if (w->json == NULL || w->json_len != json_len ||
+        memcmp(w->json, json, json_len) != 0)
+        return false;
+    *mp = w->mp.data;
+    *mp_len = w->mp.size;
+    return true;
+}
+
+
 void ms_writes_entry_changed(ms_app_t *app, ms_kind_t kind, const char *id,
                              size_t id_len)
 {

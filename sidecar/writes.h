@@ -40,6 +40,16 @@ void ms_writes_close(ms_app_t *app);
 void ms_writes_free(ms_app_t *app);
 
 /*
+ * If the write under way for an entry is storing exactly this JSON text,
+ * points *mp at the same value as msgpack (valid until the write ends)
+ * and returns true. A write's own change message comes back on the
+ * subscriber link before the script's reply: this spares converting it.
+ */
+bool ms_writes_own_value(ms_app_t *app, ms_kind_t kind, const char *id,
+                         size_t id_len, const char *json, size_t json_len,
+                         const char **mp, size_t *mp_len);
+
+/*
  * The mirror applied a change to an entry: a write waiting for another
  * sidecar's turn on it goes now.
  */
