@@ -1415,15 +1415,20 @@ static void flow_check(world_t *w, const flow_t *f, const msgpack_object *reply)
 {
     uint64_t id = harness_reply_id(reply);
     const msgpack_object *value = harness_map_get(reply, "value");
+    const msgpack_object *code;
     char conn[32];
     char *json;
     uint64_t version;
 
     assert_true(id < FLOW_ENTRIES);
     flow_conn(conn, sizeof(conn), (size_t)id);
-    if (harness_reply_error_code(reply) != NULL)
-        fail_msg("%s: version %" PRIu64 " never reached the new sidecar", conn,
-                 f->last[id]);
+    /* The code says whether the wait or the read from Redis gave up. */
+    code = harness_reply_error_code(reply);
+    if (code != NULL)
+        fail_msg("%s: version %" PRIu64 " never reached the new sidecar (%.*s)",
+                 conn, f->last[id],
+                 code->type == MSGPACK_OBJECT_STR ? (int)code->via.str.size : 0,
+                 code->type == MSGPACK_OBJECT_STR ? code->via.str.ptr : "");
     version = harness_reply_version(reply);
     json = harness_redis_hget(w->h, "mesh:connection-meta", conn);
     assert_non_null(json);
