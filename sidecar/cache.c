@@ -54,6 +54,9 @@ typedef struct pending_s {
 /* An open transaction commits once it holds this many writes. */
 #define CACHE_GROUP_ROWS 8192
 
+/* A fill or write-behind step stops after this many bytes of values. */
+#define STEP_BYTES (256 * 1024)
+
 /* Rows the index reads from the table when the cache opens. */
 #define CACHE_FILL_OPEN 4096
 
@@ -1158,6 +1161,8 @@ static void fill_moved(ms_cache_t *c, sqlite3_stmt *s, const char *id,
 int ms_cache_fill(ms_cache_t *c, unsigned rows)
 {
     sqlite3_stmt *s = c->stmt[ST_FILL];
+    size_t bytes = 0;
+    bool cut = false;
     unsigned n = 0;
     int rc;
 
@@ -1179,13 +1184,19 @@ int ms_cache_fill(ms_cache_t *c, unsigned rows)
         ms_index_put(c->index, (unsigned)sqlite3_column_int(s, 0), id, len,
                      (uint64_t)sqlite3_column_int64(s, 2), mp,
                      (size_t)sqlite3_column_bytes(s, 3), MS_INDEX_ONLY_NEW);
-        if (++n == rows)
+        bytes += (size_t)sqlite3_column_bytes(s, 3);
+
+        /* The step ends after `rows` rows, or sooner for large values. */
+        if (++n == rows || bytes >= STEP_BYTES) {
             fill_moved(c, s, id, len);
+            cut = true;
+            break;
+        }
     }
     sqlite3_reset(s);
-    if (rc != SQLITE_DONE)
+    if (!cut && rc != SQLITE_DONE)
         return cache_fail(c, "fill");
-    if (n < rows)
+    if (!cut)
         c->index_full = true;
     return c->index_full ? 1 : 0;
 }
@@ -1327,6 +1338,7 @@ static int persist_row(ms_cache_t *c, unsigned kind, const char *id, size_t len,
 
 int ms_cache_persist_step(ms_cache_t *c, ms_cache_persist_t *p, unsigned rows)
 {
+    size_t bytes = 0;
     ms_index_view_t v;
 
     /* While the file fails, the next successful write resumes this. */
@@ -1334,7 +1346,9 @@ int ms_cache_persist_step(ms_cache_t *c, ms_cache_persist_t *p, unsigned rows)
         return MS_EINTERNAL;
     if (txn_open(c) < 0)
         return MS_EINTERNAL;
-    for (unsigned i = 0; i < rows && p->next < p->n; i++, p->next++) {
+    /* Large values make a step long: it ends after STEP_BYTES too. */
+    for (unsigned i = 0; i < rows && bytes < STEP_BYTES && p->next < p->n;
+         i++, p->next++) {
         unsigned kind;
         const char *id;
         size_t len;
@@ -1345,6 +1359,7 @@ int ms_cache_persist_step(ms_cache_t *c, ms_cache_persist_t *p, unsigned rows)
         if (persist_row(c, kind, id, len, &v) < 0)
             return MS_EINTERNAL;
         ms_index_clean(c->index, kind, id, len);
+        bytes += v.mp_len;
     }
     return p->next == p->n ? 1 : 0;
 }
