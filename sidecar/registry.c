@@ -45,9 +45,10 @@ struct ms_registry_s {
     ms_app_t *app;
     bool live;
     bool stopping;
-    bool busy;    /* the shutdown's closes are under way */
-    bool reaping; /* holds the cleanup lock and reaps */
-    unsigned gen; /* bumped when the links go: late replies are dropped */
+    bool busy;          /* the shutdown's closes are under way */
+    bool reaping;       /* holds the cleanup lock and reaps */
+    unsigned gen;       /* bumped when the links go: late replies are dropped */
+    uint64_t last_beat; /* uv_hrtime() of the last heartbeat, 0: none yet */
     LIST_HEAD(, bound_s) bound;
     void *retry;    /* tree of str_t: bound closes to try again */
     void *dead;     /* tree of str_t: dead instances found by this reap */
@@ -599,12 +600,31 @@ static void on_beat(void *arg, redisReply *reply, int err)
 }
 
 
+/*
+ * A heartbeat that comes late means the loop stalled: past the TTL, other
+ * instances may have reaped this one's connections. Said once per stall.
+ */
+static void beat_check_late(ms_app_t *app)
+{
+    ms_registry_t *r = app->registry;
+    uint64_t now = uv_hrtime();
+    uint64_t gap_ms = (now - r->last_beat) / 1000000;
+
+    if (r->last_beat != 0 && gap_ms > 2 * (uint64_t)app->cfg->heartbeat + 500)
+        ms_log_warn("event loop stalled: heartbeat late",
+                    "gap_ms=%" PRIu64 " interval_ms=%u", gap_ms,
+                    app->cfg->heartbeat);
+    r->last_beat = now;
+}
+
+
 static void on_beat_timer(uv_timer_t *t)
 {
     ms_app_t *app = t->data;
     char ttl[24];
     call_t *c = call_new(app);
 
+    beat_check_late(app);
     snprintf(ttl, sizeof(ttl), "%u", app->cfg->heartbeat_ttl);
     if (step_call(app, "beat", ttl, strlen(ttl), NULL, on_beat, c) < 0)
         call_free(c);
@@ -995,6 +1015,7 @@ void ms_registry_on_live(ms_app_t *app, bool live)
             reap_end(app, "Redis links down");
         return;
     }
+    r->last_beat = 0;
     uv_timer_start(&r->beat_timer, on_beat_timer, 0, app->cfg->heartbeat);
     retry_bound(app);
     if (app->cfg->reap_interval > 0)
