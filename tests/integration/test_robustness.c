@@ -1470,6 +1470,11 @@ static void flow_compare(world_t *w, const flow_t *f, harness_daemon_t *d)
 
         harness_reply_recv(fd, FLOW_READ_MS + REPLY_MS, &r);
         seen_once(seen, 0, FLOW_ENTRIES, harness_reply_id(&r.u.data));
+
+        /* cmocka cuts long messages: the late sidecar's log whole. */
+        if (harness_reply_error_code(&r.u.data) != NULL)
+            fprintf(stderr, "the late sidecar's log:\n%s",
+                    harness_daemon_log(d));
         flow_check(w, f, &r.u.data);
         harness_reply_free(&r);
     }
