@@ -301,10 +301,22 @@ static int txn_open(ms_cache_t *c)
 
 
 /*
- * A failed COMMIT may leave the transaction open; it is rolled back so
- * that later calls do not run inside it, and the generation is reread in
- * case a resync_begin was part of the lost batch.
+ * Gives up the open transaction after a failure: rolled back unless
+ * SQLite did so itself, so that later calls do not run inside it, and
+ * lost (txn_lost). The generation is read again in case a resync_begin
+ * was part of it.
  */
+static void txn_abandon(ms_cache_t *c)
+{
+    if (!sqlite3_get_autocommit(c->db))
+        stmt_exec(c, ST_ROLLBACK, "rollback");
+    txn_lost(c);
+    if (load_gen(c) != SQLITE_OK)
+        cache_fail(c, "load generation");
+    ms_index_set_gen(c->index, (uint32_t)c->gen);
+}
+
+
 static int txn_commit(ms_cache_t *c)
 {
     if (stmt_exec(c, ST_COMMIT, "commit") == 0) {
@@ -313,12 +325,7 @@ static int txn_commit(ms_cache_t *c)
         return 0;
     }
 
-    txn_lost(c);
-    if (!sqlite3_get_autocommit(c->db) &&
-        stmt_exec(c, ST_ROLLBACK, "rollback") < 0)
-        return MS_EINTERNAL;
-    if (load_gen(c) != SQLITE_OK)
-        cache_fail(c, "load generation");
+    txn_abandon(c);
     return MS_EINTERNAL;
 }
 
@@ -1000,9 +1007,7 @@ static int pending_write(ms_cache_t *c)
         return 0;
 
     /* Memory has what the file could not take: lose the transaction. */
-    if (!sqlite3_get_autocommit(c->db))
-        stmt_exec(c, ST_ROLLBACK, "rollback");
-    txn_lost(c);
+    txn_abandon(c);
     return MS_EINTERNAL;
 }
 
@@ -1039,10 +1044,8 @@ int ms_cache_flush(ms_cache_t *c)
     if (!c->lost && pending_write(c) == 0 && (!c->in_txn || txn_commit(c) == 0))
         return 0;
 
-    if (c->in_txn && !sqlite3_get_autocommit(c->db))
-        stmt_exec(c, ST_ROLLBACK, "rollback");
     if (c->in_txn || c->pending != NULL)
-        txn_lost(c);
+        txn_abandon(c);
     c->lost = false;
     return MS_EINTERNAL;
 }
