@@ -5,7 +5,8 @@
 -- KEYS[2]  the global sequence: <prefix>:meshsync:seq
 -- KEYS[3]  the change log: <prefix>:meshsync:log
 -- ARGV[1]  the first version wanted
--- ARGV[2]  at most this many changes
+-- ARGV[2]  at most this many changes; 0 only checks the history (epoch,
+--          sequence, run_id) without reading any
 --
 -- The epoch names one history of the sequence. It is created here, from
 -- Redis's clock, the first time any sidecar asks; a Redis that lost its
@@ -40,8 +41,11 @@ end
 
 local out = {}
 local last = 0
-local entries = redis.call('XRANGE', KEYS[3], ARGV[1] .. '-0', '+',
-                           'COUNT', ARGV[2])
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+    entries = redis.call('XRANGE', KEYS[3], ARGV[1] .. '-0', '+',
+                         'COUNT', ARGV[2])
+end
 for _, e in ipairs(entries) do
     out[#out + 1] = e[2][2]
     last = tonumber(string.match(e[1], '^(%d+)'))

@@ -56,6 +56,9 @@ struct ms_mirror_s {
     unsigned failures_at_sync; /* cache_failures when this sync began */
     bool cache_failing;        /* since the last sync that completed */
     uv_timer_t retry;          /* restarts a failed load */
+    bool checking;             /* a history check is in flight (check_gen) */
+    bool check_again;          /* and a change under the position came since */
+    unsigned check_gen;        /* gen when that check was sent */
 };
 
 /* Changes per catch-up batch; how often the position is saved. */
@@ -161,12 +164,7 @@ applied:
 
 static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len);
 static void load_start(ms_app_t *app);
-static void sync_begin(ms_app_t *app, bool verify);
-
-static void sync_start(ms_app_t *app)
-{
-    sync_begin(app, false);
-}
+static void sync_start(ms_app_t *app);
 
 static uint64_t apply_change(ms_app_t *app, const char *payload, size_t len,
                              bool from_channel);
@@ -566,7 +564,8 @@ static bool new_server(ms_mirror_t *m, const redisReply *run_id)
  * go on catching up, or 1 when a full load was started instead.
  */
 static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
-                      uint64_t oldest, uint64_t from, bool restarted)
+                      uint64_t oldest, uint64_t from, bool restarted,
+                      bool catching_up)
 {
     ms_mirror_t *m = app->mirror;
 
@@ -592,8 +591,8 @@ static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
     }
     /*
      * from - 1 is the position when the sync was sent: channel events
-     * handled since (a verifying sync keeps applying them) may be newer
-     * than the sequence this reply read.
+     * handled since (during a history check) may be newer than the
+     * sequence this reply read.
      */
     if (seq < from - 1) {
         if (forget_everything(app, seq) == 0)
@@ -604,7 +603,7 @@ static int sync_check(ms_app_t *app, uint64_t epoch, uint64_t seq,
     }
 
     /* The log must still hold the first change wanted, unless none is. */
-    if (seq >= from && (oldest == 0 || oldest > from)) {
+    if (catching_up && seq >= from && (oldest == 0 || oldest > from)) {
         sync_to_load(app, "the change log no longer reaches back");
         return 1;
     }
@@ -656,29 +655,80 @@ static int sync_apply(ms_app_t *app, const redisReply *changes, uint64_t *last)
 }
 
 
+/*
+ * The reply to sync.lua for a batch of the current generation: checks it
+ * against the cached history (sync_check). Returns 0 to go on, or 1 when
+ * it was stale, or failed, or a full load was started instead.
+ */
+static int sync_reply(batch_t *b, const redisReply *r, bool catching_up,
+                      uint64_t *seq)
+{
+    ms_app_t *app = b->app;
+    ms_mirror_t *m = app->mirror;
+    uint64_t epoch, oldest;
+
+    if (m == NULL || b->gen != m->gen || !m->live)
+        return 1;
+    if (r == NULL || !sync_shape_ok(r)) {
+        load_failed(app, r == NULL ? "Redis connection lost"
+                                   : "unexpected reply from sync script");
+        return 1;
+    }
+    epoch = strtoull(r->element[0]->str, NULL, 10);
+    *seq = (uint64_t)r->element[1]->integer;
+    oldest = (uint64_t)r->element[2]->integer;
+    ms_mirror_saw_version(app, *seq);
+    return sync_check(app, epoch, *seq, oldest, b->from,
+                      new_server(m, r->element[4]), catching_up);
+}
+
+
+int ms_mirror_read_log(ms_app_t *app, uint64_t from, const char *count,
+                       ms_redis_reply_cb cb, void *arg)
+{
+    const ms_layout_t *l = &app->layout;
+    char first[24];
+    const char *argv[5] = {l->epoch, l->seq, l->log, first, count};
+    size_t argvlen[5];
+
+    snprintf(first, sizeof(first), "%" PRIu64, from);
+    for (int i = 0; i < 5; i++)
+        argvlen[i] = strlen(argv[i]);
+    if (app->redis == NULL)
+        return MS_EUNAVAIL;
+    return ms_redis_script(app->redis, MS_SCRIPT_SYNC, 3, 5, argv, argvlen, cb,
+                           arg);
+}
+
+
+/* Reads the log for this generation; false if Redis cannot be asked. */
+static bool sync_send(ms_app_t *app, uint64_t from, const char *count,
+                      ms_redis_reply_cb cb)
+{
+    batch_t *b = ms_malloc(sizeof(*b));
+
+    b->app = app;
+    b->gen = app->mirror->gen;
+    b->from = from;
+    if (ms_mirror_read_log(app, from, count, cb, b) < 0) {
+        free(b);
+        return false;
+    }
+    return true;
+}
+
+
 static void on_sync(void *arg, redisReply *r, int status)
 {
     batch_t *b = arg;
     ms_app_t *app = b->app;
     ms_mirror_t *m = app->mirror;
-    uint64_t epoch, seq, oldest, from = b->from, last;
-    bool current = m != NULL && b->gen == m->gen && m->live;
+    uint64_t seq, from = b->from, last;
+    int rc = sync_reply(b, r, true, &seq);
 
     (void)status;
     free(b);
-    if (!current)
-        return;
-    if (r == NULL || !sync_shape_ok(r)) {
-        load_failed(app, r == NULL ? "Redis connection lost"
-                                   : "unexpected reply from sync script");
-        return;
-    }
-    epoch = strtoull(r->element[0]->str, NULL, 10);
-    seq = (uint64_t)r->element[1]->integer;
-    oldest = (uint64_t)r->element[2]->integer;
-    ms_mirror_saw_version(app, seq);
-    if (sync_check(app, epoch, seq, oldest, from,
-                   new_server(m, r->element[4])) != 0)
+    if (rc != 0)
         return;
 
     last = from - 1;
@@ -702,45 +752,71 @@ static void on_sync(void *arg, redisReply *r, int status)
 
 static void sync_next(ms_app_t *app, uint64_t from)
 {
-    const ms_layout_t *l = &app->layout;
-    batch_t *b = ms_malloc(sizeof(*b));
-    char first[24];
-    const char *argv[5] = {l->epoch, l->seq, l->log, first, SYNC_BATCH};
-    size_t argvlen[5];
-
-    snprintf(first, sizeof(first), "%" PRIu64, from);
-    for (int i = 0; i < 5; i++)
-        argvlen[i] = strlen(argv[i]);
-    b->app = app;
-    b->gen = app->mirror->gen;
-    b->from = from;
-    if (app->redis == NULL || ms_redis_script(app->redis, MS_SCRIPT_SYNC, 3, 5,
-                                              argv, argvlen, on_sync, b) < 0) {
-        free(b);
+    if (!sync_send(app, from, SYNC_BATCH, on_sync))
         load_failed(app, "Redis not reachable");
-    }
 }
 
 
 /*
  * After the links come up, or a gap in the change events: read back from
  * the change log what the cache misses, or load everything when the log
- * cannot tell (see sync_check). Reads are stale meanwhile, unless the
- * sync only verifies that nothing was missed (verify).
+ * cannot tell (see sync_check). Reads are stale meanwhile.
  */
-static void sync_begin(ms_app_t *app, bool verify)
+static void sync_start(ms_app_t *app)
 {
     ms_mirror_t *m = app->mirror;
 
     m->failures_at_sync = m->cache_failures;
     uv_timer_stop(&m->retry);
     m->gen++;
-    if (!verify)
-        m->loaded = false;
+    m->loaded = false;
     m->caught = 0;
     m->started = uv_now(app->loop);
     log_state(app);
     sync_next(app, m->applied + 1);
+}
+
+
+static void history_check(ms_app_t *app);
+
+static void on_check(void *arg, redisReply *r, int status)
+{
+    batch_t *b = arg;
+    ms_app_t *app = b->app;
+    ms_mirror_t *m = app->mirror;
+    uint64_t seq;
+    int rc;
+
+    (void)status;
+    if (m != NULL && b->gen == m->gen)
+        m->checking = false;
+    rc = sync_reply(b, r, false, &seq);
+    free(b);
+    if (rc == 0 && m->check_again)
+        history_check(app);
+}
+
+
+/*
+ * A change under the position is most likely one that was under way
+ * while a load or catch-up read past it, but it may also come from a
+ * sequence that started over (a flush this sidecar saw nothing else of).
+ * sync.lua, asked for no changes, tells them apart by the epoch and the
+ * server's run_id. After a load while writes flow, thousands of such
+ * changes arrive back to back: one check is in flight at a time, and one
+ * more follows it if any came meanwhile. Reads stay served throughout.
+ */
+static void history_check(ms_app_t *app)
+{
+    ms_mirror_t *m = app->mirror;
+
+    if (m->checking && m->check_gen == m->gen) {
+        m->check_again = true;
+        return;
+    }
+    m->check_again = false;
+    m->check_gen = m->gen;
+    m->checking = sync_send(app, m->applied + 1, "0", on_check);
 }
 
 
@@ -878,7 +954,7 @@ static void channel_event(ms_app_t *app, uint64_t version)
      * the epoch with it).
      */
     if (version <= m->applied) {
-        sync_begin(app, true);
+        history_check(app);
         return;
     }
     if (version == m->applied + 1) {

@@ -89,6 +89,14 @@ uint64_t ms_mirror_applied(const ms_app_t *app);
 /* Counts rebuilds, so a write can tell one happened while it was sent. */
 unsigned ms_mirror_rebuilds(const ms_app_t *app);
 
+/*
+ * Sends schema/sync.lua: the history (epoch, sequence, oldest logged
+ * version, run_id) and up to count (decimal) changes of the change log
+ * from version from, to cb with arg. 0, or MS_EUNAVAIL without Redis.
+ */
+int ms_mirror_read_log(ms_app_t *app, uint64_t from, const char *count,
+                       ms_redis_reply_cb cb, void *arg);
+
 /* The Redis link callbacks (ms_redis_callbacks_t, arg is the app). */
 void ms_mirror_on_state(void *arg, bool live);
 void ms_mirror_on_message(void *arg, const char *channel, size_t channel_len,

@@ -686,22 +686,13 @@ static void on_retry(uv_timer_t *t);
 
 static void fill_send(feed_t *f, uint64_t from)
 {
-    const ms_layout_t *l = &f->app->layout;
     fill_t *a = ms_malloc(sizeof(*a));
-    char first[24];
-    const char *argv[5] = {l->epoch, l->seq, l->log, first, FILL_PAGE};
-    size_t argvlen[5];
 
-    snprintf(first, sizeof(first), "%" PRIu64, from);
-    for (int i = 0; i < 5; i++)
-        argvlen[i] = strlen(argv[i]);
     f->held_at_send = f->held_count;
     a->app = f->app;
     a->gen = f->gen;
     a->from = from;
-    if (f->app->redis == NULL ||
-        ms_redis_script(f->app->redis, MS_SCRIPT_SYNC, 3, 5, argv, argvlen,
-                        on_fill, a) < 0) {
+    if (ms_mirror_read_log(f->app, from, FILL_PAGE, on_fill, a) < 0) {
         free(a);
         uv_timer_start(&f->retry, on_retry, RETRY_MS, 0);
     }
