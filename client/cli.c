@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "meshsync.h"
+#include "value.h"
 
 #ifndef MESHSYNC_VERSION
 #define MESHSYNC_VERSION "0.1.0"
@@ -552,21 +553,60 @@ static int run_open(meshsync_t *ms, const cli_args_t *a, int room)
 }
 
 /*
+ * An id as a JSON string (the caller frees it), or NULL after a message.
+ * Ids come from Redis as they are, and a Mesh server may have written one
+ * that is not UTF-8, which JSON cannot hold: each byte that is not part
+ * of a UTF-8 character prints as U+FFFD, with a warning, and the rest of
+ * the output goes on.
+ */
+static char *id_json(const char *id, size_t id_len)
+{
+    static int warned;
+    char *valid = malloc(id_len * 3 + 1), *text = NULL;
+    size_t n = 0;
+    json_t *s;
+
+    if (valid == NULL)
+        goto done;
+    for (size_t i = 0; i < id_len;) {
+        size_t c = ms_utf8_char(id + i, id_len - i);
+
+        if (c == 0) {
+            memcpy(valid + n, "\xef\xbf\xbd", 3);
+            n += 3;
+            i++;
+            if (!warned++)
+                fputs("meshsync: warning: an id is not valid UTF-8; its "
+                      "invalid bytes print as U+FFFD\n",
+                      stderr);
+            continue;
+        }
+        memcpy(valid + n, id + i, c);
+        n += c;
+        i += c;
+    }
+    s = json_stringn_nocheck(valid, n);
+    text = s != NULL ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
+    json_decref(s);
+done:
+    free(valid);
+    if (text == NULL)
+        fputs("meshsync: internal: out of memory\n", stderr);
+    return text;
+}
+
+
+/*
  * Prints {"id":ID,"value":V,"version":N} on one line, with "stale":B
  * added when verbose. Returns 0, or -1 after a message.
  */
 static int print_entry(const char *id, size_t id_len, const char *value,
                        uint64_t version, int stale, int verbose)
 {
-    /* Ids come from Redis as they are: printed even if not UTF-8. */
-    json_t *s = json_stringn_nocheck(id, id_len);
-    char *text = s != NULL ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
+    char *text = id_json(id, id_len);
 
-    json_decref(s);
-    if (text == NULL) {
-        fputs("meshsync: internal: out of memory\n", stderr);
+    if (text == NULL)
         return -1;
-    }
     printf("{\"id\":%s,\"value\":%s,\"version\":%" PRIu64 "%s}\n", text, value,
            version,
            !verbose ? ""
@@ -667,7 +707,6 @@ static int run_mget(meshsync_t *ms, const cli_args_t *a, int room)
  */
 static int print_event(const meshsync_event_t *ev)
 {
-    json_t *s;
     char *id;
 
     if (ev->reset) {
@@ -675,14 +714,9 @@ static int print_event(const meshsync_event_t *ev)
         return 0;
     }
 
-    /* Ids come from Redis as they are: printed even if not UTF-8. */
-    s = json_stringn_nocheck(ev->id, ev->id_len);
-    id = s != NULL ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
-    json_decref(s);
-    if (id == NULL) {
-        fputs("meshsync: internal: out of memory\n", stderr);
+    id = id_json(ev->id, ev->id_len);
+    if (id == NULL)
         return -1;
-    }
     printf("{\"kind\":\"%s\",\"id\":%s,\"value\":%s,\"version\":%" PRIu64 "}\n",
            ev->kind == MESHSYNC_ROOM ? "room" : "conn", id, ev->data,
            ev->version);

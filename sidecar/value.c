@@ -64,40 +64,48 @@ static size_t limit_bytes(const ms_value_limits_t *lim)
 }
 
 
-bool ms_utf8_valid(const char *s, size_t len)
+size_t ms_utf8_char(const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s;
-    const unsigned char *end = p + len;
+    unsigned c = len > 0 ? p[0] : 0;
+    size_t n;
+    uint32_t cp, min;
 
-    while (p < end) {
-        unsigned c = *p;
-        size_t n;
-        uint32_t cp, min;
+    if (len == 0)
+        return 0;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 1, cp = c & 0x1f, min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+        n = 2, cp = c & 0x0f, min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 3, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len <= n)
+        return 0;
+    for (size_t i = 1; i <= n; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n + 1;
+}
 
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf) {
-            n = 1, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2, cp = c & 0x0f, min = 0x800;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            n = 3, cp = c & 0x07, min = 0x10000;
-        } else {
-            return false;
-        }
-        if ((size_t)(end - p) <= n)
-            return false;
 
-        for (size_t i = 1; i <= n; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (p[i] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+bool ms_utf8_valid(const char *s, size_t len)
+{
+    while (len > 0) {
+        size_t n = (unsigned char)*s < 0x80 ? 1 : ms_utf8_char(s, len);
+
+        if (n == 0)
             return false;
-        p += n + 1;
+        s += n;
+        len -= n;
     }
     return true;
 }

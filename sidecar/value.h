@@ -91,4 +91,7 @@ int ms_value_msgpack_to_json(const char *buf, size_t len,
  */
 bool ms_utf8_valid(const char *s, size_t len);
 
+/* The length of the strict UTF-8 character s starts with; 0 if none. */
+size_t ms_utf8_char(const char *s, size_t len);
+
 #endif

@@ -947,6 +947,44 @@ static void test_cli(void **state)
 }
 
 
+/*
+ * An id a Mesh server wrote that is not UTF-8 cannot be JSON: the CLI
+ * prints its invalid bytes as U+FFFD, warns once, and lists the rest.
+ */
+static void test_cli_id_not_utf8(void **state)
+{
+    harness_t *h = *state;
+    redisContext *c = harness_redis(h);
+    harness_daemon_t *d;
+    harness_run_t r;
+    const char *want = "{\"id\":\"b\xef\xbf\xbd\",\"value\":{\"a\":1},";
+
+    freeReplyObject(harness_command(c, "HSET mesh:connection-meta %b %s",
+                                    "b\xff", (size_t)2, "{\"a\":1}"));
+    freeReplyObject(
+        harness_command(c, "HSET mesh:connection-meta ok %s", "{\"a\":2}"));
+    freeReplyObject(
+        harness_command(c, "SADD mesh:room:lobby %b ok", "b\xff", (size_t)2));
+    d = harness_daemon_start(h, "a", NULL, NULL);
+
+    for (int i = 0; i < 2; i++) {
+        const char *const list[] = {"--socket", d->socket, "conn", "list",
+                                    NULL};
+        const char *const members[] = {"--socket", d->socket, "room",
+                                       "members",  "lobby",   NULL};
+
+        harness_cli_run(i == 0 ? list : members, NULL, NULL, 0, &r);
+        if (r.status != 0)
+            fail_msg("status %d; stderr: %s", r.status, r.err);
+        assert_memory_equal(r.out, want, strlen(want));
+        assert_non_null(strstr(r.out, "\n{\"id\":\"ok\",\"value\":{\"a\":2},"));
+        assert_non_null(strstr(r.err, "not valid UTF-8"));
+        harness_run_free(&r);
+    }
+    harness_daemon_stop_clean(d);
+}
+
+
 /* --- scale ------------------------------------------------------------ */
 
 #define SCALE_N     100000
@@ -1225,6 +1263,8 @@ int main(void)
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_stale, harness_setup_redis,
                                         harness_teardown),
+        cmocka_unit_test_setup_teardown(test_cli_id_not_utf8,
+                                        harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_cli, harness_setup_redis,
                                         harness_teardown),
         cmocka_unit_test_setup_teardown(test_scale, harness_setup_redis,

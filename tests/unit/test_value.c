@@ -1030,9 +1030,40 @@ static void test_dump_matches_jansson(void **state)
     }
 }
 
+/* The length of the character a string starts with, 0 when it is none. */
+static void test_utf8_char(void **state)
+{
+    static const struct {
+        const char *s;
+        size_t len, want;
+    } cases[] = {
+        {"a", 1, 1},
+        {"", 0, 0},
+        {"\0", 1, 1},
+        {"\xc3\xa9x", 3, 2},
+        {"\xe2\x82\xac", 3, 3},
+        {"\xf0\x9f\x98\x80", 4, 4},
+        {"\xe2\x82", 2, 0},         /* cut short */
+        {"\xff", 1, 0},             /* never in UTF-8 */
+        {"\x80", 1, 0},             /* a continuation alone */
+        {"\xc0\x80", 2, 0},         /* overlong */
+        {"\xed\xa0\x80", 3, 0},     /* a surrogate */
+        {"\xf4\x90\x80\x80", 4, 0}, /* above U+10FFFF */
+        {"\xc3(", 2, 0},            /* a lead without its tail */
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (ms_utf8_char(cases[i].s, cases[i].len) != cases[i].want)
+            fail_msg("case %zu: %zu, want %zu", i,
+                     ms_utf8_char(cases[i].s, cases[i].len), cases[i].want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_utf8_char),
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_refused_to_json),
         cmocka_unit_test(test_accepted),
