@@ -176,7 +176,7 @@ struct ms_cache_s {
     bool index_full;           /* the index holds every row of the table */
     struct pending_s *pending; /* ms_cache_apply_soon's rows, oldest first */
     struct pending_s **pending_tail;
-    bool cold;     /* a resync into an empty file: memory only */
+    bool mem_load; /* a resync going to memory only (see cache.h) */
     bool ahead;    /* memory holds rows the file has yet to get */
     int fill_kind; /* the refill's position: the last key it read */
     char *fill_id;
@@ -906,10 +906,13 @@ int ms_cache_apply(ms_cache_t *c, ms_kind_t kind, const char *id, size_t id_len,
     if (rc <= 0)
         return rc;
 
-    /* A cold load goes to memory; the file gets it in key order after. */
-    if (c->cold && mode == MS_APPLY_ALWAYS) {
+    /*
+     * A load goes to memory; the file gets what changed in key order
+     * after. What the file already holds is only marked as seen.
+     */
+    if (c->mem_load && mode == MS_APPLY_ALWAYS) {
         ms_index_put(c->index, kind, id, id_len, version, mp, mp_len,
-                     MS_INDEX_DIRTY);
+                     MS_INDEX_DIRTY | MS_INDEX_KEEP_SAME);
         return 1;
     }
     rc = file_apply(c, kind, id, id_len, version, json, json_len, mp, mp_len,
@@ -1066,9 +1069,14 @@ int ms_cache_resync_begin(ms_cache_t *c)
     c->gen = next;
     ms_index_set_gen(c->index, (uint32_t)next);
 
-    /* Empty in memory, and memory holds all the file: the file is empty. */
-    c->cold = c->index_full && ms_index_count(c->index) == 0;
-    if (c->cold)
+    /*
+     * Memory holds all the file: the load can go to memory alone. Not
+     * while the file fails, when memory keeps to what the file took,
+     * unless there is nothing to keep (an empty file).
+     */
+    c->mem_load =
+        c->index_full && (!c->failing || ms_index_count(c->index) == 0);
+    if (c->mem_load)
         c->ahead = true;
     return 0;
 }
@@ -1100,22 +1108,19 @@ static int tombstone_rows(ms_cache_t *c, sqlite3_stmt *s, uint64_t seq)
 }
 
 
-int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
+/*
+ * The end of a load that wrote to the file: its rows of another
+ * generation become tombstones there (and in memory). Returns how many
+ * had a value, or MS_EINTERNAL.
+ */
+static int file_sweep(ms_cache_t *c, uint64_t seq)
 {
     sqlite3_stmt *s = c->stmt[ST_RESYNC_END];
     int gone;
 
-    if (!u64_fits(seq))
-        return MS_EINVAL;
-
-    /* Its statements compare versions in the file: it must be current. */
-    if (pending_write(c) < 0)
-        return MS_EINTERNAL;
     if (sqlite3_bind_int64(s, 1, (sqlite3_int64)seq) != SQLITE_OK ||
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK)
         return cache_fail(c, "resync_end");
-    if (txn_open(c) < 0)
-        return MS_EINTERNAL;
 
     /* The tombstone takes version seq: the entry was gone by then. */
     gone = tombstone_rows(c, s, seq);
@@ -1133,15 +1138,36 @@ int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK ||
         tombstone_rows(c, s, seq) < 0)
         return cache_fail(c, "resync_end");
+    return gone;
+}
 
-    c->cold = false;
 
-    /* Memory holds rows the file lacks: those the load did not see too. */
+int ms_cache_resync_end(ms_cache_t *c, uint64_t seq)
+{
+    sqlite3_stmt *s = c->stmt[ST_MEMBERS_RESYNC_END];
+    int gone = 0;
+
+    if (!u64_fits(seq))
+        return MS_EINVAL;
+
+    /* Its statements compare versions in the file: it must be current. */
+    if (pending_write(c) < 0 || txn_open(c) < 0)
+        return MS_EINTERNAL;
+    if (!c->mem_load)
+        gone = file_sweep(c, seq);
+    if (gone < 0)
+        return gone;
+
+    /*
+     * A load into memory left the file as it was: what it did not see is
+     * swept in memory, and the file gets those tombstones with the rest
+     * of what changed (ms_cache_persist_new).
+     */
+    c->mem_load = false;
     if (c->ahead)
         gone += (int)ms_index_sweep(c->index, seq);
 
     /* Memberships the load did not see have ended, as entries have. */
-    s = c->stmt[ST_MEMBERS_RESYNC_END];
     if (sqlite3_bind_int64(s, 1, (sqlite3_int64)seq) != SQLITE_OK ||
         sqlite3_bind_int64(s, 2, (sqlite3_int64)c->gen) != SQLITE_OK ||
         stmt_run(s) != SQLITE_DONE)
@@ -1264,8 +1290,8 @@ ms_cache_persist_t *ms_cache_persist_new(ms_cache_t *c)
 {
     ms_cache_persist_t *p;
 
-    /* Not while the cold load still runs; ahead until all is committed. */
-    if (c->cold || !c->ahead)
+    /* Not while the load still runs; ahead until all is committed. */
+    if (c->mem_load || !c->ahead)
         return NULL;
     p = ms_calloc(1, sizeof(*p));
     ms_index_walk_dirty(c->index, persist_size, p);
@@ -1386,7 +1412,7 @@ bool ms_cache_ahead(const ms_cache_t *c)
 
 bool ms_cache_persist_wanted(const ms_cache_t *c)
 {
-    return c->ahead && !c->cold;
+    return c->ahead && !c->mem_load;
 }
 
 
@@ -1548,7 +1574,7 @@ int ms_cache_clear(ms_cache_t *c)
         return cache_fail(c, "clear");
     ms_index_clear(c->index);
     c->index_full = true;
-    c->cold = c->ahead = false;
+    c->mem_load = c->ahead = false;
     return txn_settle(c);
 }
 

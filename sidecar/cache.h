@@ -1,7 +1,7 @@
 /*
  * cache.h - the SQLite cache of record: every connection and room entry
  * this sidecar knows, with its version, as JSON text (as Redis holds it;
- * after a cold load, as meshsync writes the same value: see
+ * for a row a full load wrote, as meshsync writes the same value: see
  * ms_cache_persist_new) and as msgpack (ready to copy into a reply).
  *
  * Every change carries a version taken from one global sequence in Redis;
@@ -144,12 +144,14 @@ int ms_cache_flush(ms_cache_t *c) MS_MUST_CHECK;
 bool ms_cache_unflushed(const ms_cache_t *c);
 
 /*
- * A full load into an empty file (a cold start, or after Redis lost its
- * data) goes to memory only: random inserts into a B-tree larger than
- * SQLite's page cache cost a page read and a page write each, minutes at
- * a million rows. Memory is then ahead of the file (ms_cache_ahead): the
- * rows it lacks are written afterwards in the file's key order, a few at
- * a time, so that each page is written once:
+ * A full load begun while the index holds all the file (and the file
+ * takes writes, or is empty) goes to memory only: random writes into a B-tree
+ * larger than SQLite's page cache cost a page read and a page write each,
+ * minutes at a million rows. A row the load finds as memory holds it (same
+ * version, same value) is only marked as seen; entries it does not see are
+ * swept in memory at resync_end. Memory is then ahead of the file
+ * (ms_cache_ahead): the rows that changed are written afterwards in the file's
+ * key order, a few at a time, so that each page is written once:
  *
  *   p = ms_cache_persist_new(c);        loop thread, once the load is
  *                                       over; NULL: nothing left
@@ -159,9 +161,9 @@ bool ms_cache_unflushed(const ms_cache_t *c);
  *
  * and again until ms_cache_persist_new() returns NULL, when everything
  * is committed and the cache is no longer ahead. Meanwhile reads are
- * served from memory as usual, lists and counts (from the file) are
- * incomplete, a merge's JSON comes from memory (see ms_cache_get_json),
- * and the caller must not record a sync position in the file. A lost
+ * served from memory as usual, and so are lists, counts and a merge's
+ * JSON (see ms_cache_get_json); the caller must not record a sync
+ * position in the file. A lost
  * transaction leaves memory as it is and marks every row to be written
  * again. persist_step returns 1 when p is done, 0 while rows remain,
  * MS_EINTERNAL when the file fails (try again later).

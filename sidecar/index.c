@@ -143,6 +143,12 @@ void ms_index_put(ms_index_t *ix, unsigned kind, const char *id, size_t id_len,
         return;
     if (mp == NULL)
         mp_len = 0;
+    if (e != NULL && (flags & MS_INDEX_KEEP_SAME) && e->version == version &&
+        e->present == (mp != NULL) && e->mp_len == mp_len &&
+        (mp_len == 0 || memcmp(e->data + id_len, mp, mp_len) == 0)) {
+        e->gen = ix->gen;
+        return;
+    }
 
     if (e == NULL) {
         grow(ix);

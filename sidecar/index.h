@@ -45,6 +45,9 @@ bool ms_index_find(const ms_index_t *ix, unsigned kind, const char *id,
 /* ms_index_put's flags. */
 #define MS_INDEX_ONLY_NEW 1u /* leave an entry the index holds as it is */
 #define MS_INDEX_DIRTY    2u /* mark it not yet written to the file */
+#define MS_INDEX_KEEP_SAME                                                     \
+    4u /* an entry already holding this version and                            \
+         value is only stamped (see set_gen) */
 
 /*
  * Stores (kind, id) at version with the value mp (copied), or as a

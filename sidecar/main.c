@@ -49,7 +49,7 @@ typedef struct daemon_s {
 /* Rows of the cache file read into memory per loop turn (about 2 ms). */
 #define FILL_ROWS 2048
 
-/* Rows written to the cache file per loop turn after a cold load (about
+/* Rows written to the cache file per loop turn after a full load (about
  * 3 ms: each is also turned into JSON). */
 #define PERSIST_ROWS 500
 
@@ -170,8 +170,10 @@ static void on_fill(uv_idle_t *h)
 
     /* After a failure (the cache logs it), the check starts it again at
      * the next turn that has events, rather than spinning. */
-    if (ms_cache_fill(d->app.cache, FILL_ROWS) != 0)
-        uv_idle_stop(h);
+    if (ms_cache_fill(d->app.cache, FILL_ROWS) == 0)
+        return;
+    uv_idle_stop(h);
+    ms_mirror_cache_filled(&d->app);
 }
 
 
@@ -231,9 +233,10 @@ static void on_sorted(uv_work_t *w, int status)
 
 
 /*
- * After a cold load, memory is ahead of the cache file (cache.h): its
- * rows are sorted off the loop, then written a few per turn. Once none
- * is left, the mirror may record its position in the file.
+ * After a full load, memory is ahead of the cache file (cache.h): the
+ * rows that changed are sorted off the loop, then written a few per
+ * turn. Once none is left, the mirror may record its position in the
+ * file.
  */
 static void persist_next(daemon_t *d)
 {

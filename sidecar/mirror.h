@@ -65,10 +65,16 @@ uint64_t ms_mirror_high(const ms_app_t *app);
 void ms_mirror_saw_version(ms_app_t *app, uint64_t version);
 
 /*
- * The cache file has caught up with memory after a cold load (cache.h):
+ * The cache file has caught up with memory after a full load (cache.h):
  * the sync position may go into it now.
  */
 void ms_mirror_cache_persisted(ms_app_t *app);
+
+/*
+ * The cache's index has filled from the file, or the fill failed: a full
+ * load that waited for it begins (see load_start in mirror.c).
+ */
+void ms_mirror_cache_filled(ms_app_t *app);
 
 /*
  * The cache could not take the change of this version (0: a value

@@ -130,6 +130,23 @@ int bench_load_flush(redisContext *c)
 }
 
 
+int bench_load_lose_log(redisContext *c)
+{
+    static const char *const cmds[] = {"XTRIM mesh:meshsync:log MAXLEN 0",
+                                       "INCR mesh:meshsync:seq"};
+    int rc = 0;
+
+    for (size_t i = 0; i < 2 && rc == 0; i++) {
+        redisReply *r = redisCommand(c, cmds[i]);
+
+        rc = r != NULL && r->type == REDIS_REPLY_INTEGER ? 0 : MS_EIO;
+        if (r != NULL)
+            freeReplyObject(r);
+    }
+    return rc;
+}
+
+
 int bench_load_evalsha_calls(redisContext *c, uint64_t *calls)
 {
     static const char field[] = "cmdstat_evalsha:calls=";

@@ -32,6 +32,12 @@ int bench_load_entries(redisContext *c, const bench_script_t *s, size_t conns,
 /* FLUSHALL (the scripts stay loaded). */
 int bench_load_flush(redisContext *c);
 
+/*
+ * Empties the change log and takes a version nobody writes: a sidecar
+ * whose position is older cannot catch up and loads everything.
+ */
+int bench_load_lose_log(redisContext *c);
+
 /* cmdstat_evalsha's calls from INFO commandstats (0 when none yet). */
 int bench_load_evalsha_calls(redisContext *c, uint64_t *calls);
 

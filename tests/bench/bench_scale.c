@@ -98,24 +98,34 @@ static int scale_load(scale_t *sc)
 }
 
 
+/* Starts the sidecar; the row what says in how long it was ready. */
+static int scale_until_ready(scale_t *sc, const char *what)
+{
+    int64_t ready;
+
+    if (scale_spawn(sc) < 0 ||
+        bench_sidecar_wait_ready(&sc->s, BENCH_READY_MS, &ready) < 0) {
+        bench_fail(sc->b, "scale %zu: %s: the sidecar did not get ready",
+                   sc->size, what);
+        return MS_EINTERNAL;
+    }
+    health_note(
+        scale_row(sc, what, ms_between(sc->s.spawn_ns, ready) / 1000, "s"),
+        &sc->s);
+    note_hwm(sc);
+    return 0;
+}
+
+
 /* A fresh sidecar on a new cache file: the full resync's time. */
 static int scale_fresh(scale_t *sc)
 {
-    bench_t *b = sc->b;
     char name[32];
-    int64_t ready;
 
     snprintf(name, sizeof(name), "scale-%zu", sc->size);
-    if (bench_sidecar_init(&sc->s, b->dir, name) < 0 || scale_spawn(sc) < 0 ||
-        bench_sidecar_wait_ready(&sc->s, BENCH_READY_MS, &ready) < 0) {
-        bench_fail(b, "scale %zu: the fresh sidecar did not catch up",
-                   sc->size);
+    if (bench_sidecar_init(&sc->s, sc->b->dir, name) < 0)
         return MS_EINTERNAL;
-    }
-    health_note(scale_row(sc, "full resync",
-                          ms_between(sc->s.spawn_ns, ready) / 1000, "s"),
-                &sc->s);
-    return 0;
+    return scale_until_ready(sc, "full resync");
 }
 
 
@@ -173,6 +183,20 @@ static int scale_restart(scale_t *sc)
                 &sc->s);
     note_hwm(sc);
     return 0;
+}
+
+
+/*
+ * SIGTERM, then the change log lost: the same cache file, full of
+ * entries, takes a full load (as after a Redis restart or a long outage).
+ */
+static int scale_reload(scale_t *sc)
+{
+    if (scale_stop(sc) < 0 || bench_load_lose_log(sc->b->redis.ctl) < 0) {
+        bench_fail(sc->b, "scale %zu: cannot lose the change log", sc->size);
+        return MS_EINTERNAL;
+    }
+    return scale_until_ready(sc, "full resync, warm cache file");
 }
 
 
@@ -289,7 +313,8 @@ static int scale_run(scale_t *sc, bool largest)
 
     if ((rc = scale_load(sc)) < 0 || (rc = scale_fresh(sc)) < 0)
         return rc;
-    if ((rc = scale_reads(sc)) < 0 || (rc = scale_restart(sc)) < 0)
+    if ((rc = scale_reads(sc)) < 0 || (rc = scale_restart(sc)) < 0 ||
+        (rc = scale_reload(sc)) < 0)
         return rc;
     if (scale_stop(sc) < 0)
         bench_fail(b, "scale %zu: the sidecar did not stop cleanly", sc->size);

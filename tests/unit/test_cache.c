@@ -635,22 +635,29 @@ static void test_invalid_arguments(void **state)
 
 
 /* Rows another connection sees in the file: what is committed. */
-static int committed_rows(const char *path)
+/* Counts the file's entries rows matching a WHERE clause (committed). */
+static int file_rows_where(const char *path, const char *where)
 {
     sqlite3 *db;
     sqlite3_stmt *s;
+    char sql[256];
     int n;
 
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM entries WHERE %s", where);
     assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL),
                      SQLITE_OK);
-    assert_int_equal(
-        sqlite3_prepare_v2(db, "SELECT count(*) FROM entries", -1, &s, NULL),
-        SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
     n = sqlite3_column_int(s, 0);
     sqlite3_finalize(s);
     sqlite3_close(db);
     return n;
+}
+
+
+static int committed_rows(const char *path)
+{
+    return file_rows_where(path, "1");
 }
 
 
@@ -1093,6 +1100,71 @@ static void test_cold_load(void **state)
     assert_false(ms_cache_ahead(f->c));
     expect_mp(f->c, "k1", 20, "\"new\"");
     assert_int_equal(ms_cache_count(f->c, MS_KIND_CONN), 3001);
+}
+
+
+/*
+ * A full load into a file that holds entries goes to memory too: the
+ * file is untouched until the load ends, then gets only what changed
+ * (new values, new entries, tombstones of entries the load did not see),
+ * in key order. Rows the load found as they were are not written again.
+ */
+static void test_populated_load(void **state)
+{
+    fixture_t *f = *state;
+    ms_error_t err = {0};
+    char path[128], id[32], json[64];
+    ms_cache_t *c;
+
+    dir_path(f, "populated.db", path, sizeof(path));
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    c = f->c;
+    for (int i = 0; i < 1000; i++) {
+        snprintf(id, sizeof(id), "k%03d", i);
+        snprintf(json, sizeof(json), "{\"n\":%d}", i);
+        assert_int_equal(put_mp(c, id, 5, json, MS_APPLY_NEWER), 1);
+    }
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_int_equal(file_rows_where(path, "gen = 0"), 1000);
+
+    /* k000-k499 as they were, k500-k799 changed, k800-k999 gone, 100 new. */
+    assert_int_equal(ms_cache_resync_begin(c), 0);
+    assert_true(ms_cache_ahead(c));
+    for (int i = 0; i < 1100; i++) {
+        if (i >= 800 && i < 1000)
+            continue;
+        snprintf(id, sizeof(id), "k%03d", i);
+        snprintf(json, sizeof(json), "{\"n\":%d}", i < 500 ? i : -i);
+        assert_int_equal(put_mp(c, id, i < 500 ? 5 : 8, json, MS_APPLY_ALWAYS),
+                         1);
+    }
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_int_equal(file_rows_where(path, "gen = 0 AND version = 5"), 1000);
+    expect_mp(c, "k600", 8, "{\"n\":-600}");
+
+    assert_int_equal(ms_cache_resync_end(c, 9), 200);
+    expect_conn(c, "k900", 9, NULL);
+    assert_int_equal(ms_cache_count(c, MS_KIND_CONN), 900);
+    assert_int_equal(ms_cache_flush(c), 0);
+    assert_int_equal(file_rows_where(path, "json IS NULL"), 0);
+
+    persist_all(c);
+    assert_int_equal(file_rows_where(path, "gen = 0 AND version = 5"), 500);
+    assert_int_equal(file_rows_where(path, "version = 8 AND json LIKE '%-%'"),
+                     400);
+    assert_int_equal(file_rows_where(path, "version = 9 AND json IS NULL"),
+                     200);
+    assert_int_equal(committed_rows(path), 1100);
+
+    /* The file alone reads back the same. */
+    ms_cache_close(c);
+    f->c = NULL;
+    assert_int_equal(ms_cache_open(path, &f->c, &err), 0);
+    expect_mp(f->c, "k000", 5, "{\"n\":0}");
+    expect_mp(f->c, "k799", 8, "{\"n\":-799}");
+    expect_mp(f->c, "k1099", 8, "{\"n\":-1099}");
+    expect_conn(f->c, "k800", 9, NULL);
+    assert_int_equal(ms_cache_count(f->c, MS_KIND_CONN), 900);
 }
 
 
@@ -1616,6 +1688,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_commit, setup_dir,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cold_load, setup_dir, teardown),
+        cmocka_unit_test_setup_teardown(test_populated_load, setup_dir,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_other_boot, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_apply_soon, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_load_while_ahead, setup_dir,
