@@ -379,6 +379,13 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
         rc = check_sequence(app, seq);
         if (rc != 0)
             return rc;
+    } else if (seq < m->seq) {
+        /* Redis lost its data half-way (a flush): what came before went
+         * with it, and the load would end serving it. */
+        if (forget_everything(app, seq) < 0)
+            return -1;
+        load_start(app);
+        return 1;
     }
     failures = m->cache_failures;
     if (ms_cache_begin(app->cache) < 0)

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -60,6 +61,9 @@
 /* Test 7: clients that hang up with a large read waiting. */
 #define HANGUPS      300
 #define HANGUP_FRAME 1000000
+
+/* Entries a sidecar loads while Redis is flushed. */
+#define FLUSH_LOAD_ENTRIES 20000
 
 /* Changes published again under a quiet sidecar's position. */
 #define OLD_CHANGES    1000
@@ -1079,6 +1083,73 @@ static void test_snapshot_restore(void **state)
 }
 
 
+/* The entries of each kind b's health counts. */
+static void health_counts(meshsync_t *mb, json_int_t *conns, json_int_t *rooms)
+{
+    meshsync_value_t v;
+    json_t *report;
+
+    HARNESS_CALL_OK(mb, meshsync_health(mb, &v));
+    report = json_loads(v.data, 0, NULL);
+    if (report == NULL)
+        fail_msg("health is not JSON: %s", v.data);
+    *conns = json_integer_value(json_object_get(report, "conns"));
+    *rooms = json_integer_value(json_object_get(report, "rooms"));
+    json_decref(report);
+    meshsync_value_free(&v);
+}
+
+/*
+ * Redis flushed while a fresh sidecar loads: the batches after the flush
+ * read a lower sequence, and B loads again. It once went live with what
+ * it had read before the flush, and served it until the next write.
+ */
+static void test_flushall_during_load(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ma = world_client(w);
+    redisContext *c = harness_redis(w->h);
+    int64_t deadline = harness_now_ms() + WAIT_MS;
+    json_int_t conns = 0, rooms = 0;
+    harness_daemon_t *b;
+    meshsync_t *mb;
+
+    /* Values as a Mesh server writes them, and one version taken. */
+    for (int i = 0; i < FLUSH_LOAD_ENTRIES; i++)
+        redisAppendCommand(c, "HSET mesh:connection-meta fl-%d {\"n\":%d}", i,
+                           i);
+    for (int i = 0; i < FLUSH_LOAD_ENTRIES; i++) {
+        void *r = NULL;
+
+        assert_int_equal(redisGetReply(c, &r), REDIS_OK);
+        freeReplyObject(r);
+    }
+    set_room(ma, "x", "1");
+
+    /* Once b holds its first batch of 500 (of 40), Redis loses it all. */
+    b = harness_daemon_spawn(w->h, "b", NULL, NULL);
+    if (!harness_daemon_wait_log(b, "msg=\"resync started\"", WAIT_MS))
+        fail_msg("b did not load; log:\n%s", harness_daemon_log(b));
+    mb = harness_client_open(b);
+    for (int i = 0; i < 100000 && conns == 0; i++) {
+        if (harness_now_ms() > deadline)
+            fail_msg("b loaded nothing; log:\n%s", harness_daemon_log(b));
+        health_counts(mb, &conns, &rooms);
+    }
+    freeReplyObject(harness_command(c, "FLUSHALL"));
+    if (!harness_daemon_wait_log(b, "Redis sequence went back", WAIT_MS) ||
+        !harness_daemon_wait_log(b, "msg=\"ready\"", WAIT_MS))
+        fail_msg("b did not load again; log:\n%s", harness_daemon_log(b));
+
+    health_counts(mb, &conns, &rooms);
+    if (conns != 0 || rooms != 0)
+        fail_msg("b serves what Redis lost: %lld conns, %lld rooms",
+                 (long long)conns, (long long)rooms);
+    meshsync_free(mb);
+    harness_daemon_stop_clean(b);
+    harness_daemon_stop_clean(w->d);
+}
+
 /*
  * FLUSHALL seen by B only through other sidecars' writes, with no event
  * since B's links came up: the first event at or below B's position
@@ -1666,6 +1737,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_catch_up_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_restore, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flushall_quiet_sidecar, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_flushall_during_load, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_log_too_short, setup_short_log,
                                         teardown),
