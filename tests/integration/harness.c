@@ -692,6 +692,20 @@ void harness_call_ok(const meshsync_t *ms, int rc, const char *what, int line)
 }
 
 
+json_t *harness_health(meshsync_t *ms)
+{
+    meshsync_value_t v;
+    json_t *report;
+
+    HARNESS_CALL_OK(ms, meshsync_health(ms, &v));
+    report = json_loads(v.data, 0, NULL);
+    if (!json_is_object(report))
+        fail_msg("health report is not an object: %s", v.data);
+    meshsync_value_free(&v);
+    return report;
+}
+
+
 /* --- raw protocol ----------------------------------------------------- */
 
 int harness_unix_connect(const char *path)

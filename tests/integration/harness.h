@@ -43,6 +43,7 @@
 
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
+#include <jansson.h>
 #include <msgpack.h>
 
 #include "meshsync.h"
@@ -208,6 +209,12 @@ meshsync_t *harness_client_open(const harness_daemon_t *d);
  */
 #define HARNESS_CALL_OK(ms, call) harness_call_ok((ms), (call), #call, __LINE__)
 void harness_call_ok(const meshsync_t *ms, int rc, const char *what, int line);
+
+/*
+ * The sidecar's health report through ms, as a JSON object; fails the
+ * test unless it is one. The caller frees it with json_decref().
+ */
+json_t *harness_health(meshsync_t *ms);
 
 /* --- raw protocol ----------------------------------------------------- */
 

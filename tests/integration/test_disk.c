@@ -368,20 +368,6 @@ static void expect_equal_redis(world_t *w, meshsync_t *ms)
 
 /* --- health and the log ----------------------------------------------- */
 
-/* The health report through ms; the caller frees it with json_decref(). */
-static json_t *health(meshsync_t *ms)
-{
-    meshsync_value_t v;
-    json_t *report;
-
-    HARNESS_CALL_OK(ms, meshsync_health(ms, &v));
-    report = json_loads(v.data, 0, NULL);
-    if (!json_is_object(report))
-        fail_msg("health report is not an object: %s", v.data);
-    meshsync_value_free(&v);
-    return report;
-}
-
 static void expect_report(const json_t *report, const char *state, bool failing)
 {
     const char *got = json_string_value(json_object_get(report, "state"));
@@ -400,7 +386,7 @@ static void expect_report(const json_t *report, const char *state, bool failing)
 
 static void expect_health(meshsync_t *ms, const char *state, bool failing)
 {
-    json_t *report = health(ms);
+    json_t *report = harness_health(ms);
 
     expect_report(report, state, failing);
     json_decref(report);

@@ -801,21 +801,6 @@ static void test_reads_from_redis(void **state)
 
 /* --- health ----------------------------------------------------------- */
 
-/* The health report through the library, as a parsed JSON object. */
-static json_t *health(meshsync_t *ms)
-{
-    meshsync_value_t v;
-    json_t *report;
-
-    HARNESS_CALL_OK(ms, meshsync_health(ms, &v));
-    report = json_loads(v.data, 0, NULL);
-    if (report == NULL)
-        fail_msg("health is not JSON: %s", v.data);
-    meshsync_value_free(&v);
-    return report;
-}
-
-
 /*
  * Live and caught up: ready, no lag, the sequence of the last write; the
  * CLI exits 0. Redis gone: down, not ready, lag unknown; the CLI exits 1.
@@ -833,7 +818,7 @@ static void test_health(void **state)
 
     HARNESS_CALL_OK(ms, meshsync_room_set(ms, "lobby", MESHSYNC_JSON, "{}", 2,
                                           MESHSYNC_REPLACE, &v));
-    rep = health(ms);
+    rep = harness_health(ms);
     assert_string_equal(json_string_value(json_object_get(rep, "state")),
                         "live");
     assert_true(json_is_true(json_object_get(rep, "ready")));
@@ -848,7 +833,7 @@ static void test_health(void **state)
     harness_redis_stop(h);
     if (!harness_daemon_wait_log(d, "state=down", HARNESS_TIMEOUT_MS))
         fail_msg("no state=down; log:\n%s", harness_daemon_log(d));
-    rep = health(ms);
+    rep = harness_health(ms);
     assert_string_equal(json_string_value(json_object_get(rep, "state")),
                         "down");
     assert_true(json_is_false(json_object_get(rep, "ready")));
@@ -915,7 +900,7 @@ static void test_outside_writes(void **state)
     freeReplyObject(harness_command(c, "DEL mesh:roommeta:R"));
     expect_get(ms, ROOM, "R", v + 4, "null", v + 4);
 
-    rep = health(ms);
+    rep = harness_health(ms);
     assert_true(json_is_true(json_object_get(rep, "scrubber")));
     assert_true(json_is_true(json_object_get(rep, "keyspaceEvents")));
     assert_int_equal(json_integer_value(json_object_get(rep, "adopted")), 3);
@@ -942,14 +927,14 @@ static void test_scrub_lease_error(void **state)
         !harness_daemon_wait_log(d, "scrub lease unavailable",
                                  HARNESS_TIMEOUT_MS))
         fail_msg("no lease error logged; log:\n%s", harness_daemon_log(d));
-    rep = health(ms);
+    rep = harness_health(ms);
     assert_true(json_is_false(json_object_get(rep, "scrubber")));
     json_decref(rep);
 
     freeReplyObject(harness_command(c, "DEL mesh:meshsync:scrubber"));
     if (!harness_daemon_wait_log(d, "scrub lease taken", HARNESS_TIMEOUT_MS))
         fail_msg("no lease taken; log:\n%s", harness_daemon_log(d));
-    rep = health(ms);
+    rep = harness_health(ms);
     assert_true(json_is_true(json_object_get(rep, "scrubber")));
     json_decref(rep);
     meshsync_free(ms);

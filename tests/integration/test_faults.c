@@ -706,20 +706,14 @@ static void model_reset(world_t *w)
 /* True if the sidecar reports itself live and caught up with Redis. */
 static bool sidecar_caught_up(world_t *w, int i)
 {
-    meshsync_t *ms = client(w, i);
-    meshsync_value_t v = {0};
-    json_t *j, *lag;
+    json_t *j = harness_health(client(w, i));
+    json_t *lag = json_object_get(j, "lag");
     bool up;
 
-    HARNESS_CALL_OK(ms, meshsync_health(ms, &v));
-    j = json_loads(v.data, 0, NULL);
-    assert_non_null(j);
-    lag = json_object_get(j, "lag");
     up = json_is_true(json_object_get(j, "ready")) &&
          strcmp(json_string_value(json_object_get(j, "state")), "live") == 0 &&
          json_is_integer(lag) && json_integer_value(lag) == 0;
     json_decref(j);
-    meshsync_value_free(&v);
     return up;
 }
 
