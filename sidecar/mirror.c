@@ -829,8 +829,23 @@ static void on_check(void *arg, redisReply *r, int status)
     int rc;
 
     (void)status;
-    if (m != NULL && b->gen == m->gen)
+    if (m != NULL && b->gen == m->gen && m->live) {
         m->checking = false;
+
+        /* A check that failed proved nothing: a catch-up checks the
+         * same, and is tried again until it works (reads stale). */
+        if (r == NULL || !sync_shape_ok(r)) {
+            const char *why = r == NULL ? "no reply" : "unexpected reply";
+
+            if (r != NULL && r->type == REDIS_REPLY_ERROR)
+                why = r->str;
+            ms_log_warn("history check failed, catching up instead",
+                        "error=\"%s\"", why);
+            free(b);
+            sync_start(app);
+            return;
+        }
+    }
     rc = sync_reply(b, r, false, &seq);
     free(b);
     if (rc == 0 && m->check_again)

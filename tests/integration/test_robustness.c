@@ -1587,6 +1587,69 @@ static uint64_t redis_calls(world_t *w, const char *cmd)
     return n;
 }
 
+/* Makes n writes through ms; their change messages go to old[]. */
+static void capture_changes(world_t *w, meshsync_t *ms, int n, redisReply **old)
+{
+    redisContext *sub = harness_redis_connect(w->h);
+    struct timeval tv = {WAIT_MS / 1000, 0};
+    char conn[32];
+
+    assert_int_equal(redisSetTimeout(sub, tv), REDIS_OK);
+    freeReplyObject(harness_command(sub, "SUBSCRIBE %s", OLD_CHANNEL));
+    for (int i = 0; i < n; i++) {
+        snprintf(conn, sizeof(conn), "old-%d", i % 50);
+        HARNESS_CALL_OK(ms, meshsync_conn_set(ms, conn, MESHSYNC_JSON, "[1]", 3,
+                                              MESHSYNC_REPLACE, NULL));
+    }
+    for (int i = 0; i < n; i++) {
+        void *r = NULL;
+
+        assert_int_equal(redisGetReply(sub, &r), REDIS_OK);
+        old[i] = r;
+        assert_int_equal(old[i]->elements, 3);
+    }
+    redisFree(sub);
+}
+
+/*
+ * A history check that fails (here: the change log is not a stream for a
+ * while) proves nothing: the sidecar says it is catching up, tries until
+ * Redis answers, and is live again. It once stayed live, unchecked.
+ */
+static void test_history_check_refused(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ms = harness_client_open(w->d);
+    redisContext *c = harness_redis(w->h);
+    redisReply *old[1];
+    harness_daemon_t *b;
+
+    capture_changes(w, ms, 1, old);
+    b = harness_daemon_start(w->h, "b", NULL, NULL);
+    freeReplyObject(
+        harness_command(c, "RENAME mesh:meshsync:log mesh:test:kept-log"));
+    freeReplyObject(harness_command(c, "SET mesh:meshsync:log x"));
+    freeReplyObject(harness_command(c, "PUBLISH %s %b", OLD_CHANNEL,
+                                    old[0]->element[2]->str,
+                                    (size_t)old[0]->element[2]->len));
+    freeReplyObject(old[0]);
+    if (!harness_daemon_wait_log(b, "history check failed", WAIT_MS) ||
+        !harness_daemon_wait_log(b, "state=catching_up", WAIT_MS)) {
+        fprintf(stderr, "b's log:\n%s", harness_daemon_log(b));
+        fail_msg("b stayed live");
+    }
+    assert_non_null(strstr(harness_daemon_log(b), "WRONGTYPE"));
+
+    freeReplyObject(harness_command(c, "DEL mesh:meshsync:log"));
+    freeReplyObject(
+        harness_command(c, "RENAME mesh:test:kept-log mesh:meshsync:log"));
+    if (!harness_daemon_wait_log(b, "caught up from the change log", WAIT_MS) ||
+        !harness_daemon_wait_log(b, "state=live", WAIT_MS))
+        fail_msg("b did not come back; log:\n%s", harness_daemon_log(b));
+    meshsync_free(ms);
+    harness_daemon_stop_clean(b);
+}
+
 /*
  * Changes under a sidecar's position (under way while it loaded, or
  * from a sequence that started over) are checked against Redis's
@@ -1598,31 +1661,14 @@ static void test_old_changes_checked_once(void **state)
 {
     world_t *w = *state;
     meshsync_t *ms = harness_client_open(w->d);
-    redisContext *sub = harness_redis_connect(w->h);
     redisContext *c = harness_redis(w->h);
-    struct timeval tv = {WAIT_MS / 1000, 0};
     redisReply *old[OLD_CHANGES];
     meshsync_value_t v;
     harness_daemon_t *b;
     meshsync_t *mb;
     uint64_t version = 0, xrange;
-    char conn[32];
 
-    assert_int_equal(redisSetTimeout(sub, tv), REDIS_OK);
-    freeReplyObject(harness_command(sub, "SUBSCRIBE %s", OLD_CHANNEL));
-    for (int i = 0; i < OLD_CHANGES; i++) {
-        snprintf(conn, sizeof(conn), "old-%d", i % 50);
-        HARNESS_CALL_OK(ms, meshsync_conn_set(ms, conn, MESHSYNC_JSON, "[1]", 3,
-                                              MESHSYNC_REPLACE, NULL));
-    }
-    for (int i = 0; i < OLD_CHANGES; i++) {
-        void *r = NULL;
-
-        assert_int_equal(redisGetReply(sub, &r), REDIS_OK);
-        old[i] = r;
-        assert_int_equal(old[i]->elements, 3);
-    }
-    redisFree(sub);
+    capture_changes(w, ms, OLD_CHANGES, old);
 
     /* A quiet start: b has seen no change on the channel, all are old. */
     b = harness_daemon_start(w->h, "b", NULL, NULL);
@@ -1748,6 +1794,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_start_while_writing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_old_changes_checked_once, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_history_check_refused, setup,
                                         teardown),
     };
 
