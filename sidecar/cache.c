@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -59,6 +60,9 @@ typedef struct pending_s {
 
 /* Rows the index reads from the table when the cache opens. */
 #define CACHE_FILL_OPEN 4096
+
+/* While the index fills, a count scans the table at most this often. */
+#define COUNT_EVERY_MS 1000
 
 /* The meta key holding the boot the file was last opened in. */
 #define CACHE_BOOT_KEY "boot"
@@ -181,6 +185,8 @@ struct ms_cache_s {
     int fill_kind; /* the refill's position: the last key it read */
     char *fill_id;
     size_t fill_len;
+    int64_t counted[2];    /* the file's last count per kind, while filling */
+    int64_t counted_at[2]; /* when, in ms of CLOCK_MONOTONIC; 0: never */
 };
 
 
@@ -1422,16 +1428,30 @@ bool ms_cache_filled(const ms_cache_t *c)
 }
 
 
+static int64_t now_ms(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+
 int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind)
 {
     sqlite3_stmt *s = c->stmt[ST_COUNT_LIVE];
-    int64_t n = 0;
+    int64_t n = 0, now = now_ms();
     int rc;
 
     if (!kind_valid(kind))
         return MS_EINVAL;
     if (c->index_full)
         return (int64_t)ms_index_count_live(c->index, kind);
+
+    /* A scan of the table (a tenth of a second at a million rows): a
+     * health probe polled often must not hold the fill back. */
+    if (c->counted_at[kind] != 0 && now - c->counted_at[kind] < COUNT_EVERY_MS)
+        return c->counted[kind];
     if (sqlite3_bind_int(s, 1, (int)kind) != SQLITE_OK)
         return cache_fail(c, "count");
 
@@ -1441,6 +1461,8 @@ int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind)
     sqlite3_reset(s);
     if (rc != SQLITE_ROW)
         return cache_fail(c, "count");
+    c->counted[kind] = n;
+    c->counted_at[kind] = now;
     return n;
 }
 
@@ -1548,6 +1570,9 @@ int64_t ms_cache_max_version(ms_cache_t *c)
     int64_t v = 0;
     int rc;
 
+    /* Memory holds the file, and what the file has yet to get. */
+    if (c->index_full)
+        return (int64_t)ms_index_max_version(c->index);
     if (pending_write(c) < 0)
         return MS_EINTERNAL;
     rc = sqlite3_step(s);

@@ -187,7 +187,11 @@ int64_t ms_cache_max_version(ms_cache_t *c);
 /* Forgets every entry and tombstone (Redis lost its data). */
 int ms_cache_clear(ms_cache_t *c) MS_MUST_CHECK;
 
-/* Live (non-tombstone) entries of a kind, or a negative error. */
+/*
+ * Live (non-tombstone) entries of a kind, or a negative error. Counted
+ * in memory; while the index fills, from the file, at most once a second
+ * (so up to a second old).
+ */
 int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind);
 
 /*
