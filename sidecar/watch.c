@@ -9,9 +9,11 @@
  * a fill, which reads the change log from position + 1 in pages while
  * later channel messages are held; when a page comes back short, every
  * change up to the sequence read with it has been pushed, and the held
- * messages go on. Redis's sequence, epoch and run_id, read with each page,
- * and channel versions that fail to rise tell when the history itself
- * changed (Redis lost its data): then watchers get a reset.
+ * messages go on. A message at or under the position opens a check, a
+ * fill that reads no changes. Redis's sequence, epoch and run_id, read
+ * with each page, and channel versions that fail to rise tell when the
+ * history itself changed (Redis lost its data): then watchers get a
+ * reset.
  */
 #include "watch.h"
 
@@ -112,8 +114,9 @@ struct ms_watch_s {
     bool know_history;     /* epoch and run_id below were read */
     char epoch[32];
     char run_id[48];
-    bool filling; /* the log must be read before anything newer goes */
-    unsigned gen; /* counts fills: replies of older ones are dropped */
+    bool filling;  /* the log must be read before anything newer goes */
+    bool checking; /* that fill only checks the history (check_start) */
+    unsigned gen;  /* counts fills: replies of older ones are dropped */
     uint64_t fill_changes;
     uint64_t fill_started;
     STAILQ_HEAD(, held_s) held;
@@ -276,12 +279,14 @@ static uint64_t current_version(const ms_app_t *app)
 
 
 static void fill_start(feed_t *f);
+static void check_start(feed_t *f);
 
 /* Drops the fill under way, if any, and what it held. */
 static void fill_cancel(feed_t *f)
 {
     f->gen++;
     f->filling = false;
+    f->checking = false;
     uv_timer_stop(&f->retry);
     drop_held(f);
 }
@@ -669,11 +674,11 @@ void ms_watch_on_change(ms_app_t *app, const char *payload, size_t len)
     } else {
         /*
          * Not above the position: a message under way when the feed was
-         * placed, or Redis's sequence starting over (a flush) with no
-         * earlier message on this link to compare with. A fill tells them
-         * apart: it checks the epoch and the run_id.
+         * placed or a fill read past it, or Redis's sequence starting
+         * over (a flush) with no earlier message on this link to compare
+         * with. A check tells them apart by the epoch and the run_id.
          */
-        fill_start(f);
+        check_start(f);
     }
 done:
     msgpack_unpacked_destroy(&up);
@@ -692,7 +697,8 @@ static void fill_send(feed_t *f, uint64_t from)
     a->app = f->app;
     a->gen = f->gen;
     a->from = from;
-    if (ms_mirror_read_log(f->app, from, FILL_PAGE, on_fill, a) < 0) {
+    if (ms_mirror_read_log(f->app, from, f->checking ? "0" : FILL_PAGE, on_fill,
+                           a) < 0) {
         free(a);
         uv_timer_start(&f->retry, on_retry, RETRY_MS, 0);
     }
@@ -700,13 +706,34 @@ static void fill_send(feed_t *f, uint64_t from)
 
 
 /* Reads the log from pos + 1 now, or as soon as the links are up. */
-static void fill_start(feed_t *f)
+static void fill_begin(feed_t *f, bool checking)
 {
     f->filling = true;
+    f->checking = checking;
     f->fill_changes = 0;
     f->fill_started = uv_now(f->app->loop);
     if (f->live)
         fill_send(f, f->pos + 1);
+}
+
+
+static void fill_start(feed_t *f)
+{
+    fill_begin(f, false);
+}
+
+
+/*
+ * A fill that reads no changes, only the history: later channel messages
+ * are held meanwhile as for a fill, and go on when it ends, the position
+ * unmoved unless the history changed (then a reset). After a fill while
+ * the subscriber lags, each change under way would otherwise start a
+ * fill of its own, reading the log page after page instead of the
+ * channel.
+ */
+static void check_start(feed_t *f)
+{
+    fill_begin(f, true);
 }
 
 
@@ -790,6 +817,7 @@ static void fill_done(feed_t *f, uint64_t seq)
     if (seq > f->pos)
         f->pos = seq;
     f->filling = false;
+    f->checking = false;
     ms_log(f->fill_changes > 0 ? MS_LOG_INFO : MS_LOG_DEBUG,
            "watchers caught up from the change log",
            "changes=%" PRIu64 " version=%" PRIu64 " ms=%" PRIu64,
@@ -829,6 +857,13 @@ static void fill_page(feed_t *f, const redisReply *r, uint64_t from)
     const redisReply *changes = r->element[3];
     const char *why = history_changed(f, r, seq);
 
+    if (why == NULL && f->checking) {
+        drop_beyond(f, seq);
+        f->filling = false;
+        f->checking = false;
+        drain(f);
+        return;
+    }
     if (why == NULL && seq >= from && (oldest == 0 || oldest > from))
         why = "the change log no longer reaches back";
     if (why != NULL) {

@@ -374,6 +374,24 @@ redisContext *harness_redis(const harness_t *h)
 }
 
 
+uint64_t harness_redis_calls(const harness_t *h, const char *cmd)
+{
+    redisReply *rep = harness_command(h->redis, "INFO commandstats");
+    char key[64];
+    const char *at;
+    uint64_t n = 0;
+
+    if (rep->type != REDIS_REPLY_STRING)
+        fail_msg("harness: INFO commandstats is not a string");
+    snprintf(key, sizeof(key), "cmdstat_%s:calls=", cmd);
+    at = strstr(rep->str, key);
+    if (at != NULL)
+        n = strtoull(at + strlen(key), NULL, 10);
+    freeReplyObject(rep);
+    return n;
+}
+
+
 redisContext *harness_redis_connect(const harness_t *h)
 {
     redisContext *c = redis_try_connect(h);

@@ -114,6 +114,12 @@ redisContext *harness_redis_start(harness_t *h, const char *const *extra);
 /* The context harness_redis_start() returned, or NULL when stopped. */
 redisContext *harness_redis(const harness_t *h);
 
+/*
+ * How many times Redis has run cmd (lower case; calls made by scripts
+ * included), from INFO commandstats: 0 when never.
+ */
+uint64_t harness_redis_calls(const harness_t *h, const char *cmd);
+
 /* A further synchronous context; the caller frees it with redisFree(). */
 redisContext *harness_redis_connect(const harness_t *h);
 

@@ -1570,23 +1570,6 @@ static int count_in(const char *text, const char *needle)
     return n;
 }
 
-/* How many times Redis ran cmd (scripts' calls included): INFO commandstats. */
-static uint64_t redis_calls(world_t *w, const char *cmd)
-{
-    redisReply *rep = harness_command(harness_redis(w->h), "INFO commandstats");
-    char key[64];
-    const char *at;
-    uint64_t n = 0;
-
-    assert_int_equal(rep->type, REDIS_REPLY_STRING);
-    snprintf(key, sizeof(key), "cmdstat_%s:calls=", cmd);
-    at = strstr(rep->str, key);
-    if (at != NULL)
-        n = strtoull(at + strlen(key), NULL, 10);
-    freeReplyObject(rep);
-    return n;
-}
-
 /* Makes n writes through ms; their change messages go to old[]. */
 static void capture_changes(world_t *w, meshsync_t *ms, int n, redisReply **old)
 {
@@ -1673,7 +1656,7 @@ static void test_old_changes_checked_once(void **state)
     /* A quiet start: b has seen no change on the channel, all are old. */
     b = harness_daemon_start(w->h, "b", NULL, NULL);
     mb = harness_client_open(b);
-    xrange = redis_calls(w, "xrange");
+    xrange = harness_redis_calls(w->h, "xrange");
     for (int i = 0; i < OLD_CHANGES; i++)
         redisAppendCommand(c, "PUBLISH %s %b", OLD_CHANNEL,
                            old[i]->element[2]->str,
@@ -1699,7 +1682,7 @@ static void test_old_changes_checked_once(void **state)
     meshsync_value_free(&v);
 
     /* One XRANGE per check (the log's oldest entry), none for pages. */
-    xrange = redis_calls(w, "xrange") - xrange;
+    xrange = harness_redis_calls(w->h, "xrange") - xrange;
     print_message("  %d old changes: %" PRIu64 " history checks\n", OLD_CHANGES,
                   xrange);
     assert_true(xrange >= 1);

@@ -7,7 +7,8 @@
  * a reset when the log no longer covers a gap and when Redis loses its
  * data; a watcher that never reads is cut off while others are served;
  * a value that is not JSON is pushed as nil; the CLI prints one JSON line
- * per event; bad watch requests.
+ * per event; bad watch requests; a lagging watcher's sidecar checks the
+ * history instead of reading the log.
  *
  * Raw sockets carry the burst: one poll() loop writes to the writers and
  * reads every socket, so no side blocks another. Links are kept down for
@@ -39,6 +40,12 @@
 #define PUMP_MS    120000
 #define WAIT_MS    10000
 #define SPREAD     64 /* entries each writer cycles through */
+
+/* The lagging watcher: writes queued while its sidecar is stopped. */
+static const char *const debug_args[] = {"--log-level", "debug", NULL};
+#define LAG_WRITES  300
+#define LAG_VALUE   4000
+#define LAG_CHANNEL "mesh:meshsync:changes:0"
 
 /* Daemons that come back quickly once Redis takes connections again. */
 static const char *const quick_args[] = {"--redis-backoff-max-ms", "200", NULL};
@@ -795,6 +802,69 @@ static void test_reset_after_flush(void **state)
     harness_daemon_stop_clean(dc);
 }
 
+/*
+ * A change under the feed's position while C's subscriber lags (here: C
+ * stopped while LAG_WRITES writes of 4 KB queue up behind an old change)
+ * costs a check of the history, not a fill: a fill read the log page
+ * after page, and the channel then brought the same changes again. The
+ * watcher gets every change once, in order, either way.
+ */
+static void test_lagging_watcher_checks(void **state)
+{
+    harness_t *h = *state;
+    harness_daemon_t *da = harness_daemon_start(h, "a", NULL, NULL);
+    harness_daemon_t *dc;
+    meshsync_t *w = harness_client_open(da), *x;
+    redisContext *sub = harness_redis_connect(h);
+    struct timeval tv = {WAIT_MS / 1000, 0};
+    static char json[LAG_WRITES][LAG_VALUE + 32];
+    uint64_t version[LAG_WRITES], xrange;
+    void *old = NULL;
+
+    /*
+     * One change to publish again later; C starts after it, so its
+     * channel has shown nothing newer (else a rebuild, by design).
+     */
+    assert_int_equal(redisSetTimeout(sub, tv), REDIS_OK);
+    freeReplyObject(harness_command(sub, "SUBSCRIBE %s", LAG_CHANNEL));
+    room_set(w, "lag", "0");
+    assert_int_equal(redisGetReply(sub, &old), REDIS_OK);
+    redisFree(sub);
+    dc = harness_daemon_start(h, "c", debug_args, NULL);
+    x = harness_client_open(dc);
+    HARNESS_CALL_OK(x, meshsync_watch(x, NULL, 0, NULL, 0, 1, NULL));
+
+    /* The watch's first fill done (it logs at debug), C stops. */
+    if (!harness_daemon_wait_log(dc, "watchers caught up", WAIT_MS))
+        fail_msg("no first fill; log:\n%s", harness_daemon_log(dc));
+    assert_int_equal(kill(dc->pid, SIGSTOP), 0);
+    xrange = harness_redis_calls(h, "xrange");
+    freeReplyObject(
+        harness_command(harness_redis(h), "PUBLISH %s %b", LAG_CHANNEL,
+                        ((redisReply *)old)->element[2]->str,
+                        (size_t)((redisReply *)old)->element[2]->len));
+    freeReplyObject(old);
+    for (int i = 0; i < LAG_WRITES; i++) {
+        snprintf(json[i], sizeof(json[i]), "{\"i\":%d,\"pad\":\"%0*d\"}", i,
+                 LAG_VALUE, 0);
+        version[i] = room_set(w, "lag", json[i]);
+    }
+    assert_int_equal(kill(dc->pid, SIGCONT), 0);
+
+    for (int i = 0; i < LAG_WRITES; i++)
+        expect_change(x, MESHSYNC_ROOM, "lag", json[i], version[i]);
+    assert_true(no_event_pending(x));
+
+    /* One check by the feed, one by the mirror; a fill made 6 or more. */
+    xrange = harness_redis_calls(h, "xrange") - xrange;
+    print_message("  %" PRIu64 " XRANGE calls\n", xrange);
+    assert_true(xrange <= 3);
+    meshsync_free(w);
+    meshsync_free(x);
+    harness_daemon_stop_clean(da);
+    harness_daemon_stop_clean(dc);
+}
+
 /* --- a watcher that does not read ------------------------------------- */
 
 #define BIG_VALUE  (40 * 1024)
@@ -1099,6 +1169,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reset_when_log_trimmed,
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_reset_when_redis_lost_data,
+                                        harness_setup_redis, harness_teardown),
+        cmocka_unit_test_setup_teardown(test_lagging_watcher_checks,
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_reset_after_flush,
                                         harness_setup_redis, harness_teardown),
