@@ -6,6 +6,7 @@
 -- KEYS[2]  <prefix>:meshsync:versions:conn
 -- KEYS[3]  <prefix>:meshsync:versions:room
 -- KEYS[4]  <prefix>:meshsync:seq
+-- KEYS[5]  <prefix>:meshsync:epoch
 -- ARGV[1]  "conn", "room" or "member": what to scan
 -- ARGV[2]  the cursor ("0" to start)
 -- ARGV[3]  the COUNT hint for the scan
@@ -15,10 +16,12 @@
 -- ARGV[6]  for members, the room members' key prefix, <prefix>:room:
 -- ARGV[7]  for members, the same prefix as a SCAN pattern, then *
 --
--- Returns {next cursor, sequence, {id, JSON text, version, ...}} where
--- version is 0 for a value no meshsync write has versioned (one written
--- by a Mesh server or by hand), or for members {next cursor, sequence,
--- {room, conn, ...}}. The sequence is read in the same step.
+-- Returns {next cursor, sequence, {id, JSON text, version, ...}, epoch}
+-- where version is 0 for a value no meshsync write has versioned (one
+-- written by a Mesh server or by hand), or for members {next cursor,
+-- sequence, {room, conn, ...}, epoch}. The sequence and the epoch ('' if
+-- none) are read in the same step: a batch that reads another epoch than
+-- the first (a flush deletes it) tells the reader Redis lost its data.
 -- Room keys are found by SCAN; this script reads keys not named in KEYS,
 -- which standalone Redis permits (Redis Cluster would not).
 
@@ -28,6 +31,7 @@ local function version_of(field)
 end
 
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
+local epoch = redis.call('GET', KEYS[5]) or ''
 local out = {}
 
 if ARGV[1] == 'conn' then
@@ -48,7 +52,7 @@ if ARGV[1] == 'conn' then
             out[#out + 1] = version_of(vers[j])
         end
     end
-    return {r[1], seq, out}
+    return {r[1], seq, out, epoch}
 end
 
 if ARGV[1] == 'member' then
@@ -62,7 +66,7 @@ if ARGV[1] == 'member' then
             out[#out + 1] = conn
         end
     end
-    return {r[1], seq, out}
+    return {r[1], seq, out, epoch}
 end
 
 local r = redis.call('SCAN', ARGV[2], 'MATCH', ARGV[5], 'COUNT', ARGV[3],
@@ -78,4 +82,4 @@ for _, key in ipairs(r[2]) do
         out[#out + 1] = version_of(v)
     end
 end
-return {r[1], seq, out}
+return {r[1], seq, out, epoch}

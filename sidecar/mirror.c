@@ -35,6 +35,7 @@ struct ms_mirror_s {
     phase_t phase;
     bool have_seq;
     uint64_t seq;             /* the sequence when the load began */
+    uint64_t load_epoch;      /* the epoch its first batch read, 0: none */
     uint64_t started;         /* uv_now() when the load began */
     uint64_t entries[2];      /* loaded per kind */
     uint64_t skipped;         /* values that could not be read */
@@ -285,6 +286,10 @@ static void load_done(ms_app_t *app)
                 m->entries[MS_KIND_CONN], m->entries[MS_KIND_ROOM], m->members,
                 gone, m->skipped, m->seq, uv_now(app->loop) - m->started);
 
+    /* The cache holds this history now (after a flush, a new one). */
+    if (m->load_epoch != 0)
+        m->epoch = m->load_epoch;
+
     /* Entries the load found gone were tombstoned without a word: the
      * waiting reads are looked at again in sync_done. */
     sync_done(app, m->seq);
@@ -369,6 +374,7 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
     ms_kind_t kind = m->phase == PHASE_CONNS ? MS_KIND_CONN : MS_KIND_ROOM;
     const redisReply *items = r->element[2];
     uint64_t seq = (uint64_t)r->element[1]->integer;
+    uint64_t epoch = strtoull(r->element[3]->str, NULL, 10);
     ms_cache_entry_t e;
     unsigned failures;
     int rc;
@@ -376,12 +382,21 @@ static int apply_batch(ms_app_t *app, const redisReply *r)
     if (!m->have_seq) {
         m->seq = seq;
         m->have_seq = true;
+        m->load_epoch = epoch;
         rc = check_sequence(app, seq);
         if (rc != 0)
             return rc;
-    } else if (seq < m->seq) {
-        /* Redis lost its data half-way (a flush): what came before went
-         * with it, and the load would end serving it. */
+    }
+
+    /*
+     * Another epoch than the cache's, or than the first batch's (a flush
+     * deletes it, the next sync.lua makes a new one), or a sequence gone
+     * back: Redis lost its data, and what was read before went with it.
+     */
+    if ((m->epoch != 0 && epoch != m->epoch) || epoch != m->load_epoch ||
+        seq < m->seq) {
+        ms_log_warn("Redis lost its data during the load, loading again",
+                    "epoch=%" PRIu64 " seq=%" PRIu64, epoch, seq);
         if (forget_everything(app, seq) < 0)
             return -1;
         load_start(app);
@@ -419,10 +434,11 @@ commit:
 
 static bool batch_shape_ok(const redisReply *r)
 {
-    return r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+    return r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
            r->element[0]->type == REDIS_REPLY_STRING &&
            r->element[1]->type == REDIS_REPLY_INTEGER &&
-           r->element[2]->type == REDIS_REPLY_ARRAY;
+           r->element[2]->type == REDIS_REPLY_ARRAY &&
+           r->element[3]->type == REDIS_REPLY_STRING;
 }
 
 
@@ -472,25 +488,19 @@ static void load_next(ms_app_t *app, const char *cursor, size_t cursor_len)
 {
     const ms_layout_t *l = &app->layout;
     batch_t *b = ms_malloc(sizeof(*b));
-    const char *argv[11] = {l->conn_meta,
-                            l->conn_versions,
-                            l->room_versions,
-                            l->seq,
-                            phase_name[app->mirror->phase],
-                            cursor,
-                            LOAD_BATCH,
-                            l->room_prefix,
-                            l->room_pattern,
-                            l->members_prefix,
-                            l->members_pattern};
-    size_t argvlen[11];
+    const char *argv[12] = {
+        l->conn_meta,    l->conn_versions,  l->room_versions,
+        l->seq,          l->epoch,          phase_name[app->mirror->phase],
+        cursor,          LOAD_BATCH,        l->room_prefix,
+        l->room_pattern, l->members_prefix, l->members_pattern};
+    size_t argvlen[12];
 
-    for (int i = 0; i < 11; i++)
+    for (int i = 0; i < 12; i++)
         argvlen[i] = strlen(argv[i]);
-    argvlen[5] = cursor_len;
+    argvlen[6] = cursor_len;
     b->app = app;
     b->gen = app->mirror->gen;
-    if (ms_redis_script(app->redis, MS_SCRIPT_LOAD, 4, 11, argv, argvlen,
+    if (ms_redis_script(app->redis, MS_SCRIPT_LOAD, 5, 12, argv, argvlen,
                         on_batch, b) < 0) {
         free(b);
         load_failed(app, "Redis not reachable");

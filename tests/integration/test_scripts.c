@@ -581,6 +581,7 @@ typedef struct entries_s {
     size_t cap;
     int batches;
     long long seq;
+    char epoch[32]; /* the last batch's, "" when Redis has none */
 } entries_t;
 
 
@@ -603,19 +604,20 @@ static redisReply *load_batch(redisContext *c, const char *prefix,
                               const char *what, const char *cursor,
                               const char *count)
 {
-    char k1[256], k2[256], k3[256], k4[256], rooms[256], pattern[512];
+    char k1[256], k2[256], k3[256], k4[256], k5[256], rooms[256], pattern[512];
 
     snprintf(k1, sizeof(k1), "%s:connection-meta", prefix);
     snprintf(k2, sizeof(k2), "%s:meshsync:versions:conn", prefix);
     snprintf(k3, sizeof(k3), "%s:meshsync:versions:room", prefix);
     snprintf(k4, sizeof(k4), "%s:meshsync:seq", prefix);
+    snprintf(k5, sizeof(k5), "%s:meshsync:epoch", prefix);
     snprintf(rooms, sizeof(rooms), "%s:roommeta:", prefix);
     glob_escape(rooms, pattern, sizeof(pattern) - 1);
     strcat(pattern, "*");
 
-    const char *argv[] = {"EVAL", script_load, "4",    k1,    k2,    k3,
-                          k4,     what,        cursor, count, rooms, pattern};
-    return eval_argv(c, 12, argv);
+    const char *argv[] = {"EVAL", script_load, "5",    k1,    k2,    k3,     k4,
+                          k5,     what,        cursor, count, rooms, pattern};
+    return eval_argv(c, 13, argv);
 }
 
 
@@ -631,10 +633,12 @@ static void load_all(redisContext *c, const char *prefix, const char *what,
         redisReply *flat;
 
         assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
-        assert_int_equal(rep->elements, 3);
+        assert_int_equal(rep->elements, 4);
         assert_int_equal(rep->element[0]->type, REDIS_REPLY_STRING);
         assert_int_equal(rep->element[1]->type, REDIS_REPLY_INTEGER);
+        assert_int_equal(rep->element[3]->type, REDIS_REPLY_STRING);
         out->seq = rep->element[1]->integer;
+        snprintf(out->epoch, sizeof(out->epoch), "%s", rep->element[3]->str);
         flat = rep->element[2];
         assert_int_equal(flat->elements % 3, 0);
         for (size_t j = 0; j < flat->elements; j += 3) {
@@ -715,10 +719,17 @@ static void test_load_conns(void **state)
 
     load_all(c, "mesh", "conn", "100", &es);
     assert_int_equal(es.seq, 4);
+    assert_string_equal(es.epoch, ""); /* no sync.lua made one yet */
     assert_int_equal(es.n, 3);
     expect_entry(&es, "c1", "{\"a\":3}", 3);
     expect_entry(&es, "c2", "2", 2);
     expect_entry(&es, "hand", "9", 0);
+    entries_free(&es);
+
+    /* The epoch comes with every batch. */
+    freeReplyObject(harness_command(c, "SET mesh:meshsync:epoch 1234"));
+    load_all(c, "mesh", "conn", "1", &es);
+    assert_string_equal(es.epoch, "1234");
     entries_free(&es);
 
     /* An empty hash is one empty batch. */
