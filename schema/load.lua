@@ -19,9 +19,11 @@
 -- Returns {next cursor, sequence, {id, JSON text, version, ...}, epoch}
 -- where version is 0 for a value no meshsync write has versioned (one
 -- written by a Mesh server or by hand), or for members {next cursor,
--- sequence, {room, conn, ...}, epoch}. The sequence and the epoch ('' if
--- none) are read in the same step: a batch that reads another epoch than
--- the first (a flush deletes it) tells the reader Redis lost its data.
+-- sequence, {room, conn, ...}, epoch}. The sequence and the epoch are
+-- read in the same step; the epoch is created, as sync.lua does, when
+-- there is none. A batch that reads another epoch than the first (a flush
+-- deleted it, and a new one was made) tells the reader Redis lost its
+-- data, and a completed load knows which history it read.
 -- Room keys are found by SCAN; this script reads keys not named in KEYS,
 -- which standalone Redis permits (Redis Cluster would not).
 
@@ -31,7 +33,12 @@ local function version_of(field)
 end
 
 local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
-local epoch = redis.call('GET', KEYS[5]) or ''
+local epoch = redis.call('GET', KEYS[5])
+if not epoch then
+    local t = redis.call('TIME')
+    epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+    redis.call('SET', KEYS[5], epoch)
+end
 local out = {}
 
 if ARGV[1] == 'conn' then

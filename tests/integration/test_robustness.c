@@ -1093,6 +1093,62 @@ static void health_counts(meshsync_t *mb, json_int_t *conns, json_int_t *rooms)
     json_decref(report);
 }
 
+/* Waits until ms's sidecar holds version v of room, or fails. */
+static void await_room(meshsync_t *ms, const char *room, uint64_t v)
+{
+    meshsync_value_t got;
+
+    HARNESS_CALL_OK(
+        ms, meshsync_room_get_min(ms, room, v, WAIT_MS, MESHSYNC_JSON, &got));
+    meshsync_value_free(&got);
+}
+
+/*
+ * Two flushes: B rebuilds after the first (seen on the channel), then
+ * misses the second while stopped with its subscription cut, and comes
+ * back through a catch-up. That catch-up must see the epoch change; it
+ * once adopted it, since the rebuild had left B without an epoch, and
+ * caught up on top of the lost history.
+ */
+static void test_flushall_twice(void **state)
+{
+    world_t *w = *state;
+    harness_daemon_t *b = harness_daemon_start(w->h, "b", NULL, NULL);
+    meshsync_t *ma = world_client(w);
+    meshsync_t *mb = harness_client_open(b);
+    redisContext *c = harness_redis(w->h);
+    uint64_t v = 0;
+
+    for (int i = 0; i < 5; i++)
+        v = set_room(ma, "old", "1");
+    await_room(mb, "old", v);
+
+    freeReplyObject(harness_command(c, "FLUSHALL"));
+    for (int i = 0; i < 6; i++)
+        v = set_room(ma, "kept", "2");
+    if (!harness_daemon_wait_log(b, "went back", WAIT_MS) ||
+        !harness_daemon_wait_log(b, "msg=\"resync done\"", WAIT_MS))
+        fail_msg("b did not rebuild; log:\n%s", harness_daemon_log(b));
+    await_room(mb, "kept", v);
+
+    /* The second flush, and more writes than B's position, unseen. */
+    assert_int_equal(kill(b->pid, SIGSTOP), 0);
+    freeReplyObject(harness_command(c, "CLIENT KILL TYPE pubsub"));
+    freeReplyObject(harness_command(c, "FLUSHALL"));
+    for (int i = 0; i < 10; i++)
+        v = set_room(ma, "fresh", "3");
+    assert_int_equal(kill(b->pid, SIGCONT), 0);
+
+    if (!harness_daemon_wait_log(b, "epoch changed", WAIT_MS))
+        fail_msg("b missed the second flush; log:\n%s", harness_daemon_log(b));
+    await_room(mb, "fresh", v);
+    expect_room_is(mb, "kept", NULL);
+    expect_room_is(mb, "old", NULL);
+    meshsync_free(mb);
+    harness_daemon_stop_clean(b);
+    harness_daemon_stop_clean(w->d);
+}
+
 /*
  * Redis flushed while a fresh sidecar loads values only Mesh servers
  * wrote (the sequence is 0 throughout): the batches after the flush read
@@ -1763,6 +1819,7 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_flushall_during_load, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_flushall_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_too_short, setup_short_log,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hangup_frees_waiters, setup_rss,

@@ -719,14 +719,22 @@ static void test_load_conns(void **state)
 
     load_all(c, "mesh", "conn", "100", &es);
     assert_int_equal(es.seq, 4);
-    assert_string_equal(es.epoch, ""); /* no sync.lua made one yet */
     assert_int_equal(es.n, 3);
     expect_entry(&es, "c1", "{\"a\":3}", 3);
     expect_entry(&es, "c2", "2", 2);
     expect_entry(&es, "hand", "9", 0);
-    entries_free(&es);
 
-    /* The epoch comes with every batch. */
+    /* The epoch comes with every batch, made (from TIME) if missing. */
+    {
+        redisReply *e = harness_command(c, "GET mesh:meshsync:epoch");
+
+        assert_int_equal(e->type, REDIS_REPLY_STRING);
+        assert_string_equal(e->str, es.epoch);
+        assert_true(strlen(es.epoch) >= 16 &&
+                    strspn(es.epoch, "0123456789") == strlen(es.epoch));
+        freeReplyObject(e);
+    }
+    entries_free(&es);
     freeReplyObject(harness_command(c, "SET mesh:meshsync:epoch 1234"));
     load_all(c, "mesh", "conn", "1", &es);
     assert_string_equal(es.epoch, "1234");
