@@ -57,11 +57,19 @@ struct ms_mirror_s {
     unsigned failures_at_sync; /* cache_failures when this sync began */
     bool cache_failing;        /* since the last sync that completed */
     uv_timer_t retry;          /* restarts a failed load */
+    uv_timer_t every;          /* checks the history while live */
+    int open_timers;           /* while closing: handles not yet closed */
     unsigned load_gen;         /* gen of a load waiting for the index fill */
     bool checking;             /* a history check is in flight (check_gen) */
     bool check_again;          /* and a change under the position came since */
     unsigned check_gen;        /* gen when that check was sent */
 };
+
+/*
+ * How often a live sidecar checks Redis's history (sync.lua asking for no
+ * changes): a FLUSHALL followed by no write shows nowhere else.
+ */
+#define HISTORY_EVERY_MS 1000
 
 /* Changes per catch-up batch; how often the position is saved. */
 #define SYNC_BATCH   "500"
@@ -988,6 +996,19 @@ uint64_t ms_mirror_high(const ms_app_t *app)
 }
 
 
+bool ms_mirror_history(const ms_app_t *app, char *epoch, size_t size,
+                       const char **run_id)
+{
+    const ms_mirror_t *m = app->mirror;
+
+    if (m == NULL || !m->positioned || m->epoch == 0 || m->run_id[0] == '\0')
+        return false;
+    snprintf(epoch, size, "%" PRIu64, m->epoch);
+    *run_id = m->run_id;
+    return true;
+}
+
+
 unsigned ms_mirror_rebuilds(const ms_app_t *app)
 {
     return app->mirror != NULL ? app->mirror->rebuilds : 0;
@@ -1163,6 +1184,16 @@ void ms_mirror_on_message(void *arg, const char *channel, size_t channel_len,
 }
 
 
+static void on_every(uv_timer_t *t)
+{
+    ms_app_t *app = t->data;
+    ms_mirror_t *m = app->mirror;
+
+    if (m->live && m->loaded && m->positioned)
+        history_check(app);
+}
+
+
 void ms_mirror_init(ms_app_t *app)
 {
     ms_mirror_t *m = ms_calloc(1, sizeof(*app->mirror));
@@ -1170,6 +1201,9 @@ void ms_mirror_init(ms_app_t *app)
     app->mirror = m;
     uv_timer_init(app->loop, &m->retry);
     m->retry.data = app;
+    uv_timer_init(app->loop, &m->every);
+    m->every.data = app;
+    uv_timer_start(&m->every, on_every, HISTORY_EVERY_MS, HISTORY_EVERY_MS);
 
     /*
      * Where the cache file says it stopped, a start catches up from the
@@ -1188,9 +1222,12 @@ void ms_mirror_init(ms_app_t *app)
 }
 
 
-static void on_retry_closed(uv_handle_t *h)
+static void on_timer_closed(uv_handle_t *h)
 {
-    free(h->data);
+    ms_mirror_t *m = h->data;
+
+    if (--m->open_timers == 0)
+        free(m);
 }
 
 
@@ -1203,6 +1240,9 @@ void ms_mirror_close(ms_app_t *app)
 
     /* Late batch replies find no mirror and stop there. */
     app->mirror = NULL;
+    m->open_timers = 2;
     m->retry.data = m;
-    uv_close((uv_handle_t *)&m->retry, on_retry_closed);
+    m->every.data = m;
+    uv_close((uv_handle_t *)&m->retry, on_timer_closed);
+    uv_close((uv_handle_t *)&m->every, on_timer_closed);
 }

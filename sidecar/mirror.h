@@ -92,6 +92,14 @@ bool ms_mirror_cache_failing(const ms_app_t *app);
  */
 uint64_t ms_mirror_applied(const ms_app_t *app);
 
+/*
+ * The history the position belongs to, when known: the epoch as
+ * sync.lua writes it (into epoch, size bytes) and Redis's run_id (into
+ * *run_id, valid until the next sync). False when either is unknown.
+ */
+bool ms_mirror_history(const ms_app_t *app, char *epoch, size_t size,
+                       const char **run_id);
+
 /* Counts rebuilds, so a write can tell one happened while it was sent. */
 unsigned ms_mirror_rebuilds(const ms_app_t *app);
 

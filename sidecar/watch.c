@@ -295,14 +295,21 @@ static void fill_cancel(feed_t *f)
 /*
  * The first watcher sets the feed's position: the newest version this
  * sidecar knows of. A fill follows at once, which pushes whatever Redis
- * holds beyond it and learns Redis's history for later checks.
+ * holds beyond it and checks Redis's history against the mirror's (or
+ * learns it, when the mirror knows none yet) for later checks.
  */
 static void position(feed_t *f)
 {
+    const char *run_id;
+
     fill_cancel(f);
     f->pos = current_version(f->app);
     f->last_channel = 0;
-    f->know_history = false;
+    f->know_history =
+        ms_mirror_history(f->app, f->epoch, sizeof(f->epoch), &run_id) &&
+        strlen(run_id) < sizeof(f->run_id);
+    if (f->know_history)
+        memcpy(f->run_id, run_id, strlen(run_id) + 1);
     fill_start(f);
 }
 

@@ -1104,6 +1104,26 @@ static void await_room(meshsync_t *ms, const char *room, uint64_t v)
 }
 
 /*
+ * A FLUSHALL, and then no write: nothing comes on the channel, and the
+ * sidecar's history check, run every second while live, must see it. It
+ * once served the flushed entries as live until the next write.
+ */
+static void test_flushall_no_write(void **state)
+{
+    world_t *w = *state;
+    meshsync_t *ma = world_client(w);
+
+    set_room(ma, "gone", "1");
+    expect_room_is(ma, "gone", "1");
+    freeReplyObject(harness_command(harness_redis(w->h), "FLUSHALL"));
+    if (!harness_daemon_wait_log(w->d, "epoch changed", WAIT_MS) ||
+        !harness_daemon_wait_log(w->d, "msg=\"resync done\"", WAIT_MS))
+        fail_msg("the flush went unseen; log:\n%s", harness_daemon_log(w->d));
+    expect_room_is(ma, "gone", NULL);
+    harness_daemon_stop_clean(w->d);
+}
+
+/*
  * Two flushes: B rebuilds after the first (seen on the channel), then
  * misses the second while stopped with its subscription cut, and comes
  * back through a catch-up. That catch-up must see the epoch change; it
@@ -1820,6 +1840,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_flushall_during_load, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_flushall_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flushall_no_write, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_log_too_short, setup_short_log,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_hangup_frees_waiters, setup_rss,

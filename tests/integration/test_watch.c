@@ -865,6 +865,49 @@ static void test_lagging_watcher_checks(void **state)
     harness_daemon_stop_clean(dc);
 }
 
+/*
+ * A watch placed while Redis is down takes the sidecar's position; Redis
+ * comes back with another history whose sequence is past it (restarted
+ * empty, then 9 writes through another sidecar while A was stopped). The
+ * first fill must tell: a reset, not the new history's changes 6 to 9 as
+ * if they followed 5. It once pushed them.
+ */
+static void test_watch_placed_while_down(void **state)
+{
+    harness_t *h = *state;
+    harness_daemon_t *da = harness_daemon_start(h, "a", quick_args, NULL);
+    harness_daemon_t *db;
+    meshsync_t *w = harness_client_open(da), *x = harness_client_open(da);
+    meshsync_t *mb;
+    meshsync_event_t ev;
+
+    for (int i = 0; i < 5; i++)
+        room_set(w, "old", "1");
+    harness_redis_stop(h);
+    if (!harness_daemon_wait_log(da, "state=down", WAIT_MS))
+        fail_msg("a did not see Redis go; log:\n%s", harness_daemon_log(da));
+    HARNESS_CALL_OK(x, meshsync_watch(x, NULL, 0, NULL, 0, 1, NULL));
+
+    assert_int_equal(kill(da->pid, SIGSTOP), 0);
+    harness_redis_start(h, NULL);
+    db = harness_daemon_start(h, "b", NULL, NULL);
+    mb = harness_client_open(db);
+    for (int i = 0; i < 9; i++)
+        room_set(mb, "new", "2");
+    assert_int_equal(kill(da->pid, SIGCONT), 0);
+
+    next_event(x, &ev);
+    if (!ev.reset)
+        fail_msg("pushed %s v%" PRIu64 " of another history, no reset", ev.id,
+                 ev.version);
+    meshsync_event_free(&ev);
+    meshsync_free(mb);
+    meshsync_free(w);
+    meshsync_free(x);
+    harness_daemon_stop_clean(db);
+    harness_daemon_stop_clean(da);
+}
+
 /* --- a watcher that does not read ------------------------------------- */
 
 #define BIG_VALUE  (40 * 1024)
@@ -1171,6 +1214,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reset_when_redis_lost_data,
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_lagging_watcher_checks,
+                                        harness_setup_redis, harness_teardown),
+        cmocka_unit_test_setup_teardown(test_watch_placed_while_down,
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_reset_after_flush,
                                         harness_setup_redis, harness_teardown),
