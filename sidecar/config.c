@@ -64,6 +64,11 @@ static const char usage_text[] =
     "  --log-length N         changes kept in Redis's change log, for\n"
     "                         sidecars catching up [MESHSYNC_LOG_LENGTH,\n"
     "                         10000]\n"
+    "  --history-check-ms N   how often a live sidecar checks that Redis\n"
+    "                         still holds the history its cache comes from\n"
+    "                         (a FLUSHALL no write follows shows nowhere\n"
+    "                         else); 0 turns it off\n"
+    "                         [MESHSYNC_HISTORY_CHECK_MS, 1000]\n"
     "  --scrub-interval-ms N  how often the scrub looks through Redis for\n"
     "                         writes made outside meshsync (one sidecar at\n"
     "                         a time does it); 0 turns it off\n"
@@ -108,6 +113,7 @@ enum {
     OPT_BACKOFF_MAX,
     OPT_LOG_LENGTH,
     OPT_SCRUB_INTERVAL,
+    OPT_HISTORY_CHECK,
     OPT_HEARTBEAT,
     OPT_HEARTBEAT_TTL,
     OPT_REAP_INTERVAL,
@@ -138,6 +144,7 @@ static const struct {
     {OPT_BACKOFF_MAX, "redis-backoff-max-ms", "MESHSYNC_REDIS_BACKOFF_MAX_MS"},
     {OPT_LOG_LENGTH, "log-length", "MESHSYNC_LOG_LENGTH"},
     {OPT_SCRUB_INTERVAL, "scrub-interval-ms", "MESHSYNC_SCRUB_INTERVAL_MS"},
+    {OPT_HISTORY_CHECK, "history-check-ms", "MESHSYNC_HISTORY_CHECK_MS"},
     {OPT_HEARTBEAT, "heartbeat-ms", "MESHSYNC_HEARTBEAT_MS"},
     {OPT_HEARTBEAT_TTL, "heartbeat-ttl-ms", "MESHSYNC_HEARTBEAT_TTL_MS"},
     {OPT_REAP_INTERVAL, "reap-interval-ms", "MESHSYNC_REAP_INTERVAL_MS"},
@@ -321,6 +328,11 @@ static int apply(ms_config_t *cfg, int opt, const char *name, const char *v)
             return -1;
         cfg->scrub_interval = (unsigned)n;
         return 0;
+    case OPT_HISTORY_CHECK:
+        if (parse_number(name, v, 10, 0, 86400000, &n) < 0)
+            return -1;
+        cfg->history_check = (unsigned)n;
+        return 0;
     case OPT_BACKOFF_MIN:
     case OPT_BACKOFF_MAX:
         if (parse_number(name, v, 10, 1, 600000, &n) < 0)
@@ -354,6 +366,7 @@ static void set_defaults(ms_config_t *cfg)
     cfg->backoff_max = 5000;
     cfg->log_length = 10000;
     cfg->scrub_interval = 30000;
+    cfg->history_check = 1000;
     cfg->heartbeat = 1000;
     cfg->heartbeat_ttl = 5000;
     cfg->reap_interval = 2000;

@@ -41,6 +41,7 @@ typedef struct ms_config_s {
     unsigned heartbeat;      /* ms between heartbeats */
     unsigned heartbeat_ttl;  /* ms a heartbeat lasts */
     unsigned reap_interval;  /* ms between looks for dead instances */
+    unsigned history_check;  /* ms between checks of Redis's history; 0 off */
     bool close_on_exit;      /* SIGTERM closes our connections */
 } ms_config_t;
 

@@ -57,19 +57,14 @@ struct ms_mirror_s {
     unsigned failures_at_sync; /* cache_failures when this sync began */
     bool cache_failing;        /* since the last sync that completed */
     uv_timer_t retry;          /* restarts a failed load */
-    uv_timer_t every;          /* checks the history while live */
-    int open_timers;           /* while closing: handles not yet closed */
-    unsigned load_gen;         /* gen of a load waiting for the index fill */
-    bool checking;             /* a history check is in flight (check_gen) */
-    bool check_again;          /* and a change under the position came since */
-    unsigned check_gen;        /* gen when that check was sent */
+    uv_timer_t every;   /* checks the history while live (--history-check-ms):
+                           a FLUSHALL no write follows shows nowhere else */
+    int open_timers;    /* while closing: handles not yet closed */
+    unsigned load_gen;  /* gen of a load waiting for the index fill */
+    bool checking;      /* a history check is in flight (check_gen) */
+    bool check_again;   /* and a change under the position came since */
+    unsigned check_gen; /* gen when that check was sent */
 };
-
-/*
- * How often a live sidecar checks Redis's history (sync.lua asking for no
- * changes): a FLUSHALL followed by no write shows nowhere else.
- */
-#define HISTORY_EVERY_MS 1000
 
 /* Changes per catch-up batch; how often the position is saved. */
 #define SYNC_BATCH   "500"
@@ -1203,7 +1198,9 @@ void ms_mirror_init(ms_app_t *app)
     m->retry.data = app;
     uv_timer_init(app->loop, &m->every);
     m->every.data = app;
-    uv_timer_start(&m->every, on_every, HISTORY_EVERY_MS, HISTORY_EVERY_MS);
+    if (app->cfg->history_check != 0)
+        uv_timer_start(&m->every, on_every, app->cfg->history_check,
+                       app->cfg->history_check);
 
     /*
      * Where the cache file says it stopped, a start catches up from the

@@ -1114,6 +1114,8 @@ static void test_config_bad_values(void **state)
                        "--no-such-flag");
     expect_usage_error(w, (const char *[]){"--merge-retries", "x", NULL}, NULL,
                        "--merge-retries");
+    expect_usage_error(w, (const char *[]){"--history-check-ms", "-1", NULL},
+                       NULL, "--history-check-ms");
     expect_usage_error(w, (const char *[]){NULL},
                        (const char *[]){"MESHSYNC_MAX_DEPTH=99", NULL},
                        "max-depth");

@@ -1105,21 +1105,30 @@ static void await_room(meshsync_t *ms, const char *room, uint64_t v)
 
 /*
  * A FLUSHALL, and then no write: nothing comes on the channel, and the
- * sidecar's history check, run every second while live, must see it. It
- * once served the flushed entries as live until the next write.
+ * sidecars' history check, run every second while live (B: every 200
+ * ms, --history-check-ms), must see it. They once served the flushed
+ * entries as live until the next write.
  */
 static void test_flushall_no_write(void **state)
 {
+    static const char *const fast[] = {"--history-check-ms", "200", NULL};
     world_t *w = *state;
-    meshsync_t *ma = world_client(w);
+    harness_daemon_t *b = harness_daemon_start(w->h, "b", fast, NULL);
+    meshsync_t *ma = world_client(w), *mb = harness_client_open(b);
+    harness_daemon_t *both[] = {w->d, b};
 
-    set_room(ma, "gone", "1");
-    expect_room_is(ma, "gone", "1");
+    await_room(mb, "gone", set_room(ma, "gone", "1"));
     freeReplyObject(harness_command(harness_redis(w->h), "FLUSHALL"));
-    if (!harness_daemon_wait_log(w->d, "epoch changed", WAIT_MS) ||
-        !harness_daemon_wait_log(w->d, "msg=\"resync done\"", WAIT_MS))
-        fail_msg("the flush went unseen; log:\n%s", harness_daemon_log(w->d));
+    for (int i = 0; i < 2; i++) {
+        if (!harness_daemon_wait_log(both[i], "epoch changed", WAIT_MS) ||
+            !harness_daemon_wait_log(both[i], "msg=\"resync done\"", WAIT_MS))
+            fail_msg("the flush went unseen; log:\n%s",
+                     harness_daemon_log(both[i]));
+    }
     expect_room_is(ma, "gone", NULL);
+    expect_room_is(mb, "gone", NULL);
+    meshsync_free(mb);
+    harness_daemon_stop_clean(b);
     harness_daemon_stop_clean(w->d);
 }
 
