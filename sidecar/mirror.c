@@ -310,6 +310,7 @@ static int forget_everything(ms_app_t *app, uint64_t seq)
 
     ms_log_warn("Redis sequence went back, rebuilding the cache",
                 "seq=%" PRIu64 " cached=%" PRId64, seq, held);
+    ms_watch_history_changed(app);
     m->high = seq;
     m->last_event = 0;
     m->rebuilds++;
@@ -585,6 +586,7 @@ static void sync_to_load(ms_app_t *app, const char *why)
      * not even after a restart half-way through the load.
      */
     app->mirror->positioned = false;
+    ms_watch_history_changed(app);
     if (ms_cache_meta_set(app->cache, "run_id", 0) < 0)
         ms_mirror_cache_failed(app, 0);
 

@@ -917,6 +917,17 @@ static void on_fill(void *arg, redisReply *r, int err)
 }
 
 
+void ms_watch_history_changed(ms_app_t *app)
+{
+    feed_t *f = app->watch;
+
+    /* A fill under way checks the history with each page anyway. */
+    if (f == NULL || LIST_EMPTY(&f->watchers) || f->filling)
+        return;
+    check_start(f);
+}
+
+
 void ms_watch_on_live(ms_app_t *app, bool live)
 {
     feed_t *f = app->watch;

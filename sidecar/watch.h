@@ -42,4 +42,11 @@ void ms_watch_session_closed(ms_app_t *app, ms_session_t *s);
 void ms_watch_on_change(ms_app_t *app, const char *payload, size_t len);
 void ms_watch_on_live(ms_app_t *app, bool live);
 
+/*
+ * The mirror found that Redis's history is not its cache's (a flush, a
+ * restart): the feed checks its own against Redis, and resets watchers
+ * unless it already has. A flush no write follows shows nowhere else.
+ */
+void ms_watch_history_changed(ms_app_t *app);
+
 #endif

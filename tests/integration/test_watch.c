@@ -908,6 +908,36 @@ static void test_watch_placed_while_down(void **state)
     harness_daemon_stop_clean(da);
 }
 
+/*
+ * A FLUSHALL that no write follows: the sidecar's periodic history check
+ * finds it, and its watchers must hear of it too (a reset), not keep the
+ * flushed history until the next write.
+ */
+static void test_reset_after_quiet_flush(void **state)
+{
+    harness_t *h = *state;
+    harness_daemon_t *da = harness_daemon_start(h, "a", NULL, NULL);
+    harness_daemon_t *dc = harness_daemon_start(h, "c", NULL, NULL);
+    meshsync_t *w = harness_client_open(da), *x = harness_client_open(dc);
+    meshsync_event_t ev;
+    uint64_t v;
+
+    HARNESS_CALL_OK(x, meshsync_watch(x, NULL, 0, NULL, 0, 1, NULL));
+    v = conn_set(w, "a1", "{\"x\":2}");
+    expect_change(x, MESHSYNC_CONN, "a1", "{\"x\":2}", v);
+
+    freeReplyObject(harness_command(harness_redis(h), "FLUSHALL"));
+    next_event(x, &ev);
+    if (!ev.reset)
+        fail_msg("after the flush: %s v%" PRIu64 ", not a reset", ev.id,
+                 ev.version);
+    meshsync_event_free(&ev);
+    meshsync_free(w);
+    meshsync_free(x);
+    harness_daemon_stop_clean(da);
+    harness_daemon_stop_clean(dc);
+}
+
 /* --- a watcher that does not read ------------------------------------- */
 
 #define BIG_VALUE  (40 * 1024)
@@ -1216,6 +1246,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lagging_watcher_checks,
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_watch_placed_while_down,
+                                        harness_setup_redis, harness_teardown),
+        cmocka_unit_test_setup_teardown(test_reset_after_quiet_flush,
                                         harness_setup_redis, harness_teardown),
         cmocka_unit_test_setup_teardown(test_reset_after_flush,
                                         harness_setup_redis, harness_teardown),
