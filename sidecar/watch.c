@@ -874,6 +874,8 @@ static void fill_page(feed_t *f, const redisReply *r, uint64_t from)
     if (why == NULL && seq >= from && (oldest == 0 || oldest > from))
         why = "the change log no longer reaches back";
     if (why != NULL) {
+        /* Channel versions after this belong to the history read now. */
+        f->last_channel = 0;
         reset(f, seq, why);
         fill_done(f, seq);
         return;

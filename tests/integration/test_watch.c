@@ -932,6 +932,10 @@ static void test_reset_after_quiet_flush(void **state)
         fail_msg("after the flush: %s v%" PRIu64 ", not a reset", ev.id,
                  ev.version);
     meshsync_event_free(&ev);
+
+    /* The new history's first write follows: once, no second reset. */
+    v = conn_set(w, "a2", "1");
+    expect_change(x, MESHSYNC_CONN, "a2", "1", v);
     meshsync_free(w);
     meshsync_free(x);
     harness_daemon_stop_clean(da);
