@@ -1440,13 +1440,14 @@ static int64_t now_ms(void)
 int64_t ms_cache_count(ms_cache_t *c, ms_kind_t kind)
 {
     sqlite3_stmt *s = c->stmt[ST_COUNT_LIVE];
-    int64_t n = 0, now = now_ms();
+    int64_t n = 0, now;
     int rc;
 
     if (!kind_valid(kind))
         return MS_EINVAL;
     if (c->index_full)
         return (int64_t)ms_index_count_live(c->index, kind);
+    now = now_ms();
 
     /* A scan of the table (a tenth of a second at a million rows): a
      * health probe polled often must not hold the fill back. */

@@ -191,8 +191,7 @@ void bench_probe_end(bench_t *b, const bench_probe_t *p, bench_row_t *r,
 }
 
 
-/* --- options ----------------------------------------------------------------
- */
+/* --- options ---------------------------------------------------------- */
 
 static int parse_size(const char *s, size_t min, size_t max, size_t *out)
 {
@@ -314,8 +313,7 @@ static int parse_opts(int argc, char **argv, bench_opts_t *o)
 }
 
 
-/* --- the run
- * ------------------------------------------------------------------ */
+/* --- the run ---------------------------------------------------------- */
 
 static int setup(bench_t *b)
 {
@@ -404,8 +402,7 @@ static void print_header(const bench_t *b)
 }
 
 
-/* --- output
- * ------------------------------------------------------------------- */
+/* --- output ----------------------------------------------------------- */
 
 /* The full path of an executable found in $PATH, or false. */
 static bool find_in_path(const char *name, char *out, size_t size)
@@ -480,8 +477,7 @@ static void write_files(bench_t *b)
 }
 
 
-/* --- targets
- * ------------------------------------------------------------------- */
+/* --- targets ---------------------------------------------------------- */
 
 static double row_field(const bench_t *b, const char *name, char field)
 {

@@ -289,7 +289,7 @@ long bench_proc_hwm_kib(pid_t pid)
 }
 
 
-/* --- the directory ------------------------------------------------------ */
+/* --- the directory ---------------------------------------------------- */
 
 int bench_proc_dir_create(char *dir, size_t size)
 {
@@ -357,8 +357,7 @@ void bench_proc_log_tail(const char *path, size_t bytes)
 }
 
 
-/* --- redis-server -----------------------------------------------------------
- */
+/* --- redis-server ----------------------------------------------------- */
 
 /* A port the kernel just handed out on 127.0.0.1, never 6379. */
 static int free_port(int *port)
@@ -470,8 +469,7 @@ void bench_redis_stop(bench_redis_t *r)
 }
 
 
-/* --- meshsyncd -------------------------------------------------------------
- */
+/* --- meshsyncd -------------------------------------------------------- */
 
 int bench_sidecar_init(bench_sidecar_t *s, const char *dir, const char *name)
 {

@@ -194,7 +194,7 @@ static int pack_value(msgpack_packer *pk, size_t i, unsigned v, size_t bytes)
 }
 
 
-/* --- frames ------------------------------------------------------------- */
+/* --- frames ----------------------------------------------------------- */
 
 typedef struct frame_s {
     msgpack_sbuffer sb;
@@ -269,8 +269,7 @@ int bench_reqs_watch_all(bench_reqs_t *r, uint64_t rid)
 }
 
 
-/* --- RESP ------------------------------------------------------------------
- */
+/* --- RESP ------------------------------------------------------------- */
 
 static int resp_push(bench_reqs_t *r, int argc, const char **argv,
                      const size_t *argvlen)

@@ -54,7 +54,7 @@ static double per_second(size_t n, int64_t from_ns, int64_t to_ns)
 }
 
 
-/* --- one at a time ------------------------------------------------------ */
+/* --- one at a time ---------------------------------------------------- */
 
 int bench_run_serial(bench_conn_t *c, const bench_reqs_t *reqs, size_t warmup,
                      size_t count, bench_check_t check, bench_samples_t *lat,
@@ -93,7 +93,7 @@ int bench_run_serial(bench_conn_t *c, const bench_reqs_t *reqs, size_t warmup,
 }
 
 
-/* --- many in flight ------------------------------------------------------ */
+/* --- many in flight --------------------------------------------------- */
 
 /* The send times of one client's requests in flight, oldest first. */
 typedef struct lane_s {
@@ -230,8 +230,7 @@ int bench_run_pipelined(bench_conn_t *conns, int nconns, int depth,
 }
 
 
-/* --- convergence ------------------------------------------------------------
- */
+/* --- convergence ------------------------------------------------------ */
 
 typedef struct conv_s {
     bench_conv_t *cv;

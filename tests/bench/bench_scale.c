@@ -200,7 +200,7 @@ static int scale_reload(scale_t *sc)
 }
 
 
-/* --- reads while a cold sidecar resyncs ---------------------------------- */
+/* --- reads while a cold sidecar resyncs ------------------------------- */
 
 typedef struct resync_s {
     bench_conn_t data;
@@ -304,7 +304,7 @@ static int scale_resync_reads(scale_t *sc)
 }
 
 
-/* --- one size ------------------------------------------------------------- */
+/* --- one size --------------------------------------------------------- */
 
 static int scale_run(scale_t *sc, bool largest)
 {

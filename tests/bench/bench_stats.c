@@ -72,7 +72,7 @@ double bench_samples_us(const bench_samples_t *s, double q)
 }
 
 
-/* --- the table ---------------------------------------------------------- */
+/* --- the table -------------------------------------------------------- */
 
 bench_row_t *bench_table_add(bench_table_t *t, const char *name,
                              const char *baseline)

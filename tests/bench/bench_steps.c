@@ -123,7 +123,7 @@ static int measure_pipelined(bench_t *b, const char *path, bench_wire_t wire,
 }
 
 
-/* --- the main data set and sidecar A ------------------------------------ */
+/* --- the main data set and sidecar A ---------------------------------- */
 
 /* The sizes of a conn.get hit's request and reply, for the echo. */
 static int measure_get_sizes(bench_t *b)
@@ -187,7 +187,7 @@ int bench_step_main(bench_t *b)
 }
 
 
-/* --- baseline A: the echo ----------------------------------------------- */
+/* --- baseline A: the echo --------------------------------------------- */
 
 static int echo_listen(bench_t *b)
 {
@@ -257,8 +257,7 @@ int bench_step_echo(bench_t *b)
 }
 
 
-/* --- baseline B: HGET ------------------------------------------------------
- */
+/* --- baseline B: HGET ------------------------------------------------- */
 
 static int hget_pool(bench_t *b, bench_reqs_t *r)
 {
@@ -315,8 +314,7 @@ int bench_step_hget(bench_t *b)
 }
 
 
-/* --- meshsync reads --------------------------------------------------------
- */
+/* --- meshsync reads --------------------------------------------------- */
 
 static int read_serial(bench_t *b, bench_conn_t *c, bench_kind_t kind, bool hit,
                        const char *name, const char *cdf)
@@ -368,8 +366,7 @@ int bench_step_reads(bench_t *b)
 }
 
 
-/* --- writes -----------------------------------------------------------------
- */
+/* --- writes ----------------------------------------------------------- */
 
 static size_t write_pool_size(const bench_t *b)
 {
@@ -490,8 +487,7 @@ int bench_step_writes(bench_t *b)
 }
 
 
-/* --- convergence
- * -------------------------------------------------------------- */
+/* --- convergence ------------------------------------------------------ */
 
 typedef struct converge_s {
     bench_conn_t writer;  /* on A */

@@ -30,7 +30,7 @@
 #define RECV_TRIES_MAX  (1u << 20)
 #define EINTR_TRIES_MAX 64
 
-/* --- msgpack, read in place -------------------------------------------- */
+/* --- msgpack, read in place ------------------------------------------- */
 
 typedef struct mp_s {
     const unsigned char *p;
@@ -273,7 +273,7 @@ int bench_wire_scan(const char *body, size_t len, bool all, bench_msg_t *msg)
 }
 
 
-/* --- RESP through redisReader, without reply objects ------------------- */
+/* --- RESP through redisReader, without reply objects ------------------ */
 
 /*
  * The reader's object functions fill the connection's bench_resp_t
@@ -398,7 +398,7 @@ static void resp_to_msg(const bench_resp_t *r, bench_msg_t *m)
 }
 
 
-/* --- connections -------------------------------------------------------- */
+/* --- connections ------------------------------------------------------ */
 
 static int conn_setup(bench_conn_t *c, int fd, bench_wire_t wire)
 {
